@@ -1,0 +1,257 @@
+"""`python -m bench` (or `bench/run`): the hub and its Python peers under one load generator.
+
+    bench/run                 # the full comparison, under 15 minutes
+    bench/run --quick         # a 1-2 minute smoke run
+    bench/run --targets hub,forwarder --out /tmp/b
+
+Writes `results.json`, `results.md` and PNG charts to `--out` (default bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import platform
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from auth.tokens import ACCESS, TokenCodec
+from bench import report
+from bench.loadgen import Fleet, RespPublisher
+from bench.scenarios import Bench, Params
+from bench.services import BenchDatabase, PrivateRedis, cores, raise_nofile
+from bench.targets import ROOT, TARGETS, hub_environment, migrate_hub, start
+
+ORDER = ("hub", "forwarder", "socketio", "broadcaster", "seed004")
+PACKAGES = ("starlette", "uvicorn", "uvloop", "websockets", "redis", "hiredis", "sqlalchemy", "asyncpg",
+            "orjson", "python-socketio", "python-engineio", "broadcaster", "picows", "httpx")
+RUN_BUDGET, RUN_BUDGET_QUICK = 13 * 60.0, 100.0  # seconds for all targets; set-up and report take the rest
+WEIGHT = {"hub": 3.0}  # the hub runs four more scenarios than the peers
+NOT_DURABLE = "n/a (no store and no publish API: events live only in Redis pub/sub)"
+NO_RESUME = "n/a (no resume: events published while a client is away are lost)"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def environment(redis: PrivateRedis, postgres: str, server_cpus: set[int], loadgen_cpus: set[int],
+                params: Params, quick: bool) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError):
+        memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    commit = ""
+    with contextlib.suppress(OSError):
+        head = (ROOT / ".git" / "HEAD").read_text().strip()
+        ref = ROOT / ".git" / head.split(" ", 1)[1] if head.startswith("ref:") else None
+        commit = (ref.read_text().strip() if ref and ref.exists() else head)[:12]
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "quick" if quick else "full",
+        "machine": {"cpu": model, "cores": os.cpu_count(), "memory": memory,
+                    "kernel": platform.release(), "load_average_at_start": os.getloadavg()},
+        "python": sys.version.split()[0], "redis_server": redis.version(), "postgresql": postgres,
+        "packages": versions, "commit": commit,
+        "pinning": {"server_cpus": sorted(server_cpus), "loadgen_and_redis_cpus": sorted(loadgen_cpus)},
+        "params": params.__dict__,
+    }
+
+
+async def guarded(results: dict[str, Any], key: str, work: Awaitable[Any], budget: float) -> Any:
+    """Run one scenario within `budget` seconds; a failure is recorded, never fatal to the run."""
+    try:
+        async with asyncio.timeout(budget):
+            value = await work
+    except TimeoutError:
+        results[key] = {"error": f"did not finish within {budget:.0f} s"}
+        log(f"  {key}: did not finish within {budget:.0f} s")
+        return None
+    except Exception as exc:
+        results[key] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"  {key}: failed: {type(exc).__name__}: {exc}")
+        return None
+    results[key] = value
+    return value
+
+
+async def run_target(bench: Bench, token: Callable[[int], str], hub: bool,
+                     database: BenchDatabase) -> dict[str, Any]:
+    results = bench.results
+    params = bench.params
+    if not hub:  # known before anything runs, so a cut-short run still says why
+        results.update(durable=NOT_DURABLE, api_fanout=NOT_DURABLE, storm=NO_RESUME,
+                       chat="n/a (no chat API)")
+    base = await bench.baseline()
+    results["baseline_rss_mb"] = base / 2**20
+    idle: list[dict[str, Any]] = []
+    results["idle"] = idle
+    first, rest = params.idle_levels[:1], params.idle_levels[1:]
+    await bench.idle(base, first, idle)
+    log(" unicast ladder")
+    await guarded(results, "unicast", bench.ladder(), 200)
+    log(" fan-out")
+    fanout: dict[str, Any] = {}
+    results["fanout"] = fanout
+    small = params.fanout_sizes[0]
+    await guarded(fanout, str(small), bench.fanout(small), 60)
+    await guarded(results, "_idle_rest", bench.idle(base, rest, idle), 150)
+    if "error" in results.pop("_idle_rest", {}):
+        idle.append({"wanted": rest[-1], "error": "did not reach it within 150 s"})
+    for size in params.fanout_sizes[1:]:
+        await guarded(fanout, str(size), bench.fanout(size), 90)
+    if not hub:
+        return results
+    log(" durable publish API")
+    await bench._settle()
+    await database.align_streams({u: c.last_id for u, c in bench.fleet.clients.items()})
+    await bench.fleet.connect([u for u in bench.users[:params.ladder_users] if u not in bench.fleet.clients],
+                              in_flight=500)
+    durable: dict[str, Any] = {}
+    results["durable"] = durable
+    for batch in params.durable_batches:
+        await guarded(durable, str(batch), bench.durable(batch), 60)
+    api_fanout: dict[str, Any] = {}
+    results["api_fanout"] = api_fanout
+    for size in params.fanout_sizes:
+        missing = [u for u in bench.users[:size] if u not in bench.fleet.clients]
+        await bench.fleet.connect(missing, in_flight=500)
+        await guarded(api_fanout, str(size), bench.api_fanout(size), 90)
+    log(" reconnect storm")
+    await guarded(results, "storm", bench.storm(), 150)
+    log(" chat")
+    await guarded(results, "chat", bench.chat(token), 90)
+    return results
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    params = Params.quick() if args.quick else Params()
+    server_cpus, loadgen_cpus = cores()
+    os.sched_setaffinity(0, loadgen_cpus)
+    raise_nofile()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    wanted = args.targets.split(",") if args.targets else list(ORDER)
+    unknown = [t for t in wanted if t not in TARGETS]
+    if unknown:
+        print(f"unknown targets {unknown}; choose from {', '.join(ORDER)}", file=sys.stderr)
+        return 2
+    secret = secrets.token_urlsafe(48)
+    api_key = secrets.token_urlsafe(24)
+    codec = TokenCodec(secret, "HS256", 7200, 7200)
+    tokens: dict[int, str] = {}
+
+    def token(user_id: int) -> str:
+        if user_id not in tokens:
+            tokens[user_id] = codec.issue(user_id, ACCESS)[0]
+        return tokens[user_id]
+
+    redis = PrivateRedis(loadgen_cpus)
+    database = BenchDatabase()
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    try:
+        redis.start()
+        await database.create()
+        env = environment(redis, await database.server_version(), server_cpus, loadgen_cpus, params,
+                          args.quick)
+        log(f"bench: {env['mode']} run; server on CPU {sorted(server_cpus)}, load generator and "
+            f"redis-server on CPU {sorted(loadgen_cpus)}; {env['machine']['cpu']}")
+        log(f"versions: python {env['python']}, redis-server {env['redis_server']}, PostgreSQL "
+            f"{env['postgresql']}, " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()))
+        log(f"parameters: {params.__dict__}")
+        hub_env = hub_environment(database.url, redis.url, secret, api_key)
+        migrate_hub(hub_env)
+        needed = max((*params.idle_levels, *params.fanout_sizes, params.storm_clients,
+                      params.ladder_users, params.chat_members))
+        users = await database.add_users(needed, "bench")
+        log(f"{len(users)} users in database {database.name}")
+        deadline = started + (RUN_BUDGET_QUICK if args.quick else RUN_BUDGET)
+        for index, key in enumerate(wanted):
+            target = TARGETS[key]
+            weights = [WEIGHT.get(k, 1.0) for k in wanted[index:]]
+            budget = (deadline - time.perf_counter()) * weights[0] / sum(weights)
+            log(f"== {target.label} ({target.note})")
+            redis.flush()
+            logs = out / "logs"
+            logs.mkdir(exist_ok=True)
+            server = await start(target, server_cpus, logs, redis_url=redis.url, secret=secret,
+                                 hub_env=hub_env)
+            publisher = RespPublisher("127.0.0.1", redis.port)
+            await publisher.open()
+            fleet = Fleet(server.ws_url, target.dialect, token)
+            bench = Bench(server, fleet, publisher, params, redis.pid(), users, log, api_key,
+                          server_cpus=server_cpus)
+            target_started = time.perf_counter()
+            try:
+                await guarded(results, key, run_target(bench, token, target.durable, database),
+                              max(budget, 20.0))
+                if isinstance(results[key], dict) and "error" in results[key]:
+                    results[key] = {**bench.results, "error": results[key]["error"]}
+            finally:
+                results[key]["seconds"] = time.perf_counter() - target_started
+                results[key]["unexpected_closes"] = len(fleet.unexpected_closes)
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(30):
+                        await fleet.disconnect(limit=20)
+                await publisher.close()
+                results[key]["shutdown_s"] = server.stop()
+                results[key]["exit_code"] = server.process.returncode
+                if server.process.returncode not in (0, -15):
+                    log(f"  server exit code {server.process.returncode} after "
+                        f"{results[key]['shutdown_s']:.0f} s (-9: killed 30 s after SIGTERM)")
+            log(f"   {key} done in {results[key]['seconds']:.0f} s")
+    finally:
+        with contextlib.suppress(Exception):
+            await database.drop()
+        redis.stop()
+    document = {"environment": env, "results": results, "seconds": time.perf_counter() - started}
+    (out / "results.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    table = report.markdown(document)
+    (out / "results.md").write_text(table)
+    charts = report.charts(document, out)
+    print(table)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {', '.join(str(c) for c in charts)} "
+        f"in {document['seconds']:.0f} s")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run with small sizes")
+    parser.add_argument("--targets", default="", help=f"comma-separated subset of {','.join(ORDER)}")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
+    args = parser.parse_args()
+    use_uvloop()
+    return asyncio.run(main_async(args))
+
+
+def use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""One hub on its own (PostgreSQL + private Redis), for the profiler and the issue-3 figure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from auth.tokens import ACCESS, TokenCodec
+from bench.loadgen import Fleet, RespPublisher
+from bench.scenarios import Bench, Params
+from bench.services import BenchDatabase, PrivateRedis, cores, raise_nofile
+from bench.targets import TARGETS, hub_environment, migrate_hub, start
+
+
+@contextlib.asynccontextmanager
+async def running_hub(users: int, params: Params, out: Path, log: object) -> AsyncIterator[Bench]:
+    """A migrated database with `users` users, a private Redis, the hub pinned to the server core
+    and this process to the others; everything is removed on exit."""
+    server_cpus, loadgen_cpus = cores()
+    os.sched_setaffinity(0, loadgen_cpus)
+    raise_nofile()
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    secret, api_key = secrets.token_urlsafe(48), secrets.token_urlsafe(24)
+    codec = TokenCodec(secret, "HS256", 7200, 7200)
+    tokens: dict[int, str] = {}
+
+    def token(user_id: int) -> str:
+        if user_id not in tokens:
+            tokens[user_id] = codec.issue(user_id, ACCESS)[0]
+        return tokens[user_id]
+
+    redis = PrivateRedis(loadgen_cpus)
+    database = BenchDatabase()
+    try:
+        redis.start()
+        await database.create()
+        env = hub_environment(database.url, redis.url, secret, api_key)
+        migrate_hub(env)
+        ids = await database.add_users(users, "solo")
+        server = await start(TARGETS["hub"], server_cpus, out, redis_url=redis.url, secret=secret,
+                             hub_env=env)
+        publisher = RespPublisher("127.0.0.1", redis.port)
+        await publisher.open()
+        fleet = Fleet(server.ws_url, "hub", token)
+        bench = Bench(server, fleet, publisher, params, redis.pid(), ids, log, api_key,  # type: ignore[arg-type]
+                      server_cpus=server_cpus)
+        bench.results["loadgen_cpus"] = sorted(loadgen_cpus)
+        try:
+            yield bench
+        finally:
+            await fleet.disconnect()
+            await publisher.close()
+            server.stop()
+    finally:
+        await database.drop()
+        redis.stop()

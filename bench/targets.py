@@ -1,0 +1,148 @@
+"""The servers under test: how each starts (pinned to the server core, open-files limit raised),
+where its sockets connect, which framing it speaks, and what it cannot do at all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.loadgen import HUB, PLAIN, SOCKETIO
+from bench.services import (
+    _child_setup,
+    free_port,
+    pinned_command,
+    proc_cpu_seconds,
+    proc_rss_bytes,
+    wait_port,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    dialect: str
+    ws_path: str
+    module: str  # python -m <module>
+    durable: bool = False  # has the publish API, stream ids and resume
+    note: str = ""
+
+
+TARGETS = {
+    "hub": Target("hub", "hub", HUB, "/ws", "hub", durable=True,
+                  note="this project: `hub serve`, PostgreSQL + Redis, one process"),
+    "forwarder": Target("forwarder", "PSUBSCRIBE forwarder (ceiling)", PLAIN, "/ws",
+                        "bench.peers.forwarder_server",
+                        note="one PSUBSCRIBE per process, sockets by user, no store"),
+    "socketio": Target("socketio", "python-socketio", SOCKETIO, "/socket.io/?EIO=4&transport=websocket",
+                       "bench.peers.socketio_server",
+                       note="ASGI on uvicorn, AsyncRedisManager, a room per user"),
+    "broadcaster": Target("broadcaster", "encode/broadcaster", PLAIN, "/ws",
+                          "bench.peers.broadcaster_server",
+                          note="Redis backend in a Starlette endpoint, a subscribe() per socket"),
+    "seed004": Target("seed004", "seed 004 pattern (floor)", PLAIN, "/ws", "bench.peers.seed004_server",
+                      note="one Redis connection per socket, get_message() then sleep(1)"),
+}
+
+
+@dataclass
+class Server:
+    """A running server process of one target."""
+
+    target: Target
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def python_pid(self) -> int:
+        """The Python process (taskset execs it, so the same pid)."""
+        return self.process.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.target.ws_path}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        return proc_rss_bytes(self.pid)
+
+    def cpu(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 30.0) -> float:
+        """SIGTERM, then SIGKILL after `grace` seconds; returns how long the shutdown took."""
+        started = time.perf_counter()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()  # the numbers are taken; a slow shutdown is reported, not waited for
+                self.process.wait(5)
+        return time.perf_counter() - started
+
+
+def hub_environment(database_url: str, redis_url: str, secret: str, api_key: str) -> dict[str, str]:
+    return {
+        "HUB_ENV": "dev", "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+        "JWT_SECRET": secret, "HUB_API_KEY": api_key, "ACCESS_TOKEN_TTL": "7200",
+        "LOG_LEVEL": "WARNING", "WS_MAX_CONNECTIONS_PER_USER": "20",
+    }
+
+
+def migrate_hub(env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "hub", "migrate"], cwd=ROOT, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"hub migrate failed: {result.stderr[-2000:]}")
+
+
+async def start(target: Target, cpus: set[int], log_dir: Path, *, redis_url: str, secret: str,
+                hub_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    if target.key == "hub":
+        assert hub_env is not None
+        command = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        env = {**os.environ, **hub_env}
+    else:
+        command = [sys.executable, "-m", target.module, "--port", str(port), "--redis", redis_url,
+                   "--secret", secret]
+        env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path = log_dir / f"{target.key}.log"
+    log = log_path.open("ab")
+    process = subprocess.Popen(pinned_command(command, cpus), cwd=ROOT, env=env, stdout=log,  # noqa: ASYNC220
+                               stderr=subprocess.STDOUT, preexec_fn=_child_setup)
+    log.close()
+    server = Server(target, port, process, log_path, env)
+    try:
+        await wait_port(port, 30, process)
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,16 @@
+"""Chat (protocol §5-§6): rooms, members and messages over REST, delivered live as events."""
+
+from __future__ import annotations
+
+from chat.routes import ChatApi
+from chat.service import ChatService
+from hub.db import Database
+from hub.events import EventBus
+from hub.feature import Feature
+from hub.identity import Authenticator
+
+
+def chat_feature(db: Database, events: EventBus, authenticator: Authenticator) -> Feature:
+    """The chat's routes, for the composition root. (Expired idempotency keys are removed by
+    the core's retention loop.)"""
+    return Feature(routes=ChatApi(ChatService(db, events), authenticator).routes())

@@ -1,0 +1,192 @@
+"""Queries on the chat tables. They take a session and never commit; every membership check
+is part of the query that needs it (an EXISTS on `chat_members`), never a load of the chat."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exists, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chat.models import Chat, ChatMember, Message
+from hub.db import rfc3339
+from hub.models import User
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRow:
+    """A chat as one member sees it."""
+
+    id: int
+    title: str
+    created_at: dt.datetime
+    unread_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatHead:
+    """The position of a chat's newest message, read under the chat row's lock."""
+
+    message_count: int
+    last_message_id: int | None
+
+
+def _is_member(chat_id: Any, user_id: int) -> Any:
+    return exists().where(ChatMember.chat_id == chat_id, ChatMember.user_id == user_id)
+
+
+async def lock_chat(session: AsyncSession, chat_id: int, member_id: int) -> ChatHead | None:
+    """Lock the chat row if `member_id` belongs to it (None otherwise, for members and
+    strangers alike). Writers that change a chat's messages or members take this lock first."""
+    row = (await session.execute(
+        select(Chat.message_count, Chat.last_message_id)
+        .where(Chat.id == chat_id, _is_member(Chat.id, member_id))
+        # FOR NO KEY UPDATE: writers of this chat queue here, foreign-key checks do not.
+        .with_for_update(of=Chat, key_share=True)
+    )).first()
+    return ChatHead(row[0], row[1]) if row else None
+
+
+async def is_member(session: AsyncSession, chat_id: int, user_id: int) -> bool:
+    return bool(await session.scalar(select(_is_member(chat_id, user_id))))
+
+
+async def member_ids(session: AsyncSession, chat_id: int) -> list[int]:
+    rows = await session.scalars(
+        select(ChatMember.user_id).where(ChatMember.chat_id == chat_id).order_by(ChatMember.user_id))
+    return list(rows)
+
+
+async def members_of(session: AsyncSession, chat_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """`{chat_id: [{"user_id", "username"}, ...]}`, members in user-id order."""
+    found: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for start in range(0, len(chat_ids), 1000):
+        rows = await session.execute(
+            select(ChatMember.chat_id, User.id, User.username)
+            .join(User, User.id == ChatMember.user_id)
+            .where(ChatMember.chat_id.in_(chat_ids[start:start + 1000]))
+            .order_by(ChatMember.chat_id, User.id)
+        )
+        for chat_id, user_id, username in rows:
+            found[chat_id].append({"user_id": user_id, "username": username})
+    return found
+
+
+def _chat_rows(user_id: int) -> Any:
+    return (
+        select(Chat.id, Chat.title, Chat.created_at,
+               Chat.message_count - ChatMember.last_read_seq)
+        .join(ChatMember, ChatMember.chat_id == Chat.id)
+        .where(ChatMember.user_id == user_id)
+    )
+
+
+async def chat_of_member(session: AsyncSession, chat_id: int, user_id: int) -> ChatRow | None:
+    row = (await session.execute(_chat_rows(user_id).where(Chat.id == chat_id))).first()
+    return ChatRow(*row) if row else None
+
+
+async def chats_of_member(session: AsyncSession, user_id: int) -> list[ChatRow]:
+    """The user's chats, latest activity first."""
+    rows = await session.execute(
+        _chat_rows(user_id).order_by(Chat.last_activity_at.desc(), Chat.id.desc()))
+    return [ChatRow(*row) for row in rows]
+
+
+async def insert_chat(session: AsyncSession, title: str, creator_id: int,
+                      member_ids: Iterable[int], now: dt.datetime) -> int:
+    chat_id = (await session.execute(
+        insert(Chat).values(title=title, created_by=creator_id, created_at=now,
+                            last_activity_at=now, message_count=0, last_message_id=None)
+        .returning(Chat.id)
+    )).scalar_one()
+    await session.execute(insert(ChatMember), [
+        {"chat_id": chat_id, "user_id": user_id, "joined_at": now,
+         "last_read_message_id": 0, "last_read_seq": 0}
+        for user_id in sorted(set(member_ids))
+    ])
+    return chat_id
+
+
+async def insert_member(session: AsyncSession, chat_id: int, user_id: int, head: ChatHead,
+                        now: dt.datetime) -> None:
+    """Add a member who has read what the chat held when they joined."""
+    await session.execute(insert(ChatMember).values(
+        chat_id=chat_id, user_id=user_id, joined_at=now,
+        last_read_message_id=head.last_message_id or 0, last_read_seq=head.message_count))
+
+
+async def insert_message(session: AsyncSession, chat_id: int, head: ChatHead, sender_id: int,
+                         text: str, now: dt.datetime) -> int:
+    """Append a message after `head` (read under the chat's lock), move the chat's counters and
+    the sender's read marker to it; returns its id."""
+    seq = head.message_count + 1
+    message_id = (await session.execute(
+        insert(Message).values(chat_id=chat_id, seq=seq, sender_id=sender_id, text=text,
+                               created_at=now).returning(Message.id)
+    )).scalar_one()
+    await session.execute(
+        update(Chat).where(Chat.id == chat_id)
+        .values(message_count=seq, last_message_id=message_id, last_activity_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await advance_read(session, chat_id, sender_id, message_id, seq)
+    return int(message_id)
+
+
+async def message_seq(session: AsyncSession, chat_id: int, message_id: int) -> int | None:
+    return await session.scalar(
+        select(Message.seq).where(Message.id == message_id, Message.chat_id == chat_id))
+
+
+async def advance_read(session: AsyncSession, chat_id: int, user_id: int, message_id: int,
+                       seq: int) -> bool:
+    """Move the member's read marker forward to the message; False when it was already there
+    or past it."""
+    result = await session.execute(
+        update(ChatMember)
+        .where(ChatMember.chat_id == chat_id, ChatMember.user_id == user_id,
+               ChatMember.last_read_seq < seq)
+        .values(last_read_message_id=message_id, last_read_seq=seq)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def message_page(session: AsyncSession, chat_id: int, before_id: int | None,
+                       limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` messages of the chat older than `before_id`, newest first, as JSON objects.
+
+    Pages walk the chat's `seq` (the same order as ids within a chat): the (chat_id, seq) index
+    is the only one that yields that order, so the planner cannot trade it for a backward scan
+    of the whole table's primary key that filters out other chats' messages."""
+    query = (
+        select(Message.id, Message.sender_id, User.username, Message.text, Message.created_at)
+        .join(User, User.id == Message.sender_id)
+        .where(Message.chat_id == chat_id)
+        .limit(limit)
+    )
+    if before_id is None:
+        query = query.order_by(Message.seq.desc())
+    elif (before_seq := await message_seq(session, chat_id, before_id)) is not None:
+        query = query.where(Message.seq < before_seq).order_by(Message.seq.desc())
+    else:  # not a cursor this chat handed out; still answer correctly, by id
+        query = query.where(Message.id < before_id).order_by(Message.id.desc())
+    rows = await session.execute(query)
+    return [message_json(message_id, chat_id, sender_id, username, text, created_at)
+            for message_id, sender_id, username, text, created_at in rows]
+
+
+def message_json(message_id: int, chat_id: int, sender_id: int, sender_username: str, text: str,
+                 created_at: dt.datetime) -> dict[str, Any]:
+    return {"id": message_id, "chat_id": chat_id, "sender_id": sender_id,
+            "sender_username": sender_username, "text": text, "created_at": rfc3339(created_at)}
+
+
+def chat_json(row: ChatRow, members: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": row.id, "title": row.title, "created_at": rfc3339(row.created_at),
+            "members": members, "unread_count": row.unread_count}

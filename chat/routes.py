@@ -1,0 +1,200 @@
+"""REST calls of the chat (protocol §6), over `ChatService`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chat.service import ChatService
+from hub import idempotency
+from hub.errors import NotFound
+from hub.http import api, read_json, read_query
+from hub.identity import Authenticator, authenticate_request
+from hub.responses import json_response
+
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+MAX_TEXT = 4000
+MAX_TITLE = 100
+MAX_NEW_MEMBERS = 1000
+# C0 and C1 controls, DEL, and lone surrogates (which no database can store as UTF-8).
+_TEXT_REFUSED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_TITLE_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _trimmed(limit: int, refused: re.Pattern[str], allowed: str) -> AfterValidator:
+    def check(value: str) -> str:
+        # Refused anywhere, the ends included: trimming must not hide a control character.
+        if refused.search(value):
+            raise ValueError(f"must not contain control characters{allowed}")
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty or only whitespace")
+        if len(value) > limit:
+            raise ValueError(f"must be at most {limit} characters after trimming")
+        return value
+
+    return AfterValidator(check)
+
+
+MessageText = Annotated[str, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab")]
+Title = Annotated[str, _trimmed(MAX_TITLE, _TITLE_REFUSED, "")]
+UserId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT32)]
+MessageId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT64)]
+
+
+class NewChat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: Title = Field(description="1 to 100 characters after trimming")
+    member_ids: Annotated[list[UserId], Field(max_length=MAX_NEW_MEMBERS)] = Field(
+        default_factory=list, description="other members; the creator always joins")
+
+
+class NewMember(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+
+
+class NewMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: MessageText = Field(description="1 to 4000 characters after trimming; no control "
+                                          "characters other than newline and tab")
+
+
+class ReadMark(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_id: MessageId
+
+
+class MessagesQuery(BaseModel):
+    before_id: Annotated[int | None, Field(gt=0, le=MAX_INT64)] = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class MemberOut(BaseModel):
+    user_id: int
+    username: str
+
+
+class ChatOut(BaseModel):
+    id: int
+    title: str
+    created_at: str
+    members: list[MemberOut]
+    unread_count: int
+
+
+class ChatList(BaseModel):
+    items: list[ChatOut]
+
+
+class MessageOut(BaseModel):
+    id: int
+    chat_id: int
+    sender_id: int
+    sender_username: str
+    text: str
+    created_at: str
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    next_before_id: int | None
+
+
+class ChatApi:
+    """Routes of §6. User tokens are checked by the `Authenticator` the composition root hands in."""
+
+    def __init__(self, service: ChatService, authenticator: Authenticator) -> None:
+        self._service = service
+        self._authenticator = authenticator
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/chats", self.create_chat, methods=["POST"]),
+            Route("/api/v1/chats", self.list_chats, methods=["GET"]),
+            Route("/api/v1/chats/{chat_id:int}", self.get_chat, methods=["GET"]),
+            Route("/api/v1/chats/{chat_id:int}/members", self.add_member, methods=["POST"]),
+            Route("/api/v1/chats/{chat_id:int}/messages", self.post_message, methods=["POST"]),
+            Route("/api/v1/chats/{chat_id:int}/messages", self.list_messages, methods=["GET"]),
+            Route("/api/v1/chats/{chat_id:int}/read", self.mark_read, methods=["POST"]),
+        ]
+
+    @api(summary="Create a chat (the creator is a member); emits chat.created", tag="chat",
+         body=NewChat, response=ChatOut, status=201, auth="user", errors=(401, 413, 415, 422))
+    async def create_chat(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        body = await read_json(request, NewChat)
+        chat = await self._service.create_chat(user_id, body.title, body.member_ids)
+        return json_response(chat, 201)
+
+    @api(summary="The caller's chats, latest activity first, with unread counts", tag="chat",
+         response=ChatList, auth="user", errors=(401,))
+    async def list_chats(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        return json_response({"items": await self._service.list_chats(user_id)})
+
+    @api(summary="One chat of the caller", tag="chat", response=ChatOut, auth="user",
+         errors=(401, 404))
+    async def get_chat(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        return json_response(await self._service.get_chat(user_id, _chat_id(request)))
+
+    @api(summary="Add a member; emits chat.member_added to every member, the new one too",
+         tag="chat", body=NewMember, response=ChatOut, status=201, auth="user",
+         errors=(401, 404, 409, 413, 415, 422))
+    async def add_member(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        chat_id = _chat_id(request)
+        body = await read_json(request, NewMember)
+        return json_response(await self._service.add_member(user_id, chat_id, body.user_id), 201)
+
+    @api(summary="Post a message; emits chat.message to every member. A retry with the same "
+                 "Idempotency-Key within 24 h returns the first answer", tag="chat",
+         body=NewMessage, response=MessageOut, status=201, auth="user",
+         errors=(401, 404, 409, 413, 415, 422), headers=("Idempotency-Key",))
+    async def post_message(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        chat_id = _chat_id(request)
+        key = idempotency.check_key(request.headers.get("idempotency-key"))
+        body = await read_json(request, NewMessage)
+        answer, replayed = await self._service.post_message(user_id, chat_id, body.text, key)
+        # The replay marker is the publish API's, so clients treat both calls alike.
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return Response(answer.body, answer.status_code, headers=headers, media_type="application/json")
+
+    @api(summary="Messages of a chat, newest first, by keyset (before_id)", tag="chat",
+         query=MessagesQuery, response=MessagePage, auth="user", errors=(401, 404, 422))
+    async def list_messages(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        chat_id = _chat_id(request)
+        query = read_query(request, MessagesQuery)
+        return json_response(
+            await self._service.messages(user_id, chat_id, query.before_id, query.limit))
+
+    @api(summary="Mark messages read up to message_id (only moves forward); emits chat.read "
+                 "to the other members", tag="chat", body=ReadMark, status=204, auth="user",
+         errors=(401, 404, 413, 415, 422))
+    async def mark_read(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        chat_id = _chat_id(request)
+        body = await read_json(request, ReadMark)
+        await self._service.mark_read(user_id, chat_id, body.message_id)
+        return Response(status_code=204)
+
+    async def _user(self, request: Request) -> int:
+        return (await authenticate_request(request, self._authenticator)).user_id
+
+
+def _chat_id(request: Request) -> int:
+    chat_id = int(request.path_params["chat_id"])
+    if not 0 < chat_id <= MAX_INT32:
+        raise NotFound(f"no chat {chat_id} among yours")
+    return chat_id
+
+

@@ -1,0 +1,154 @@
+"""The chat service: each call is one transaction that changes the data and writes its events.
+
+Events (protocol §5) are emitted inside the transaction that makes the change, so they commit
+with it and are published after the commit. Writers that touch a chat's messages or members
+lock the chat row first (`queries.lock_chat`), then the members' streams (inside `tx.emit`), so
+concurrent writers queue instead of deadlocking and every member sees events in commit order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+
+from chat import queries
+from chat.queries import ChatRow, chat_json, message_json
+from hub import idempotency
+from hub.db import Database, utcnow
+from hub.errors import Conflict, Invalid, NotFound
+from hub.events import EventBus
+from hub.idempotency import StoredAnswer
+from hub.users import existing_user_ids, usernames
+
+
+def _no_chat(chat_id: int) -> NotFound:
+    # Same words for a missing chat and a chat of others: a stranger learns nothing.
+    return NotFound(f"no chat {chat_id} among yours")
+
+
+class ChatService:
+    def __init__(self, db: Database, events: EventBus) -> None:
+        self._db = db
+        self._events = events
+
+    async def create_chat(self, creator_id: int, title: str, member_ids: Sequence[int]) -> dict[str, Any]:
+        """Create a chat of the creator and `member_ids`; emits `chat.created` to every member."""
+        everyone = sorted(set(member_ids) | {creator_id})
+        async with self._events.transaction() as tx:
+            known = await existing_user_ids(tx.session, everyone)
+            unknown = sorted(set(member_ids) - known)
+            if unknown:
+                listed = ", ".join(map(str, unknown))
+                raise Invalid({"member_ids": f"unknown user ids: {listed}"})
+            now = utcnow()
+            chat_id = await queries.insert_chat(tx.session, title, creator_id, everyone, now)
+            members = (await queries.members_of(tx.session, [chat_id]))[chat_id]
+            chat = chat_json(ChatRow(chat_id, title, now, 0), members)
+            await tx.emit(everyone, "chat.created", chat)
+        return chat
+
+    async def list_chats(self, user_id: int) -> list[dict[str, Any]]:
+        """The user's chats, latest activity first, each with the user's unread count."""
+        async with self._db.sessions() as session:
+            rows = await queries.chats_of_member(session, user_id)
+            members = await queries.members_of(session, [row.id for row in rows])
+        return [chat_json(row, members[row.id]) for row in rows]
+
+    async def get_chat(self, user_id: int, chat_id: int) -> dict[str, Any]:
+        async with self._db.sessions() as session:
+            row = await queries.chat_of_member(session, chat_id, user_id)
+            if row is None:
+                raise _no_chat(chat_id)
+            members = await queries.members_of(session, [chat_id])
+        return chat_json(row, members[chat_id])
+
+    async def add_member(self, caller_id: int, chat_id: int, user_id: int) -> dict[str, Any]:
+        """Add `user_id` to a chat of the caller; emits `chat.member_added` to every member,
+        the new one included. Returns the chat as the caller sees it."""
+        async with self._events.transaction() as tx:
+            session = tx.session
+            head = await queries.lock_chat(session, chat_id, caller_id)
+            if head is None:
+                raise _no_chat(chat_id)
+            if not await existing_user_ids(session, [user_id]):
+                raise Invalid({"user_id": f"unknown user id {user_id}"})
+            if await queries.is_member(session, chat_id, user_id):
+                raise Conflict(f"user {user_id} is already a member of chat {chat_id}")
+            await queries.insert_member(session, chat_id, user_id, head, utcnow())
+            member_ids = await queries.member_ids(session, chat_id)
+            await tx.emit(member_ids, "chat.member_added", {"chat_id": chat_id, "user_id": user_id})
+            row = await queries.chat_of_member(session, chat_id, caller_id)
+            members = await queries.members_of(session, [chat_id])
+        assert row is not None  # the caller's membership is held by the chat lock
+        return chat_json(row, members[chat_id])
+
+    async def post_message(self, sender_id: int, chat_id: int, text: str,
+                           idempotency_key: str | None = None) -> tuple[StoredAnswer, bool]:
+        """Append a message and its `chat.message` event for every member, the sender included.
+        Posting also moves the sender's own read marker to the message (no `chat.read` event:
+        the members learn of it from the message itself), so one's own messages are never unread.
+
+        With an `idempotency_key` the sender already used on this call within 24 h, the first
+        answer comes back and nothing is written or published (409 if the key came with another
+        chat or text); a concurrent duplicate loses on the key's primary key and answers with
+        the winner's stored answer. Returns the answer and whether it is a replay."""
+        scope = f"chat:{sender_id}"
+        print_ = idempotency.fingerprint(f"{chat_id}\n{text}".encode())
+        if idempotency_key is not None:
+            async with self._db.sessions() as session:
+                stored = await idempotency.lookup(session, scope, idempotency_key, print_)
+            if stored is not None:
+                return stored, True
+        try:
+            async with self._events.transaction() as tx:
+                session = tx.session
+                head = await queries.lock_chat(session, chat_id, sender_id)
+                if head is None:
+                    raise _no_chat(chat_id)
+                now = utcnow()
+                message_id = await queries.insert_message(session, chat_id, head, sender_id, text, now)
+                names = await usernames(session, [sender_id])
+                answer = StoredAnswer(201, orjson.dumps(
+                    message_json(message_id, chat_id, sender_id, names[sender_id], text, now)))
+                if idempotency_key is not None:
+                    await idempotency.remember(session, scope, idempotency_key, print_, answer)
+                member_ids = await queries.member_ids(session, chat_id)
+                await tx.emit_json(member_ids, "chat.message", answer.body)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            async with self._db.sessions() as session:
+                stored = await idempotency.lookup(session, scope, idempotency_key, print_)
+            if stored is None:
+                raise
+            return stored, True
+        return answer, False
+
+    async def messages(self, user_id: int, chat_id: int, before_id: int | None,
+                       limit: int) -> dict[str, Any]:
+        """A page of messages, newest first; `next_before_id` is None on the last page."""
+        async with self._db.sessions() as session:
+            if not await queries.is_member(session, chat_id, user_id):
+                raise _no_chat(chat_id)
+            items = await queries.message_page(session, chat_id, before_id, limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return {"items": items, "next_before_id": items[-1]["id"] if more else None}
+
+    async def mark_read(self, user_id: int, chat_id: int, message_id: int) -> None:
+        """Move the user's read marker forward to `message_id`; emits `chat.read` to the other
+        members when it moved. A message of another chat is refused (422)."""
+        async with self._events.transaction() as tx:
+            session = tx.session
+            if not await queries.is_member(session, chat_id, user_id):
+                raise _no_chat(chat_id)
+            seq = await queries.message_seq(session, chat_id, message_id)
+            if seq is None:
+                raise Invalid({"message_id": f"chat {chat_id} has no message {message_id}"})
+            if await queries.advance_read(session, chat_id, user_id, message_id, seq):
+                others = [uid for uid in await queries.member_ids(session, chat_id) if uid != user_id]
+                await tx.emit(others, "chat.read",
+                              {"chat_id": chat_id, "user_id": user_id, "message_id": message_id})

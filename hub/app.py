@@ -1,0 +1,119 @@
+"""The composition root: the one place that knows every module and wires them together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+
+from auth.passwords import Passwords
+from auth.routes import AuthApi
+from auth.service import Accounts
+from auth.tokens import TokenCodec
+from chat import chat_feature
+from hub import migrate
+from hub.broker import Broker
+from hub.broker_memory import MemoryBroker
+from hub.db import Database
+from hub.errors import ApiError, api_error_handler, http_exception_handler, internal_error_handler
+from hub.events import EventBus
+from hub.feature import Feature, Loop
+from hub.metrics import HttpMetricsMiddleware, Metrics
+from hub.openapi import build_openapi
+from hub.ops import OpsApi
+from hub.publish_api import PublishApi
+from hub.publisher import Publisher
+from hub.registry import Registry
+from hub.retention import Retention
+from hub.settings import Settings
+from hub.supervise import supervise
+from hub.web import WebFront
+from hub.ws import WebSocketApi
+from parser_bridge.feature import parser_bridge_feature
+
+log = logging.getLogger("hub")
+VERSION = "0.1.0"
+
+
+def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url is None:
+        return MemoryBroker()
+    from hub.broker_redis import RedisBroker
+
+    return RedisBroker(settings.redis_url)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the hub from validated settings. Nothing connects until the lifespan starts."""
+    db = Database(settings.database_url)
+    metrics = Metrics()
+    broker = make_broker(settings)
+    publisher = Publisher(db, broker, metrics, settings.redis_channel_prefix)
+    registry = Registry(broker, metrics, settings.redis_channel_prefix,
+                        settings.ws_max_connections_per_user)
+    events = EventBus(db, publisher.publish)
+    accounts = Accounts(
+        db,
+        TokenCodec(settings.jwt_secret, settings.jwt_algorithm,
+                   settings.access_token_ttl, settings.refresh_token_ttl),
+        Passwords(),
+    )
+    features: list[Feature] = [
+        Feature(loops=(
+            Loop("publish watermarks", publisher.flush_watermarks, 0.5),
+            Loop("relay", publisher.relay, 1.0),
+            Loop("retention", Retention(db, metrics, settings.stream_retention_events,
+                                        settings.stream_retention_seconds).step, 60.0),
+        )),
+        Feature(routes=WebSocketApi(settings, db, registry, accounts, metrics).routes()),
+        Feature(routes=WebFront().routes()),
+        Feature(routes=PublishApi(settings, db, events, accounts).routes()),
+        Feature(routes=AuthApi(accounts, db).routes()),
+        parser_bridge_feature(settings, db, events, accounts),
+        chat_feature(db, events, accounts),
+    ]
+    routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
+    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
+    routes.extend(ops.routes())
+    loops = [loop for feature in features for loop in feature.loops]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if settings.jwt_secret_generated:
+            log.warning("JWT_SECRET is not set: dev mode generated a random one, so tokens "
+                        "will not survive a restart; set JWT_SECRET to keep them")
+        async with contextlib.AsyncExitStack() as stack:
+            db.open()
+            stack.push_async_callback(db.close)
+            if settings.uses_sqlite:
+                await migrate.upgrade(db)
+            await broker.open(registry.dispatch, registry.resync)
+            stack.push_async_callback(broker.close)
+            stack.push_async_callback(publisher.flush_watermarks)
+            tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
+                                         name=loop.name) for loop in loops]
+            stack.push_async_callback(_cancel, tasks)
+            yield
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(HttpMetricsMiddleware, metrics=metrics)],
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
+    )
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

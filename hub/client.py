@@ -1,0 +1,375 @@
+"""An asyncio client of the hub's WebSocket API (protocol §4) for backends, tests and benchmarks.
+
+    client = HubClient("wss://hub.example/ws", PasswordLogin("https://hub.example", "ann", pw))
+    async with contextlib.aclosing(client.events()) as items:
+        async for item in items:
+            if isinstance(item, Reset):
+                ...  # re-read state over REST; the events after it follow on from item.last_event_id
+            else:
+                ...  # an Event: every id once, in order, across reconnects
+
+Guarantees: events come in stream order and no id is yielded twice. After a disconnect the client
+resumes from the last id and epoch it yielded; the hub replays what was missed, or answers
+`recovered: false` when it cannot (history trimmed, epoch changed), which the client yields as a
+`Reset` before any later event. The first connection yields a `Reset` too unless it was given a
+position to resume from: that is the moment to load state.
+
+Reconnects: any close but a terminal one is followed by a full-jitter exponential back-off
+(uniform in [0, min(cap, base * 2**attempt)]; the attempt count restarts once a connection has
+stayed up `stable_after` seconds), then a resume. Terminal, raised from `events()` as `HubClosed`:
+4003, 1008, 1009, HTTP 401/403/404 at the handshake, and 4001 when the token provider cannot
+refresh. Tokens come from a `TokenProvider`; when it knows the expiry, the client sends a
+`refresh` frame before the access token expires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import sys
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+log = logging.getLogger("hub.client")
+
+TERMINAL_CLOSE_CODES = frozenset({4003, 1008, 1009})  # and 4001 once a refresh has failed
+TERMINAL_HTTP_STATUSES = frozenset({401, 403, 404})
+AUTH_FAILED = 4001
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the user's stream (protocol §1)."""
+
+    id: int
+    name: str
+    data: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The hub could not replay what this client missed (or no position was given): re-read state.
+    Events yielded after it continue from `last_event_id`."""
+
+    epoch: str
+    last_event_id: int
+    resume_refused: bool  # True when a resume was asked for and refused
+
+
+class HubClosed(Exception):
+    """A terminal close: reconnecting would not help (bad credentials, forbidden, wrong URL)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class RefreshFailed(Exception):
+    """The token provider's credentials were rejected; no new access token can be had."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: str
+    expires_at: float | None = None  # unix time; None when unknown (no refresh is scheduled)
+
+
+class TokenProvider(Protocol):
+    """Where access tokens come from. `refresh` raises RefreshFailed when the credentials are
+    rejected; any other exception is taken as transient and retried after a back-off."""
+
+    async def current(self) -> AccessToken: ...
+
+    async def refresh(self) -> AccessToken: ...
+
+
+class StaticToken:
+    """One access token that cannot be refreshed: the connection ends (4001) when it expires."""
+
+    def __init__(self, token: str, expires_at: float | None = None) -> None:
+        self._token = AccessToken(token, expires_at)
+
+    async def current(self) -> AccessToken:
+        return self._token
+
+    async def refresh(self) -> AccessToken:
+        raise RefreshFailed("a static token cannot be refreshed")
+
+
+class PasswordLogin:
+    """Logs in over REST (`/api/v1/auth/login`) and refreshes with the refresh token, logging in
+    again when the refresh token is rejected. Owns `http` only when it created it."""
+
+    def __init__(self, api_url: str, username: str, password: str, *,
+                 http: httpx.AsyncClient | None = None, timeout: float = 10.0) -> None:
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(base_url=api_url, timeout=timeout)
+        self._credentials = {"username": username, "password": password}
+        self._access: AccessToken | None = None
+        self._refresh_token: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> AccessToken:
+        async with self._lock:
+            if self._access is None:
+                await self._store(await self._http.post("/api/v1/auth/login", json=self._credentials))
+            assert self._access is not None
+            return self._access
+
+    async def refresh(self) -> AccessToken:
+        async with self._lock:
+            if self._refresh_token is not None:
+                answer = await self._http.post("/api/v1/auth/refresh",
+                                               json={"refresh_token": self._refresh_token})
+                if answer.status_code != 401:
+                    await self._store(answer)
+                    assert self._access is not None
+                    return self._access
+            await self._store(await self._http.post("/api/v1/auth/login", json=self._credentials))
+            assert self._access is not None
+            return self._access
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def _store(self, answer: httpx.Response) -> None:
+        if answer.status_code in (401, 403, 422):
+            raise RefreshFailed(f"login refused: HTTP {answer.status_code} {answer.text[:200]}")
+        answer.raise_for_status()  # 5xx and the like: transient
+        body = answer.json()
+        token = str(body["access_token"])
+        # the JWT's own `exp` (whole seconds, so up to 1 s before now + expires_in)
+        expires_at = jwt_expiry(token) or time.time() + float(body["expires_in"]) - 1.0
+        self._access = AccessToken(token, expires_at)
+        self._refresh_token = body["refresh_token"]
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT, read without verifying it (only to schedule a refresh)."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+class HubClient:
+    """One user's live stream over one WebSocket at a time, resumed across disconnects.
+
+    `events()` may be iterated once at a time; `close()` (from any task) ends it. The position
+    (`last_event_id`, `epoch`) can be saved and passed to a later client to resume from it."""
+
+    def __init__(self, url: str, tokens: TokenProvider | str, *, last_event_id: int | None = None,
+                 epoch: str | None = None, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 stable_after: float = 10.0, refresh_margin: float = 60.0,
+                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
+                 max_frame: int = 2**20) -> None:
+        self._url = url
+        self._tokens: TokenProvider = StaticToken(tokens) if isinstance(tokens, str) else tokens
+        self.last_event_id = last_event_id
+        self.epoch = epoch
+        self.connects = 0
+        self._backoff = (backoff_base, backoff_cap)
+        self._stable_after = stable_after
+        self._refresh_margin = refresh_margin
+        self._open_timeout = open_timeout
+        self._ping_interval = ping_interval
+        self._max_frame = max_frame
+        self._closing = asyncio.Event()
+        self._socket: ClientConnection | None = None
+
+    async def close(self) -> None:
+        """End `events()` (it returns normally) and close the current socket."""
+        self._closing.set()
+        if self._socket is not None:
+            await self._socket.close()
+
+    async def events(self) -> AsyncGenerator[Event | Reset, None]:
+        """Events (and Resets) until `close()`; raises HubClosed on a terminal close."""
+        attempt, refresh_first = 0, False
+        while not self._closing.is_set():
+            try:
+                token = await (self._tokens.refresh() if refresh_first else self._tokens.current())
+            except RefreshFailed as exc:
+                raise HubClosed(AUTH_FAILED, str(exc)) from exc
+            except Exception as exc:  # the login service may be restarting too
+                log.warning("could not get an access token: %r", exc)
+                attempt = await self._pause(attempt)
+                continue
+            fresh_token, refresh_first = refresh_first, False
+            welcomed, started, code = False, time.monotonic(), 1006
+            try:
+                async with connect(self._url, open_timeout=self._open_timeout,
+                                   ping_interval=self._ping_interval,
+                                   ping_timeout=self._ping_interval, close_timeout=5,
+                                   max_size=self._max_frame) as socket:
+                    self._socket = socket
+                    if self._closing.is_set():
+                        return
+                    reset = await self._authenticate(socket, token)
+                    welcomed, started = True, time.monotonic()
+                    self.connects += 1
+                    if reset is not None:
+                        yield reset
+                    keeper = asyncio.create_task(self._keep_fresh(socket, token.expires_at))
+                    try:
+                        async for raw in socket:
+                            event = self._event(raw)
+                            if event is not None:
+                                yield event
+                    finally:
+                        keeper.cancel()
+                        await asyncio.gather(keeper, return_exceptions=True)
+                    code = socket.close_code or 1006
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else 1006
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in TERMINAL_HTTP_STATUSES:
+                    raise HubClosed(status, f"handshake refused with HTTP {status}") from exc
+                log.warning("handshake refused with HTTP %d; retrying", status)
+            except InvalidURI:
+                raise
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                log.warning("cannot reach %s: %r", self._url, exc)
+            finally:
+                self._socket = None
+            if self._closing.is_set():
+                return
+            if code in TERMINAL_CLOSE_CODES or (code == AUTH_FAILED and fresh_token and not welcomed):
+                raise HubClosed(code, "the hub refused this client; reconnecting would not help")
+            refresh_first = code == AUTH_FAILED
+            if welcomed and time.monotonic() - started >= self._stable_after:
+                attempt = 0
+            log.info("connection closed (%d); reconnecting", code)
+            attempt = await self._pause(attempt)
+
+    async def _authenticate(self, socket: ClientConnection, token: AccessToken) -> Reset | None:
+        frame: dict[str, Any] = {"type": "auth", "token": token.token}
+        resuming = self.last_event_id is not None and self.epoch is not None
+        if resuming:
+            frame.update(last_event_id=self.last_event_id, epoch=self.epoch)
+        await socket.send(orjson.dumps(frame).decode())
+        async with asyncio.timeout(self._open_timeout):
+            raw = await socket.recv()
+        try:
+            welcome = orjson.loads(raw)
+            epoch, last_id = str(welcome["epoch"]), int(welcome["last_event_id"])
+            recovered = welcome["recovered"] is True and welcome["type"] == "welcome"
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidHandshake(f"expected a welcome frame, got {raw[:200]!r}") from exc
+        self.epoch = epoch
+        if resuming and recovered:
+            return None
+        self.last_event_id = last_id
+        return Reset(epoch, last_id, resume_refused=resuming)
+
+    def _event(self, raw: str | bytes) -> Event | None:
+        try:
+            frame = orjson.loads(raw)
+            kind = frame.get("type")
+            if kind == "event":
+                event = Event(int(frame["id"]), str(frame["name"]), frame["data"],
+                              str(frame["created_at"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("ignoring a malformed frame from the hub: %r", raw[:200])
+            return None
+        if kind == "event":
+            if self.last_event_id is not None and event.id <= self.last_event_id:
+                log.warning("dropping event %d: already had %d", event.id, self.last_event_id)
+                return None
+            self.last_event_id = event.id
+            return event
+        if kind == "error":
+            log.warning("the hub answered an error: %s", frame)
+        return None  # pong, refreshed
+
+    async def _keep_fresh(self, socket: ClientConnection, expires_at: float | None) -> None:
+        """Send a `refresh` frame ahead of each expiry while the provider can refresh."""
+        while expires_at is not None:
+            remaining = expires_at - time.time()
+            await asyncio.sleep(max(0.0, remaining - min(self._refresh_margin, remaining / 5)))
+            try:
+                token = await self._tokens.refresh()
+            except RefreshFailed as exc:
+                log.warning("token refresh refused (%s); the hub will close at expiry", exc)
+                return
+            except Exception as exc:
+                log.warning("token refresh failed (%r); retrying", exc)
+                await asyncio.sleep(min(5.0, max(0.1, (expires_at - time.time()) / 4)))
+                continue
+            await socket.send(orjson.dumps({"type": "refresh", "token": token.token}).decode())
+            expires_at = token.expires_at
+
+    async def _pause(self, attempt: int) -> int:
+        base, cap = self._backoff
+        delay = random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))  # noqa: S311
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
+        return attempt + 1
+
+
+def api_url_of(ws_url: str) -> str:
+    """The REST base URL of a hub whose WebSocket URL is `ws_url` (ws→http, wss→https, no /ws)."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    path = parts.path[:-3] if parts.path.endswith("/ws") else parts.path
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def listen_command(args: argparse.Namespace) -> int:
+    """`hub listen`: print a user's live events as JSON lines until interrupted."""
+    try:
+        return asyncio.run(_listen(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    provider: TokenProvider
+    login: PasswordLogin | None = None
+    if args.token:
+        provider = StaticToken(args.token)
+    elif args.username and args.password:
+        provider = login = PasswordLogin(args.api_url or api_url_of(args.url), args.username,
+                                         args.password)
+    else:
+        print("hub listen: give --token, or --username and --password "
+              "(or HUB_TOKEN / HUB_PASSWORD in the environment)", file=sys.stderr)
+        return 2
+    client = HubClient(args.url, provider, last_event_id=args.last_event_id, epoch=args.epoch)
+    try:
+        async for item in client.events():
+            if isinstance(item, Reset):
+                print(f"hub listen: stream {item.epoch} at {item.last_event_id} "
+                      f"({'resume refused: re-read state' if item.resume_refused else 'live'})",
+                      file=sys.stderr, flush=True)
+                continue
+            line = orjson.dumps({"id": item.id, "name": item.name, "data": item.data,
+                                 "created_at": item.created_at})
+            sys.stdout.write(line.decode() + "\n")
+            sys.stdout.flush()
+    except HubClosed as exc:
+        print(f"hub listen: closed by the hub ({exc})", file=sys.stderr)
+        return 1
+    finally:
+        if login is not None:
+            await login.aclose()
+    return 0

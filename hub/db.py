@@ -1,0 +1,147 @@
+"""Database access: the declarative base, one async engine per process, and UTC timestamps.
+
+`Database` is built from a URL without I/O; `open()`/`close()` (called by the app's lifespan)
+create and dispose the engine. Services open one transaction per unit of work with
+`async with db.sessions.begin() as session:`; query functions take that session and never commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Base of every table of every package, so one migration history covers them all."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on PostgreSQL and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """`2026-11-22T10:00:00.123Z`: UTC with milliseconds, as the contract writes times."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Sessions:
+    """`sessions()` opens a read session; `sessions.begin()` a unit of work that commits on exit.
+    On SQLite the two differ: writers begin IMMEDIATE (so concurrent writers queue instead of
+    failing), readers begin DEFERRED (so reads never wait for the write lock)."""
+
+    def __init__(self, writers: async_sessionmaker[AsyncSession],
+                 readers: async_sessionmaker[AsyncSession]) -> None:
+        self._writers = writers
+        self._readers = readers
+
+    def __call__(self) -> AsyncSession:
+        return self._readers()
+
+    def begin(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        return self._writers.begin()
+
+
+class Database:
+    """One engine and session factory for the process; open it once, close it at shutdown."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+        self._sessions: Sessions | None = None
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.url.startswith("sqlite") else "postgresql"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
+        return self._engine
+
+    @property
+    def sessions(self) -> Sessions:
+        if self._sessions is None:
+            raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
+        return self._sessions
+
+    def open(self) -> None:
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_pre_ping=True)
+        else:
+            kwargs.update(connect_args={"timeout": 30})
+        self._engine = create_async_engine(self.url, **kwargs)
+        readers = self._engine
+        if self.dialect == "sqlite":
+            _serialize_sqlite_writers(self._engine)
+            readers = self._engine.execution_options(sqlite_begin="DEFERRED")
+        self._sessions = Sessions(async_sessionmaker(self._engine, expire_on_commit=False),
+                                  async_sessionmaker(readers, expire_on_commit=False))
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+        self._engine = None
+        self._sessions = None
+
+    async def ping(self) -> None:
+        """Run a trivial query; raises when the database cannot be reached."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
+    """SQLite: WAL, foreign keys, and BEGIN IMMEDIATE so concurrent writers queue instead of failing."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "IMMEDIATE"))

@@ -1,0 +1,119 @@
+"""The contract's error shape, `{"error": code, "detail": sentence}`, for every 4xx/5xx answer.
+
+    ApiError                 raised by endpoints, rendered as is
+     ├─ Invalid              422 `invalid`, with `fields` naming each bad field
+     ├─ Unauthorized         401
+     ├─ Forbidden            403
+     ├─ NotFound             404
+     ├─ Conflict             409
+     ├─ TooLarge             413
+     ├─ UnsupportedMediaType 415
+     ├─ RateLimited          429
+     └─ Unavailable          503
+
+Anything else that escapes an endpoint is logged with its traceback and answered with a bare
+500 `internal`; the client never sees the trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hub.responses import json_response
+
+log = logging.getLogger("hub.errors")
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "detail": self.detail, **self.extra}
+
+
+class Invalid(ApiError):
+    status, code = 422, "invalid"
+
+    def __init__(self, fields: dict[str, str], detail: str | None = None) -> None:
+        text = detail or "; ".join(f"{name}: {problem}" for name, problem in fields.items())
+        super().__init__(text, extra={"fields": fields})
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, detail: str = "missing, expired or invalid access token") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class TooLarge(ApiError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class RateLimited(ApiError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 429: "rate_limited", 503: "unavailable",
+}
+
+
+async def api_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_response(exc.body(), exc.status, headers=exc.headers)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no such resource: {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers) if exc.headers else None
+    return json_response({"error": code, "detail": detail}, exc.status_code, headers=headers)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": "internal", "detail": "internal server error"}, 500)

@@ -1,0 +1,61 @@
+"""The public API through which features write events: data change and events in one
+transaction, published after the commit.
+
+    async with events.transaction() as tx:
+        chat = await create_chat(tx.session, ...)
+        await tx.emit(member_ids, "chat.created", chat_json)
+    # committed; the events are on their way to every live connection
+
+An event that fails to reach the broker after commit is republished by the relay, so an API
+call that answered 2xx never loses its event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub import streams
+from hub.db import Database
+from hub.streams import StoredEvent
+
+AfterCommit = Callable[[Sequence[StoredEvent]], Any]
+
+
+class Transaction:
+    """One unit of work: a session (never commit it yourself) and the events written so far."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.events: list[StoredEvent] = []
+
+    async def emit(self, user_ids: Sequence[int], name: str, data: Any) -> list[StoredEvent]:
+        """Append event `name` with `data` (a JSON-able object, serialized once) to each user's
+        stream; returns the stored events, one per existing user, in user-id order."""
+        return await self.emit_json(user_ids, name, orjson.dumps(data))
+
+    async def emit_json(self, user_ids: Sequence[int], name: str,
+                        data_json: bytes) -> list[StoredEvent]:
+        written = await streams.append(self.session, user_ids, name, data_json)
+        self.events.extend(written)
+        return written
+
+
+class EventBus:
+    """Opens transactions whose events are published once they commit."""
+
+    def __init__(self, db: Database, after_commit: AfterCommit) -> None:
+        self._db = db
+        self._after_commit = after_commit
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._db.sessions.begin() as session:
+            tx = Transaction(session)
+            yield tx
+        if tx.events:
+            await self._after_commit(tx.events)

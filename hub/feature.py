@@ -1,0 +1,23 @@
+"""What a feature hands the composition root: its routes and its background loops."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from starlette.routing import BaseRoute
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A background step that the app runs every `interval` seconds under `supervise`."""
+
+    name: str
+    step: Callable[[], Awaitable[None]]
+    interval: float
+
+
+@dataclass(frozen=True)
+class Feature:
+    routes: Sequence[BaseRoute] = ()
+    loops: Sequence[Loop] = field(default_factory=tuple)

@@ -1,0 +1,135 @@
+"""Request parsing and endpoint declarations shared by every REST call.
+
+`read_json` and `read_query` validate with the same pydantic models that `api(...)` attaches to
+an endpoint, and `hub.openapi` builds the OpenAPI document from those attachments, so the
+document cannot drift from what the server accepts.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hub.errors import Forbidden, Invalid, TooLarge, UnsupportedMediaType
+
+MAX_BODY_BYTES = 1024 * 1024
+AUTH_SCHEMES = ("user", "hub_api_key", "parser_token", "exchange_token")
+M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", bound=Callable[..., Awaitable[Response]])
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """What an endpoint accepts and answers, for validation and the OpenAPI document."""
+
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    auth: str | None = None  # "user", "hub_api_key", "parser_token", "exchange_token"
+    errors: Sequence[int] = ()
+    headers: Sequence[str] = ()
+    content_type: str = "application/json"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
+        status: int = 200, auth: str | None = None, errors: Sequence[int] = (),
+        headers: Sequence[str] = (), content_type: str = "application/json") -> Callable[[E], E]:
+    """Attach an `ApiSpec` to an endpoint (a function or a method); `hub.openapi` reads it.
+
+    `body` and `query` must be the models the endpoint passes to `read_json`/`read_query`."""
+    if auth is not None and auth not in AUTH_SCHEMES:
+        raise ValueError(f"api(auth={auth!r}): use one of {', '.join(AUTH_SCHEMES)}")
+    spec = ApiSpec(summary=summary, tag=tag, body=body, query=query, response=response,
+                   status=status, auth=auth, errors=tuple(errors), headers=tuple(headers),
+                   content_type=content_type)
+
+    def attach(endpoint: E) -> E:
+        endpoint.__api__ = spec  # type: ignore[attr-defined]
+        return endpoint
+
+    return attach
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, refusing (413) anything over `limit` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_json_content_type(value: str | None) -> bool:
+    if not value:
+        return False
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    """Validate the JSON body as `model`: 415 without a JSON content type, 413 over 1 MiB,
+    422 for malformed JSON or any bad field (each one named)."""
+    return (await read_json_and_body(request, model))[0]
+
+
+async def read_json_and_body(request: Request, model: type[M]) -> tuple[M, bytes]:
+    """`read_json`, also returning the raw body (for idempotency fingerprints)."""
+    if not is_json_content_type(request.headers.get("content-type")):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    body = await read_body(request)
+    try:
+        return model.model_validate_json(body), body
+    except ValidationError as exc:
+        raise invalid_from(exc) from None
+
+
+def read_query(request: Request, model: type[M]) -> M:
+    """Validate the query string as `model`; 422 names each bad parameter."""
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise invalid_from(exc) from None
+
+
+def invalid_from(exc: ValidationError) -> Invalid:
+    fields: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        if error["type"] == "json_invalid":
+            return Invalid({"body": "not valid JSON"}, "body: not valid JSON")
+        location = ".".join(str(part) for part in error["loc"]) or "body"
+        fields.setdefault(location, error["msg"])
+    return Invalid(fields)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_service_token(request: Request, expected: str | None, name: str) -> None:
+    """403 unless the bearer token equals the configured service credential (constant time)."""
+    given = bearer_token(request)
+    if expected is None:
+        raise Forbidden(f"{name} is not configured on this hub")
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Forbidden(f"missing or wrong {name}")

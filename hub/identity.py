@@ -1,0 +1,42 @@
+"""Who is calling: the identity the core receives from the auth feature, never from jose itself.
+
+The core asks an `Authenticator` (implemented by `auth`, passed in by the composition root)
+to turn an access token into an `Identity`; a connection enforces the identity's expiry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.requests import Request
+
+from hub.errors import Unauthorized
+from hub.http import bearer_token
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, expired, of the wrong type or of an unknown user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: int
+    expires_at: float  # unix time at which the access token stops being valid
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Identity:
+        """The identity of a valid access token of an existing user; raises AuthError otherwise."""
+        ...
+
+
+async def authenticate_request(request: Request, authenticator: Authenticator) -> Identity:
+    """The caller's identity from `Authorization: Bearer <access_token>`; 401 otherwise."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("send Authorization: Bearer <access_token>")
+    try:
+        return await authenticator.authenticate(token)
+    except AuthError:
+        raise Unauthorized() from None

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one process, in a registry of its own (no import-time globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge("hub_connections", "Open authenticated WebSocket connections",
+                                 registry=r)
+        self.events_published = Counter("hub_events_published_total",
+                                        "Events handed to the broker after commit", registry=r)
+        self.events_delivered = Counter("hub_events_delivered_total",
+                                        "Event frames sent to connections", registry=r)
+        self.delivery_latency = Histogram("hub_delivery_latency_seconds",
+                                          "From commit to the send of the event frame",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.slow_consumer_disconnects = Counter("hub_slow_consumer_disconnects_total",
+                                                 "Connections closed with 4009", registry=r)
+        self.http_requests = Counter("hub_http_requests_total", "REST requests answered",
+                                     ["route", "method", "status"], registry=r)
+        self.broker_reconnects = Counter("hub_broker_reconnects_total",
+                                         "Times the broker listener reconnected", registry=r)
+        self.relayed_events = Counter("hub_relayed_events_total",
+                                      "Events republished by the relay after a failed publish",
+                                      registry=r)
+        self.gap_fills = Counter("hub_gap_fills_total",
+                                 "Times a connection read missed events from the store", registry=r)
+        self.trimmed_events = Counter("hub_trimmed_events_total",
+                                      "Events removed by stream retention", registry=r)
+        self.connections_rejected = Counter("hub_connections_rejected_total",
+                                            "WebSocket connections refused or closed early",
+                                            ["reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HttpMetricsMiddleware:
+    """Counts answered HTTP requests by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()

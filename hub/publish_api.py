@@ -1,0 +1,144 @@
+"""Server publish API and stream history (protocol §9)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hub import idempotency, streams
+from hub.db import Database
+from hub.errors import Invalid, NotFound, TooLarge
+from hub.events import EventBus
+from hub.http import api, read_json_and_body, read_query, require_service_token
+from hub.identity import Authenticator, authenticate_request
+from hub.settings import Settings
+from hub.users import existing_user_ids
+
+MAX_DATA_BYTES = 64 * 1024
+EVENT_NAME = r"^[a-z][a-z0-9_.:-]{0,63}$"
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
+
+
+class PublishBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_ids: Annotated[list[Annotated[int, Field(gt=0, lt=2**31)]], Field(min_length=1, max_length=10_000)]
+    name: Annotated[str, Field(pattern=EVENT_NAME)]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class PublishOut(BaseModel):
+    events: dict[str, int]
+
+
+class EventOut(BaseModel):
+    id: int
+    name: str
+    data: dict[str, Any]
+    created_at: str
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: Annotated[int, Field(ge=0, le=MAX_EVENT_ID)] = 0
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+
+
+class EventsOut(BaseModel):
+    epoch: str
+    items: list[EventOut]
+    last_event_id: int
+
+
+class PublishApi:
+    def __init__(self, settings: Settings, db: Database, events: EventBus,
+                 authenticator: Authenticator) -> None:
+        self._api_key = settings.hub_api_key
+        self._db = db
+        self._events = events
+        self._auth = authenticator
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/publish", self.publish, methods=["POST"]),
+            Route("/api/v1/events", self.history, methods=["GET"]),
+        ]
+
+    @api(summary="Publish an event to users (durable, ordered per user)", tag="publish",
+         body=PublishBody, response=PublishOut, status=202, auth="hub_api_key",
+         headers=("Idempotency-Key",), errors=(403, 409, 413, 415, 422))
+    async def publish(self, request: Request) -> Response:
+        require_service_token(request, self._api_key, "HUB_API_KEY")
+        key = idempotency.check_key(request.headers.get("idempotency-key"))
+        body, raw = await read_json_and_body(request, PublishBody)
+        data_json = _data_json(raw, body.data)
+        if len(data_json) > MAX_DATA_BYTES:
+            raise TooLarge(f"data is {len(data_json)} bytes serialized; the limit is {MAX_DATA_BYTES}")
+        print_ = idempotency.fingerprint(raw)
+        if key is not None:
+            async with self._db.sessions() as session:
+                stored = await idempotency.lookup(session, "publish", key, print_)
+            if stored is not None:
+                return _replay(stored)
+        user_ids = sorted(set(body.user_ids))
+        try:
+            async with self._events.transaction() as tx:
+                known = await existing_user_ids(tx.session, user_ids)
+                unknown = [uid for uid in user_ids if uid not in known]
+                if unknown:
+                    shown = ", ".join(map(str, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
+                    raise Invalid({"user_ids": f"unknown user ids: {shown}"})
+                written = await tx.emit_json(user_ids, body.name, data_json)
+                answer = orjson.dumps({"events": {str(e.user_id): e.id for e in written}})
+                if key is not None:
+                    await idempotency.remember(tx.session, "publish", key, print_,
+                                               idempotency.StoredAnswer(202, answer))
+        except IntegrityError:
+            if key is None:
+                raise
+            async with self._db.sessions() as session:
+                stored = await idempotency.lookup(session, "publish", key, print_)
+            if stored is None:
+                raise
+            return _replay(stored)
+        return Response(answer, status_code=202, media_type="application/json")
+
+    @api(summary="The caller's stream history after an id", tag="publish", query=EventsQuery,
+         response=EventsOut, auth="user", errors=(401, 422))
+    async def history(self, request: Request) -> Response:
+        identity = await authenticate_request(request, self._auth)
+        query = read_query(request, EventsQuery)
+        async with self._db.sessions() as session:
+            head = await streams.head(session, identity.user_id)
+            if head is None:
+                raise NotFound("no stream for this user")
+            # up to the head just read: on READ COMMITTED the next statement sees newer commits
+            events = await streams.read(session, identity.user_id, query.after, query.limit,
+                                        head.last_id)
+        items = b",".join(e.payload for e in events)
+        body = b'{"epoch":%s,"items":[%s],"last_event_id":%d}' % (
+            orjson.dumps(head.epoch), items, head.last_id)
+        return Response(body, media_type="application/json")
+
+
+def _data_json(raw: bytes, data: dict[str, Any]) -> bytes:
+    """`data` serialized, or 422 for what JSON cannot carry faithfully: pydantic accepts NaN and
+    Infinity (not JSON) and out-of-range numbers, which orjson would write as null or refuse."""
+    try:
+        orjson.loads(raw)
+        return orjson.dumps(data)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid({"data": f"not valid JSON: {exc}"}) from None
+    except orjson.JSONEncodeError as exc:
+        raise Invalid({"data": f"cannot be sent as JSON: {exc}"}) from None
+
+
+def _replay(stored: idempotency.StoredAnswer) -> Response:
+    return Response(stored.body, status_code=stored.status_code, media_type="application/json",
+                    headers={"Idempotent-Replayed": "true"})
+

@@ -1,0 +1,111 @@
+"""The connections of this process, by user, and the broker subscriptions they need.
+
+A user's channel is subscribed when their first local connection registers and unsubscribed
+when the last one leaves; every payload from the broker is turned into a frame once and
+offered to each of the user's connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from hub.broker import CHANNEL, Broker, user_channel
+from hub.connection import Connection, event_frame
+from hub.metrics import Metrics
+
+log = logging.getLogger("hub.registry")
+
+
+class _UserConnections:
+    __slots__ = ("connections", "subscribed")
+
+    def __init__(self, subscribed: asyncio.Task[None]) -> None:
+        self.connections: set[Connection] = set()
+        self.subscribed = subscribed
+
+
+class Registry:
+    """Local connections per user. `dispatch` and `resync` are the broker's callbacks."""
+
+    def __init__(self, broker: Broker, metrics: Metrics, channel_prefix: str,
+                 max_per_user: int) -> None:
+        self._broker = broker
+        self._metrics = metrics
+        self._channel_prefix = channel_prefix
+        self._prefix = channel_prefix + CHANNEL
+        self._max_per_user = max_per_user
+        self._users: dict[int, _UserConnections] = {}
+
+    def channel(self, user_id: int) -> str:
+        return user_channel(self._channel_prefix, user_id)
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(entry.connections) for entry in self._users.values())
+
+    async def register(self, connection: Connection) -> bool:
+        """Add a connection; returns once its channel is subscribed, or False when the user is at
+        the per-process connection cap."""
+        user_id = connection.user_id
+        entry = self._users.get(user_id)
+        if entry is None:
+            entry = _UserConnections(asyncio.ensure_future(self._broker.subscribe(self.channel(user_id))))
+            self._users[user_id] = entry
+        elif len(entry.connections) >= self._max_per_user:
+            return False
+        entry.connections.add(connection)
+        self._metrics.connections.inc()
+        try:
+            await asyncio.shield(entry.subscribed)
+        except BaseException:
+            await self.unregister(connection)
+            raise
+        return True
+
+    async def unregister(self, connection: Connection) -> None:
+        entry = self._users.get(connection.user_id)
+        if entry is None or connection not in entry.connections:
+            return
+        entry.connections.discard(connection)
+        self._metrics.connections.dec()
+        if entry.connections:
+            return
+        del self._users[connection.user_id]
+        try:
+            await asyncio.shield(entry.subscribed)
+        except Exception:
+            log.debug("subscribe of user %s had failed", connection.user_id)
+        if connection.user_id not in self._users:
+            await self._broker.unsubscribe(self.channel(connection.user_id))
+
+    def dispatch(self, channel: str, payload: bytes) -> None:
+        """Offer one event payload to every local connection of its user (one frame for all)."""
+        if not channel.startswith(self._prefix):
+            return
+        entry = self._users.get(int(channel[len(self._prefix):]))
+        if entry is None:
+            return
+        try:
+            event_id = int(payload[6:payload.index(b",", 6)])
+            created_at = _created_at(payload)
+        except ValueError:
+            log.warning("dropping a malformed payload on %s", channel)
+            return
+        frame = event_frame(payload)
+        for connection in entry.connections:
+            connection.offer(event_id, frame, created_at)
+
+    def resync(self) -> None:
+        """After a broker reconnect: every connection re-reads what it may have missed."""
+        self._metrics.broker_reconnects.inc()
+        for entry in self._users.values():
+            for connection in entry.connections:
+                connection.catch_up()
+
+
+def _created_at(payload: bytes) -> float:
+    # payloads end with "created_at":"2026-11-22T10:00:00.123Z"}
+    stamp = payload[-26:-2].decode()
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

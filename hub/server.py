@@ -1,0 +1,93 @@
+"""Running the hub: uvicorn for one process, gunicorn with uvicorn workers for several."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from hub.settings import ConfigError, Settings
+
+GRACEFUL_SECONDS = 20
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Server settings the contract depends on: protocol pings that keep idle sockets alive
+    and drop dead peers, 4096-byte client frames (1009 above), proxy headers from trusted
+    proxies only. Compression is off: it would cost CPU per socket for every event, where each
+    event is otherwise serialized once for all its recipients."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_interval,
+        "ws_max_size": 4096,
+        "ws_max_queue": 16,
+        "ws_per_message_deflate": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies),
+        "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+        "server_header": False,
+        "log_config": None,
+    }
+
+
+def check_process_model(settings: Settings, workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1")
+    if workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            f"--workers {workers} needs REDIS_URL: the in-process broker only reaches sockets "
+            "of its own process"
+        )
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully and return the exit status (0)."""
+    check_process_model(settings, workers)
+    if workers == 1:
+        from hub.app import create_app
+
+        # uvicorn re-raises the signal it caught once it has shut down, so that the default
+        # handler would kill the process with -15; the contract wants a graceful exit 0.
+        previous = signal.signal(signal.SIGTERM, _already_stopped)
+        try:
+            uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options(settings))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return 0
+    return _gunicorn(settings, host, port, workers)
+
+
+def _already_stopped(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
+
+
+def _gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
+    from gunicorn.app.base import BaseApplication
+    from uvicorn_worker import UvicornWorker
+
+    options = uvicorn_options(settings)
+    options.pop("log_config")
+
+    class HubWorker(UvicornWorker):  # type: ignore[misc]
+        CONFIG_KWARGS = {"loop": "auto", "http": "auto", **options}
+
+    class HubApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"])
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", HubWorker)
+            self.cfg.set("graceful_timeout", GRACEFUL_SECONDS + 5)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("keepalive", 75)
+            self.cfg.set("forwarded_allow_ips", ",".join(settings.trusted_proxies))
+
+        def load(self) -> Any:
+            from hub.app import create_app
+
+            return create_app(settings)
+
+    HubApplication().run()
+    return 0

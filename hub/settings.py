@@ -1,0 +1,198 @@
+"""Configuration, read once from the environment and validated before anything starts.
+
+A bad value raises `ConfigError` whose message is one line that says how to fix it; the CLI
+prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger("hub.settings")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./hub.db"
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "secret", "changeme", "change-me", "change_me", "changethis", "please-change-me",
+     "your-secret", "your-secret-key", "jwt-secret", "supersecret", "dev", "test", "example"}
+)
+MIN_SECRET_LENGTH = 32
+ENVIRONMENTS = ("dev", "production")
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the hub as plain, validated values (see the README's configuration table)."""
+
+    env: str = "dev"
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    redis_channel_prefix: str = ""
+    jwt_secret: str = field(default="", repr=False)
+    jwt_algorithm: str = "HS256"
+    jwt_secret_generated: bool = False
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 24 * 3600
+    ws_ping_interval: float = 20.0
+    ws_auth_timeout: float = 10.0
+    ws_max_connections_per_user: int = 20
+    ws_queue_max_messages: int = 1000
+    ws_queue_max_bytes: int = 4 * 1024 * 1024
+    ws_rate_limit: float = 20.0
+    ws_rate_burst: int = 40
+    hub_api_key: str | None = field(default=None, repr=False)
+    parser_service_token: str | None = field(default=None, repr=False)
+    exchange_service_url: str | None = None
+    exchange_service_token: str | None = field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    parse_timeout: float = 30.0
+    parser_allow_private: bool = False  # the embedded parser (no REDIS_URL) may fetch private addresses
+    exchange_retry_window: float = 60.0  # seconds of failed hand-overs before an exchange fails
+    stream_retention_events: int = 10_000
+    stream_retention_seconds: int = 7 * 24 * 3600
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    log_level: str = "INFO"
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; raises ConfigError on the first bad value."""
+        r = _Reader(environ)
+        env = r.choice("HUB_ENV", "dev", ENVIRONMENTS)
+        secret = r.text("JWT_SECRET", "")
+        generated = False
+        if env == "production":
+            if secret.strip().lower() in PLACEHOLDER_SECRETS:
+                raise ConfigError(
+                    "JWT_SECRET is missing or a placeholder: set it to a random value of at least "
+                    f"{MIN_SECRET_LENGTH} characters, e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))'`"
+                )
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"JWT_SECRET is {len(secret)} characters long: production needs at least "
+                    f"{MIN_SECRET_LENGTH}"
+                )
+        elif not secret:
+            secret = secrets.token_urlsafe(48)
+            generated = True
+        return cls(
+            env=env,
+            database_url=normalize_database_url(r.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
+            redis_url=r.optional_url("REDIS_URL", ("redis://", "rediss://", "unix://")),
+            redis_channel_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
+            jwt_secret=secret,
+            jwt_algorithm=r.choice("JWT_ALGORITHM", "HS256", JWT_ALGORITHMS),
+            jwt_secret_generated=generated,
+            access_token_ttl=r.integer("ACCESS_TOKEN_TTL", 900, minimum=10),
+            refresh_token_ttl=r.integer("REFRESH_TOKEN_TTL", 30 * 24 * 3600, minimum=60),
+            ws_ping_interval=r.number("WS_PING_INTERVAL", 20.0, minimum=0.1),
+            ws_auth_timeout=r.number("WS_AUTH_TIMEOUT", 10.0, minimum=0.1),
+            ws_max_connections_per_user=r.integer("WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            ws_queue_max_messages=r.integer("WS_QUEUE_MAX_MESSAGES", 1000, minimum=1),
+            ws_queue_max_bytes=r.integer("WS_QUEUE_MAX_BYTES", 4 * 1024 * 1024, minimum=1024),
+            ws_rate_limit=r.number("WS_RATE_LIMIT", 20.0, minimum=0.1),
+            ws_rate_burst=r.integer("WS_RATE_BURST", 40, minimum=1),
+            hub_api_key=r.secret("HUB_API_KEY", env),
+            parser_service_token=r.secret("PARSER_SERVICE_TOKEN", env),
+            exchange_service_url=r.optional_url("EXCHANGE_SERVICE_URL", ("http://", "https://")),
+            exchange_service_token=r.secret("EXCHANGE_SERVICE_TOKEN", env),
+            allowed_origins=r.csv("ALLOWED_ORIGINS"),
+            parse_timeout=r.number("PARSE_TIMEOUT", 30.0, minimum=0.1),
+            parser_allow_private=r.choice("PARSER_ALLOW_PRIVATE", "0", ("0", "1")) == "1",
+            exchange_retry_window=r.number("EXCHANGE_RETRY_WINDOW", 60.0, minimum=0.1),
+            stream_retention_events=r.integer("STREAM_RETENTION_EVENTS", 10_000, minimum=1),
+            stream_retention_seconds=r.integer("STREAM_RETENTION_SECONDS", 7 * 24 * 3600, minimum=1),
+            trusted_proxies=r.csv("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
+            log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the plain `postgresql://` and `postgres://` forms and name the async driver."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain):]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://"):]
+    if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        raise ConfigError(
+            "DATABASE_URL must start with postgresql://, postgresql+asyncpg:// or "
+            f"sqlite+aiosqlite:/// (got {url.split('://')[0]!r}://...)"
+        )
+    return url
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        """The trimmed value; unset and blank both mean the default."""
+        return self._environ.get(name, "").strip() or default
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default) or default
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value} is below its minimum of {minimum}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+        if not value >= minimum or value == float("inf"):
+            raise ConfigError(f"{name}={raw} must be a finite number of at least {minimum}")
+        return value
+
+    def optional_url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        value = self.text(name, "")
+        if not value:
+            return None
+        if not value.startswith(schemes):
+            raise ConfigError(f"{name} must start with {' or '.join(schemes)}")
+        return value
+
+    def secret(self, name: str, env: str) -> str | None:
+        value = self.text(name, "")
+        if not value:
+            return None
+        if env == "production" and value.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(f"{name} is a placeholder: set it to a random value")
+        return value
+
+    def csv(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        raw = self._environ.get(name)
+        if raw is None:
+            return default
+        return tuple(part.strip() for part in raw.split(",") if part.strip())

@@ -1,0 +1,581 @@
+// Browser client of the notification hub (protocol §3–§4). One ES module, no build step:
+//
+//   import { HubClient } from "/static/hub-client.js";
+//   const hub = new HubClient();                      // same origin: REST /api/v1, socket /ws
+//   hub.on("state", ({ state }) => show(state));      // connecting|connected|reconnecting|offline|signed-out
+//   hub.on("resync", () => reloadEverythingOverRest());
+//   hub.on("chat.message", (event) => append(event.data));
+//   await hub.signIn("alice", "correct horse battery");
+//   const chats = await hub.api("GET", "/api/v1/chats");
+//
+// What it does for the page:
+// - first-frame auth (the token never goes into the URL);
+// - resume: the last event id and epoch are kept in sessionStorage; after a reconnect (or a reload
+//   of the tab) the hub replays what was missed. When it cannot (`recovered: false`) the client
+//   emits "resync" and the page re-reads its state over REST. Events are never emitted twice;
+// - reconnects with exponential back-off and full jitter, at once on `online` and when the tab
+//   becomes visible; a ping every 25 s notices a dead socket;
+// - refreshes the access token before it expires (REST refresh, then the `refresh` frame);
+// - close codes are "reconnect" (1006, 1011, 1012, 4008, 4009, ...) or "terminal": 4003, and 4001
+//   once a token refresh has failed too; terminal ends the session ("signed-out").
+
+const ACCESS_LEAD_MAX_MS = 60_000; // refresh this long before expiry at most...
+const ACCESS_LEAD_FRACTION = 0.2; // ...or this part of the token's life, whichever is less
+const WELCOME_TIMEOUT_MS = 15_000;
+const MAX_AUTH_FAILURES = 2; // 4001 closes in a row, each after a successful refresh
+
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  TOO_BIG: 1009,
+  INTERNAL: 1011,
+  RESTARTING: 1012,
+  AUTH_FAILED: 4001,
+  FORBIDDEN: 4003,
+  RATE_LIMITED: 4008,
+  SLOW_CONSUMER: 4009,
+  CLIENT_TIMEOUT: 4000, // ours: no welcome or pong in time
+});
+
+/** "reconnect" or "terminal" for a close code; 4001 is terminal only after a refresh failed. */
+export function closeKind(code) {
+  return code === CloseCode.FORBIDDEN ? "terminal" : "reconnect";
+}
+
+/** An answer of the hub's REST API that was not a success: `status`, `code`, `detail`. */
+export class HubError extends Error {
+  constructor(status, code, detail) {
+    super(detail || code);
+    this.name = "HubError";
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+/** A minimal event emitter: `on` returns a function that removes the listener. */
+export class Emitter {
+  #listeners = new Map();
+
+  on(name, listener) {
+    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
+    this.#listeners.get(name).add(listener);
+    return () => this.off(name, listener);
+  }
+
+  once(name, listener) {
+    const off = this.on(name, (payload) => {
+      off();
+      listener(payload);
+    });
+    return off;
+  }
+
+  off(name, listener) {
+    this.#listeners.get(name)?.delete(listener);
+  }
+
+  emit(name, payload) {
+    for (const listener of [...(this.#listeners.get(name) ?? [])]) {
+      try {
+        listener(payload);
+      } catch (error) {
+        console.error(`hub-client: a "${name}" listener failed`, error);
+      }
+    }
+  }
+}
+
+class MemoryStorage {
+  #items = new Map();
+  getItem(key) { return this.#items.has(key) ? this.#items.get(key) : null; }
+  setItem(key, value) { this.#items.set(key, String(value)); }
+  removeItem(key) { this.#items.delete(key); }
+}
+
+function defaultStorage() {
+  try {
+    const probe = "hub-client:probe";
+    window.sessionStorage.setItem(probe, "1");
+    window.sessionStorage.removeItem(probe);
+    return window.sessionStorage;
+  } catch {
+    return new MemoryStorage(); // storage disabled: the session lasts as long as the page
+  }
+}
+
+export class HubClient extends Emitter {
+  #base;
+  #wsUrl;
+  #storage;
+  #key;
+  #backoffBase;
+  #backoffCap;
+  #pingInterval;
+  #pongTimeout;
+  #session = null; // {access_token, refresh_token, expires_at, ttl, user}
+  #state = "signed-out";
+  #ws = null;
+  #welcomed = false;
+  #everConnected = false;
+  #attempt = 0;
+  #authFailures = 0;
+  #retryTimer = null;
+  #welcomeTimer = null;
+  #pingTimer = null;
+  #pongTimer = null;
+  #refreshTimer = null;
+  #refreshing = null;
+  #lastEventId = 0;
+  #epoch = null;
+  #listening = false;
+
+  /**
+   * @param {object} [options]
+   * @param {string} [options.baseUrl] the hub's origin (default: this page's)
+   * @param {Storage} [options.storage] where the session and resume point live (sessionStorage)
+   * @param {string} [options.storageKey] prefix of the storage keys ("hub")
+   * @param {number} [options.backoffBaseMs] first reconnect delay's upper bound (500)
+   * @param {number} [options.backoffCapMs] largest reconnect delay (15000)
+   * @param {number} [options.pingIntervalMs] how often to check the socket is alive (25000)
+   * @param {number} [options.pongTimeoutMs] how long a pong may take (10000)
+   */
+  constructor(options = {}) {
+    super();
+    this.#base = (options.baseUrl ?? window.location.origin).replace(/\/+$/, "");
+    this.#wsUrl = this.#base.replace(/^http/, "ws") + "/ws";
+    this.#storage = options.storage ?? defaultStorage();
+    this.#key = options.storageKey ?? "hub";
+    this.#backoffBase = options.backoffBaseMs ?? 500;
+    this.#backoffCap = options.backoffCapMs ?? 15_000;
+    this.#pingInterval = options.pingIntervalMs ?? 25_000;
+    this.#pongTimeout = options.pongTimeoutMs ?? 10_000;
+  }
+
+  /** connecting | connected | reconnecting | offline | signed-out */
+  get state() { return this.#state; }
+
+  /** `{id, username}` of the signed-in user, or null. */
+  get user() { return this.#session?.user ?? null; }
+
+  /** The newest event id this client has seen (0 before any) and the stream's epoch. */
+  get lastEventId() { return this.#lastEventId; }
+  get epoch() { return this.#epoch; }
+
+  // ---- session -------------------------------------------------------------------------------
+
+  /** Create an account (does not sign in). Resolves to `{id, username}`. */
+  async register(username, password) {
+    return this.#request("POST", "/api/v1/auth/register", { body: { username, password } });
+  }
+
+  /** Sign in, remember the session in storage, and connect. Resolves to `{id, username}`. */
+  async signIn(username, password) {
+    const tokens = await this.#request("POST", "/api/v1/auth/login", { body: { username, password } });
+    const me = await this.#request("GET", "/api/v1/auth/me", { token: tokens.access_token });
+    this.stop();
+    this.#session = { user: { id: me.id, username: me.username } };
+    this.#keepTokens(tokens);
+    this.#loadResumePoint();
+    this.start();
+    return this.user;
+  }
+
+  /** Pick up a session kept in storage (a reloaded tab) and connect. Resolves to the user or null. */
+  async restore() {
+    let saved = null;
+    try {
+      saved = JSON.parse(this.#storage.getItem(`${this.#key}:session`) ?? "null");
+    } catch {
+      saved = null;
+    }
+    if (!saved?.refresh_token || !saved?.user) return null;
+    this.#session = saved;
+    this.#loadResumePoint();
+    try {
+      if (this.#expiresWithin(5_000)) await this.refreshTokens();
+    } catch (error) {
+      if (error instanceof HubError && error.status === 401) return null; // session ended
+    }
+    this.start();
+    return this.user;
+  }
+
+  /** Forget the session (tokens and resume point) and close the socket. */
+  signOut() {
+    this.#endSession("signed-out");
+  }
+
+  // ---- REST ----------------------------------------------------------------------------------
+
+  /**
+   * An authorized REST call. `body` is sent as JSON, `query` as URL parameters; resolves to the
+   * parsed answer (null for 204) or rejects with a HubError. A 401 gets one refresh and a retry.
+   */
+  async api(method, path, { body, query, headers } = {}) {
+    if (this.#expiresWithin(5_000)) await this.refreshTokens();
+    try {
+      return await this.#request(method, path, { body, query, headers, token: this.#accessToken() });
+    } catch (error) {
+      if (!(error instanceof HubError) || error.status !== 401 || !this.#session) throw error;
+      await this.refreshTokens();
+      return this.#request(method, path, { body, query, headers, token: this.#accessToken() });
+    }
+  }
+
+  #accessToken() {
+    if (!this.#session) throw new HubError(401, "unauthorized", "not signed in");
+    return this.#session.access_token;
+  }
+
+  /**
+   * Trade the refresh token for a new pair (one at a time: a refresh token works once), then hand
+   * the new access token to the open socket. A 401 ends the session ("signed-out").
+   */
+  refreshTokens() {
+    if (!this.#refreshing) {
+      this.#refreshing = this.#refresh().finally(() => { this.#refreshing = null; });
+    }
+    return this.#refreshing;
+  }
+
+  async #refresh() {
+    const session = this.#session;
+    if (!session) throw new HubError(401, "unauthorized", "not signed in");
+    let tokens;
+    try {
+      tokens = await this.#request("POST", "/api/v1/auth/refresh", {
+        body: { refresh_token: session.refresh_token },
+      });
+    } catch (error) {
+      if (error instanceof HubError && error.status === 401 && this.#session === session) {
+        this.#endSession("expired");
+      } else if (this.#session === session) {
+        this.#scheduleRefresh(5_000); // the hub is unreachable: try again soon
+      }
+      throw error;
+    }
+    if (this.#session !== session) return;
+    this.#keepTokens(tokens);
+    if (this.#ws && this.#welcomed) this.#send({ type: "refresh", token: tokens.access_token });
+  }
+
+  async #request(method, path, { body, query, headers, token } = {}) {
+    const url = new URL(this.#base + path);
+    for (const [name, value] of Object.entries(query ?? {})) {
+      if (value !== undefined && value !== null) url.searchParams.set(name, String(value));
+    }
+    const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "omit" };
+    if (token) init.headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (error) {
+      throw new HubError(0, "network", `the hub could not be reached (${error.message})`);
+    }
+    if (response.status === 204) return null;
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch {
+      answer = null;
+    }
+    if (!response.ok) {
+      throw new HubError(response.status, answer?.error ?? "http_" + response.status,
+        answer?.detail ?? response.statusText);
+    }
+    return answer;
+  }
+
+  #keepTokens(tokens) {
+    const ttl = Math.max(1, Number(tokens.expires_in) || 900) * 1000;
+    Object.assign(this.#session, {
+      access_token: tokens.access_token,
+      refresh_token: tokens.refresh_token,
+      expires_at: Date.now() + ttl,
+      ttl,
+    });
+    this.#save(`${this.#key}:session`, this.#session);
+    this.#scheduleRefresh();
+  }
+
+  #expiresWithin(ms) {
+    return !this.#session?.expires_at || this.#session.expires_at - Date.now() < ms;
+  }
+
+  #scheduleRefresh(delay) {
+    clearTimeout(this.#refreshTimer);
+    if (!this.#session) return;
+    const lead = Math.min(ACCESS_LEAD_MAX_MS, this.#session.ttl * ACCESS_LEAD_FRACTION);
+    const wait = delay ?? Math.max(0, this.#session.expires_at - lead - Date.now());
+    this.#refreshTimer = setTimeout(() => { this.refreshTokens().catch(() => {}); }, wait);
+  }
+
+  #endSession(reason) {
+    const wasActive = this.#session !== null;
+    this.stop();
+    if (this.#session?.user) this.#storage.removeItem(this.#resumeKey());
+    this.#storage.removeItem(`${this.#key}:session`);
+    this.#session = null;
+    this.#lastEventId = 0;
+    this.#epoch = null;
+    this.#setState("signed-out");
+    if (wasActive) this.emit("signed-out", { reason });
+  }
+
+  // ---- socket --------------------------------------------------------------------------------
+
+  /** Connect (and keep reconnecting) while signed in. Called by signIn/restore. */
+  start() {
+    if (!this.#session) throw new Error("hub-client: sign in before start()");
+    this.#listen(true);
+    this.#connect();
+  }
+
+  /** Close the socket and stop reconnecting; the session stays (start() resumes). */
+  stop() {
+    this.#listen(false);
+    clearTimeout(this.#retryTimer);
+    clearTimeout(this.#refreshTimer);
+    this.#closeSocket(CloseCode.NORMAL, "client stopped");
+    if (this.#state !== "signed-out") this.#setState("offline");
+    this.#everConnected = false;
+  }
+
+  #connect() {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    if (this.#ws || !this.#session) return;
+    if (navigator.onLine === false) {
+      this.#setState("offline");
+      this.#retryLater(this.#backoffCap); // in case the `online` event never comes
+      return;
+    }
+    this.#setState(this.#everConnected ? "reconnecting" : "connecting");
+    if (this.#expiresWithin(5_000)) {
+      this.refreshTokens().then(() => this.#connect(), () => this.#retryLater());
+      return;
+    }
+    let ws;
+    try {
+      ws = new WebSocket(this.#wsUrl);
+    } catch (error) {
+      console.error("hub-client: cannot open the socket", error);
+      this.#retryLater();
+      return;
+    }
+    this.#ws = ws;
+    this.#welcomed = false;
+    ws.onopen = () => {
+      const frame = { type: "auth", token: this.#session.access_token };
+      if (this.#epoch !== null) Object.assign(frame, { last_event_id: this.#lastEventId, epoch: this.#epoch });
+      ws.send(JSON.stringify(frame));
+    };
+    ws.onmessage = (message) => this.#onFrame(ws, message.data);
+    ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
+    ws.onerror = () => {}; // a close event follows
+    this.#welcomeTimer = setTimeout(() => this.#drop(ws, "no welcome in time"), WELCOME_TIMEOUT_MS);
+  }
+
+  #onFrame(ws, raw) {
+    if (ws !== this.#ws) return;
+    let frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    this.#armPong(false);
+    switch (frame?.type) {
+      case "welcome": return this.#onWelcome(frame);
+      case "event": return this.#onEvent(frame);
+      case "refreshed": return this.emit("refreshed", frame);
+      case "error": return this.emit("error", frame);
+      default: return undefined; // pong, or a frame type this version does not know
+    }
+  }
+
+  #onWelcome(frame) {
+    clearTimeout(this.#welcomeTimer);
+    const asked = this.#epoch !== null;
+    const recovered = asked && frame.recovered === true && frame.epoch === this.#epoch;
+    this.#welcomed = true;
+    this.#everConnected = true;
+    this.#attempt = 0;
+    this.#authFailures = 0;
+    this.#epoch = frame.epoch;
+    if (!recovered) this.#lastEventId = frame.last_event_id; // replay continues after ours
+    this.#saveResumePoint();
+    clearInterval(this.#pingTimer);
+    this.#pingTimer = setInterval(() => this.#ping(), this.#pingInterval);
+    this.#setState("connected");
+    this.emit("welcome", { ...frame, recovered });
+    if (!recovered) this.emit("resync", { reason: asked ? "history lost" : "new connection" });
+  }
+
+  #onEvent(frame) {
+    if (!Number.isInteger(frame.id) || frame.id <= this.#lastEventId) return; // seen already
+    this.#lastEventId = frame.id;
+    this.#saveResumePoint();
+    const event = { id: frame.id, name: frame.name, data: frame.data, created_at: frame.created_at };
+    this.emit("event", event);
+    this.emit(frame.name, event);
+  }
+
+  #onClose(ws, code, reason) {
+    if (ws !== this.#ws) return;
+    this.#forgetSocket();
+    if (!this.#session) return;
+    if (closeKind(code) === "terminal") {
+      this.#endSession(reason || "forbidden");
+      return;
+    }
+    if (code === CloseCode.AUTH_FAILED) {
+      this.#authFailures += 1;
+      if (this.#authFailures > MAX_AUTH_FAILURES) {
+        this.#endSession(reason || "authentication failed");
+        return;
+      }
+      this.#setState("reconnecting");
+      // A failed refresh (401) ends the session inside refreshTokens: that is the terminal case.
+      this.refreshTokens().then(() => this.#connect(), () => this.#retryLater());
+      return;
+    }
+    if (code === CloseCode.SLOW_CONSUMER) this.#attempt = 0; // resume at once
+    if (code === CloseCode.RATE_LIMITED) this.#attempt = Math.max(this.#attempt, 4);
+    this.#retryLater();
+  }
+
+  /** Full jitter: a random delay between 0 and min(cap, base × 2^attempt). */
+  #retryLater(fixed) {
+    clearTimeout(this.#retryTimer);
+    if (!this.#session) return;
+    if (navigator.onLine === false) this.#setState("offline");
+    else if (this.#state !== "offline") this.#setState(this.#everConnected ? "reconnecting" : "connecting");
+    const ceiling = Math.min(this.#backoffCap, this.#backoffBase * 2 ** this.#attempt);
+    this.#attempt = Math.min(this.#attempt + 1, 30);
+    this.#retryTimer = setTimeout(() => this.#connect(), fixed ?? Math.random() * ceiling);
+  }
+
+  #ping() {
+    if (!this.#ws || !this.#welcomed) return;
+    this.#send({ type: "ping" });
+    this.#armPong(true);
+  }
+
+  #armPong(waiting) {
+    clearTimeout(this.#pongTimer);
+    const ws = this.#ws;
+    if (waiting && ws) this.#pongTimer = setTimeout(() => this.#drop(ws, "no pong in time"), this.#pongTimeout);
+  }
+
+  /** Give up on a socket that stopped answering: do not wait for its close handshake. */
+  #drop(ws, reason) {
+    if (ws !== this.#ws) return;
+    this.#closeSocket(CloseCode.CLIENT_TIMEOUT, reason);
+    this.#retryLater();
+  }
+
+  #send(frame) {
+    if (this.#ws?.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify(frame));
+  }
+
+  #closeSocket(code, reason) {
+    const ws = this.#ws;
+    this.#forgetSocket();
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closed
+    }
+  }
+
+  #forgetSocket() {
+    clearTimeout(this.#welcomeTimer);
+    clearTimeout(this.#pongTimer);
+    clearInterval(this.#pingTimer);
+    this.#ws = null;
+    this.#welcomed = false;
+  }
+
+  #setState(state) {
+    if (state === this.#state) return;
+    this.#state = state;
+    this.emit("state", { state });
+  }
+
+  // ---- the browser's hints -------------------------------------------------------------------
+
+  #onOnline = () => {
+    this.#attempt = 0;
+    if (!this.#ws) this.#connect();
+  };
+
+  #onOffline = () => {
+    // The socket is most likely dead; close it now rather than wait for the ping to fail.
+    this.#closeSocket(CloseCode.NORMAL, "offline");
+    this.#setState("offline");
+    this.#retryLater(this.#backoffCap);
+  };
+
+  #onVisibility = () => {
+    if (document.visibilityState !== "visible" || !this.#session) return;
+    if (this.#expiresWithin(Math.min(ACCESS_LEAD_MAX_MS, this.#session.ttl * ACCESS_LEAD_FRACTION))) {
+      this.refreshTokens().catch(() => {}); // timers sleep in hidden tabs
+    }
+    if (!this.#ws) {
+      this.#attempt = 0;
+      this.#connect();
+    } else if (this.#welcomed) {
+      this.#ping(); // check at once that the socket survived the time in the background
+    }
+  };
+
+  #listen(on) {
+    if (on === this.#listening) return;
+    this.#listening = on;
+    const method = on ? "addEventListener" : "removeEventListener";
+    window[method]("online", this.#onOnline);
+    window[method]("offline", this.#onOffline);
+    document[method]("visibilitychange", this.#onVisibility);
+  }
+
+  // ---- storage -------------------------------------------------------------------------------
+
+  #resumeKey() {
+    return `${this.#key}:resume:${this.#session.user.id}`;
+  }
+
+  #loadResumePoint() {
+    this.#lastEventId = 0;
+    this.#epoch = null;
+    try {
+      const saved = JSON.parse(this.#storage.getItem(this.#resumeKey()) ?? "null");
+      if (typeof saved?.epoch === "string" && Number.isInteger(saved.last_event_id)) {
+        this.#epoch = saved.epoch;
+        this.#lastEventId = saved.last_event_id;
+      }
+    } catch {
+      // a damaged entry: start afresh
+    }
+  }
+
+  #saveResumePoint() {
+    this.#save(this.#resumeKey(), { epoch: this.#epoch, last_event_id: this.#lastEventId });
+  }
+
+  #save(key, value) {
+    try {
+      this.#storage.setItem(key, JSON.stringify(value));
+    } catch {
+      // storage full or disabled: the page keeps working, a reload signs in again
+    }
+  }
+}

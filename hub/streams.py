@@ -1,0 +1,200 @@
+"""The event store: every user's stream lives in the database, the system of record.
+
+Appending takes the stream rows' locks in user-id order and increments `last_id`, so ids are
+gapless per user and increase in commit order; the events are inserted in the same transaction
+as the change that caused them. Query functions take a session and never commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import orjson
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.db import rfc3339, utcnow
+from hub.models import Event, Stream
+
+LOCK_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event of one user's stream with its wire form: the channel payload, built once."""
+
+    user_id: int
+    id: int
+    payload: bytes  # {"id", "name", "data", "created_at"} as JSON
+    created_at: float  # unix time, the start of the delivery-latency clock
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    epoch: str
+    last_id: int
+    trimmed_id: int
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def encode_payload(event_id: int, name_json: bytes, data_json: bytes, created_at: str) -> bytes:
+    return b'{"id":%d,"name":%s,"data":%s,"created_at":"%s"}' % (
+        event_id, name_json, data_json, created_at.encode())
+
+
+async def create_stream(session: AsyncSession, user_id: int) -> None:
+    session.add(Stream(user_id=user_id, epoch=new_epoch(), last_id=0, published_id=0,
+                       trimmed_id=0, updated_at=utcnow()))
+    await session.flush()
+
+
+async def append(session: AsyncSession, user_ids: Sequence[int], name: str,
+                 data_json: bytes) -> list[StoredEvent]:
+    """Append one event named `name` with `data_json` (already-serialized JSON) to each user's
+    stream. Unknown users are skipped; the caller checks existence when that matters."""
+    if not user_ids:
+        return []
+    now = utcnow()
+    heads = await _advance(session, sorted(set(user_ids)), now)
+    name_json = orjson.dumps(name)
+    data_text = data_json.decode()
+    created = rfc3339(now)
+    stamp = now.timestamp()
+    events = [
+        StoredEvent(user_id, last_id, encode_payload(last_id, name_json, data_json, created), stamp)
+        for user_id, last_id in heads
+    ]
+    await session.execute(
+        insert(Event),
+        [{"user_id": e.user_id, "id": e.id, "name": name, "data": data_text, "created_at": now}
+         for e in events],
+    )
+    return events
+
+
+async def _advance(session: AsyncSession, user_ids: list[int],
+                   now: dt.datetime) -> list[tuple[int, int]]:
+    heads: list[tuple[int, int]] = []
+    for start in range(0, len(user_ids), LOCK_CHUNK):
+        chunk = user_ids[start:start + LOCK_CHUNK]
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(
+                select(Stream.user_id).where(Stream.user_id.in_(chunk))
+                .order_by(Stream.user_id).with_for_update()
+            )
+        rows = await session.execute(
+            update(Stream)
+            .where(Stream.user_id.in_(chunk))
+            .values(last_id=Stream.last_id + 1, updated_at=now)
+            .returning(Stream.user_id, Stream.last_id)
+            .execution_options(synchronize_session=False)
+        )
+        heads.extend((user_id, last_id) for user_id, last_id in rows)
+    heads.sort()
+    return heads
+
+
+async def head(session: AsyncSession, user_id: int) -> StreamHead | None:
+    row = await session.execute(
+        select(Stream.epoch, Stream.last_id, Stream.trimmed_id).where(Stream.user_id == user_id)
+    )
+    found = row.first()
+    return StreamHead(*found) if found else None
+
+
+async def read(session: AsyncSession, user_id: int, after: int, limit: int,
+               up_to: int | None = None) -> list[StoredEvent]:
+    """Up to `limit` events with ids in (`after`, `up_to`], oldest first."""
+    condition = and_(Event.user_id == user_id, Event.id > after)
+    if up_to is not None:
+        condition = and_(condition, Event.id <= up_to)
+    rows = await session.execute(
+        select(Event.id, Event.name, Event.data, Event.created_at)
+        .where(condition).order_by(Event.id).limit(limit)
+    )
+    return [
+        StoredEvent(user_id, event_id,
+                    encode_payload(event_id, orjson.dumps(name), data.encode(), rfc3339(created)),
+                    created.timestamp())
+        for event_id, name, data, created in rows
+    ]
+
+
+async def mark_published(session: AsyncSession, newest: Mapping[int, int]) -> None:
+    """Raise each stream's `published_id` watermark to the given id (never lowers it), in one
+    executemany."""
+    if not newest:
+        return
+    table = cast(Table, Stream.__table__)
+    await session.execute(
+        update(table)
+        .where(table.c.user_id == bindparam("b_user"), table.c.published_id < bindparam("b_id"))
+        .values(published_id=bindparam("b_id")),
+        [{"b_user": user_id, "b_id": event_id} for user_id, event_id in sorted(newest.items())],
+    )
+
+
+async def read_unpublished(session: AsyncSession, user_ids: Sequence[int],
+                           limit: int) -> list[StoredEvent]:
+    """Events past their stream's `published_id`, for the given users, by user then id."""
+    rows = await session.execute(
+        select(Event.user_id, Event.id, Event.name, Event.data, Event.created_at)
+        .join(Stream, Stream.user_id == Event.user_id)
+        .where(Event.user_id.in_(list(user_ids)), Event.id > Stream.published_id)
+        .order_by(Event.user_id, Event.id).limit(limit)
+    )
+    return [
+        StoredEvent(user_id, event_id,
+                    encode_payload(event_id, orjson.dumps(name), data.encode(), rfc3339(created)),
+                    created.timestamp())
+        for user_id, event_id, name, data, created in rows
+    ]
+
+
+async def unpublished(session: AsyncSession, settled_before: dt.datetime,
+                      limit: int = 500) -> list[tuple[int, int, int]]:
+    """Streams with events that no process reported published, last written before
+    `settled_before`: (user_id, published_id, last_id)."""
+    rows = await session.execute(
+        select(Stream.user_id, Stream.published_id, Stream.last_id)
+        .where(Stream.last_id > Stream.published_id, Stream.updated_at < settled_before)
+        .order_by(Stream.updated_at).limit(limit)
+    )
+    return [(user_id, published, last) for user_id, published, last in rows]
+
+
+async def trim(session: AsyncSession, keep_events: int, older_than: dt.datetime,
+               user_ids: Iterable[int] | None = None) -> int:
+    """Apply retention: drop events beyond the newest `keep_events` of each stream, and events
+    created before `older_than`; advances `trimmed_id`. Returns how many events were removed."""
+    removed = 0
+    # user-id order, the order `append` locks in: a trimmed stream's row stays locked to the end
+    streams = select(Stream.user_id, Stream.last_id, Stream.trimmed_id).order_by(Stream.user_id)
+    if user_ids is not None:
+        streams = streams.where(Stream.user_id.in_(list(user_ids)))
+    for user_id, last_id, trimmed_id in (await session.execute(streams)).all():
+        by_count = last_id - keep_events
+        oldest_kept = await session.scalar(
+            select(func.min(Event.id)).where(Event.user_id == user_id, Event.created_at >= older_than)
+        )
+        by_age = (oldest_kept - 1) if oldest_kept is not None else last_id
+        cut = max(by_count, by_age, trimmed_id)
+        if cut <= trimmed_id:
+            continue
+        result = await session.execute(
+            delete(Event).where(Event.user_id == user_id, Event.id <= cut)
+            .execution_options(synchronize_session=False)
+        )
+        removed += result.rowcount or 0  # type: ignore[attr-defined]
+        await session.execute(
+            update(Stream).where(Stream.user_id == user_id).values(trimmed_id=cut)
+            .execution_options(synchronize_session=False)
+        )
+    return removed

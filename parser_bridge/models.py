@@ -1,0 +1,64 @@
+"""Tables of the parser bridge: parse requests and exchange requests, each owned by one user.
+
+Money and rates are stored as decimal text (never floats), so SQLite and PostgreSQL give back
+exactly what was written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hub.db import Base, UTCDateTime, utcnow
+
+PENDING = "pending"
+# parse requests end in one of these
+PARSE_SUCCESS, PARSE_FAILURE = "success", "failure"
+# exchange requests end in one of these
+EXCHANGE_COMPLETED, EXCHANGE_FAILED = "completed", "failed"
+
+
+class ParseRequest(Base):
+    """A page to fetch for `owner_id`. `queued_at` is set once the job reached the queue;
+    a pending row without it is pushed again by the dispatcher."""
+
+    __tablename__ = "parse_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    html: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_parse_requests_status_created_at", "status", "created_at"),)
+
+
+class ExchangeRequest(Base):
+    """Bills to convert for `owner_id`. `next_attempt_at` is when the hub next tries to hand the
+    request to the exchange service (NULL once handed over or final); `bills` is JSON whose
+    numbers are decimal strings; `breakdown` likewise once completed."""
+
+    __tablename__ = "exchange_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    exchange_rate: Mapped[str] = mapped_column(String(64))
+    bills: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    breakdown: Mapped[str | None] = mapped_column(Text, nullable=True)
+    total_rub: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    forwarded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_exchange_requests_next_attempt_at", "next_attempt_at"),)

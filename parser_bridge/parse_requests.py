@@ -1,0 +1,209 @@
+"""Parse requests: stored first, queued after commit, made final exactly once.
+
+A request is inserted and committed, then pushed to the job queue; if the push fails the row
+stays unqueued and `dispatch_unqueued` pushes it again. A result, whichever path brings it (the
+parser's Redis key read by `collect_results`, or the REST call), is applied by `complete`: a
+conditional `UPDATE ... WHERE status = 'pending'` whose winner writes `parse.completed` in the
+same transaction; everyone later gets `AlreadyFinal`. `expire_overdue` fails requests older
+than the timeout with `timeout`; all of it lives in the database, so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.db import Database, rfc3339, utcnow
+from hub.events import EventBus, Transaction
+from parser_bridge.job_queue import JobQueue, QueueUnavailable
+from parser_bridge.models import PARSE_FAILURE, PARSE_SUCCESS, PENDING, ParseRequest
+from parser_bridge.parse_result import ParseResult
+
+log = logging.getLogger("parser_bridge.parse")
+DISPATCH_GRACE = 2.0  # seconds a fresh row is left to the request that created it
+DISPATCH_BATCH = 500
+COLLECT_LIMIT = 20_000  # pending ids looked up per collect step
+SWEEP_BATCH = 500
+MAX_DB_ID = 2**31 - 1
+
+
+class UnknownRequest(Exception):
+    pass
+
+
+class AlreadyFinal(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ParseView:
+    request_id: int
+    owner_id: int
+    url: str
+    status: str
+    title: str | None
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "url": self.url, "status": self.status,
+                "title": self.title, "error": self.error,
+                "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at)}
+
+    def event_data(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "url": self.url, "status": self.status,
+                "title": self.title, "error": self.error}
+
+
+def _view(row: ParseRequest) -> ParseView:
+    return ParseView(row.id, row.owner_id, row.url, row.status, row.title, row.error,
+                     row.created_at, row.updated_at)
+
+
+class ParseRequests:
+    """The parse request service; `timeout` is PARSE_TIMEOUT in seconds."""
+
+    def __init__(self, db: Database, events: EventBus, queue: JobQueue, timeout: float) -> None:
+        self._db = db
+        self._events = events
+        self._queue = queue
+        self._timeout = dt.timedelta(seconds=timeout)
+
+    async def submit(self, owner_id: int, url: str) -> ParseView:
+        """Store the request, then queue it (a failed push is retried by `dispatch_unqueued`)."""
+        now = utcnow()
+        async with self._db.sessions.begin() as session:
+            row = ParseRequest(owner_id=owner_id, url=url, status=PENDING, created_at=now,
+                               updated_at=now)
+            session.add(row)
+            await session.flush()
+            view = _view(row)
+        await self._push([(view.request_id, url)])
+        return view
+
+    async def get(self, owner_id: int, request_id: int) -> ParseView | None:
+        """The request if it exists and belongs to `owner_id`."""
+        if not 0 < request_id <= MAX_DB_ID:
+            return None
+        async with self._db.sessions() as session:
+            row = await session.get(ParseRequest, request_id)
+            return _view(row) if row is not None and row.owner_id == owner_id else None
+
+    async def html(self, owner_id: int, request_id: int) -> str | None:
+        """The stored page of the owner's successful request, else None."""
+        if not 0 < request_id <= MAX_DB_ID:
+            return None
+        async with self._db.sessions() as session:
+            found = await session.execute(
+                select(ParseRequest.html).where(ParseRequest.id == request_id,
+                                                ParseRequest.owner_id == owner_id,
+                                                ParseRequest.status == PARSE_SUCCESS))
+            return found.scalar_one_or_none()
+
+    async def complete(self, request_id: int, result: ParseResult) -> ParseView:
+        """Make the request final with `result` and publish `parse.completed`, atomically;
+        raises UnknownRequest, or AlreadyFinal when another result (or the timeout) won."""
+        if not 0 < request_id <= MAX_DB_ID:
+            raise UnknownRequest(request_id)
+        async with self._events.transaction() as tx:
+            views = await _finish(tx, [request_id], status=result.status, title=result.title,
+                                  error=result.error, html=result.html)
+            if not views:
+                exists = await tx.session.get(ParseRequest, request_id)
+                raise UnknownRequest(request_id) if exists is None else AlreadyFinal(request_id)
+        return views[0]
+
+    async def collect_results(self) -> None:
+        """Loop step: apply every result waiting in the queue for a pending request (one round
+        trip per 500 ids), then drop the applied ones."""
+        if not self._queue.may_hold_results():
+            return
+        async with self._db.sessions() as session:
+            pending = list((await session.execute(
+                select(ParseRequest.id).where(ParseRequest.status == PENDING)
+                .order_by(ParseRequest.id).limit(COLLECT_LIMIT))).scalars())
+        if not pending:
+            return
+        found = await self._queue.take_results(pending)  # QueueUnavailable: the loop backs off
+        applied: list[int] = []
+        for request_id, raw in found.items():
+            try:
+                result = ParseResult.model_validate_json(raw)
+            except ValidationError as exc:
+                log.warning("parser result for request %d is malformed: %s", request_id,
+                            exc.errors(include_url=False, include_input=False)[:3])
+                result = ParseResult.failure("the parser sent a malformed result")
+            with contextlib.suppress(UnknownRequest, AlreadyFinal):  # another path won
+                await self.complete(request_id, result)
+            applied.append(request_id)
+        await self._queue.discard_results(applied)
+
+    async def dispatch_unqueued(self) -> None:
+        """Loop step: push pending requests whose push after commit failed (or never ran)."""
+        now = utcnow()
+        async with self._db.sessions() as session:
+            rows = (await session.execute(
+                select(ParseRequest.id, ParseRequest.url)
+                .where(ParseRequest.status == PENDING, ParseRequest.queued_at.is_(None),
+                       ParseRequest.created_at < now - dt.timedelta(seconds=DISPATCH_GRACE),
+                       ParseRequest.created_at > now - self._timeout)
+                .order_by(ParseRequest.id).limit(DISPATCH_BATCH))).all()
+        if rows:
+            log.info("re-queueing %d parse requests whose push had failed", len(rows))
+            await self._push(list(rows))
+
+    async def expire_overdue(self) -> None:
+        """Loop step: fail pending requests older than the timeout with error `timeout`."""
+        deadline = utcnow() - self._timeout
+        async with self._events.transaction() as tx:
+            overdue = list((await tx.session.execute(
+                select(ParseRequest.id).where(ParseRequest.status == PENDING,
+                                              ParseRequest.created_at < deadline)
+                .order_by(ParseRequest.id).limit(SWEEP_BATCH))).scalars())
+            if overdue:
+                views = await _finish(tx, overdue, status=PARSE_FAILURE, title=None,
+                                      error="timeout", html=None)
+                log.info("%d parse requests timed out", len(views))
+
+    async def _push(self, jobs: Sequence[tuple[int, str]]) -> None:
+        try:
+            await self._queue.push(jobs)
+        except QueueUnavailable as exc:
+            log.warning("could not queue %d parse jobs, the dispatcher retries: %s", len(jobs), exc)
+            return
+        try:
+            async with self._db.sessions.begin() as session:
+                await _mark_queued(session, [request_id for request_id, _ in jobs])
+        except Exception:
+            # queued but not marked: the dispatcher may push it once more, which is harmless
+            log.exception("could not mark %d parse jobs as queued", len(jobs))
+
+
+async def _mark_queued(session: AsyncSession, request_ids: Sequence[int]) -> None:
+    await session.execute(update(ParseRequest).where(ParseRequest.id.in_(request_ids))
+                          .values(queued_at=utcnow()))
+
+
+async def _finish(tx: Transaction, request_ids: Sequence[int], *, status: str, title: str | None,
+                  error: str | None, html: str | None) -> list[ParseView]:
+    """Finalize those of `request_ids` still pending and emit `parse.completed` for each."""
+    rows = (await tx.session.execute(
+        update(ParseRequest)
+        .where(ParseRequest.id.in_(request_ids), ParseRequest.status == PENDING)
+        .values(status=status, title=title, error=error, html=html, updated_at=utcnow())
+        .returning(ParseRequest.id, ParseRequest.owner_id, ParseRequest.url,
+                   ParseRequest.created_at, ParseRequest.updated_at))).all()
+    views = [ParseView(request_id, owner_id, url, status, title, error, created_at, updated_at)
+             for request_id, owner_id, url, created_at, updated_at in rows]
+    for view in sorted(views, key=lambda v: v.request_id):
+        await tx.emit([view.owner_id], "parse.completed", view.event_data())
+    return views

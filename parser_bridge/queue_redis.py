@@ -1,0 +1,82 @@
+"""The parse job queue on Redis, as the parser protocol of §7 has it: jobs are LPUSHed to
+`parser:tasks`, results are read from `parser:results:{id}` with one MGET per batch of ids.
+
+The client connects lazily and is closed when the app cancels its loops at shutdown (the
+`parser redis connection` loop owns it). Redis errors become `QueueUnavailable` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hub.feature import Loop
+from parser_bridge.job_queue import QueueUnavailable
+from parser_bridge.parse_result import encode_job, result_key, tasks_key
+
+log = logging.getLogger("parser_bridge.queue")
+MGET_BATCH = 500
+PUSH_TIMEOUT = 2.0  # a POST waits no longer for Redis; the dispatcher pushes later
+
+
+class RedisJobQueue:
+    def __init__(self, url: str, key_prefix: str = "") -> None:
+        self._prefix = key_prefix
+        self._redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
+                                        health_check_interval=30)
+
+    @property
+    def tasks_key(self) -> str:
+        return tasks_key(self._prefix)
+
+    async def push(self, jobs: Sequence[tuple[int, str]]) -> None:
+        if not jobs:
+            return
+        try:
+            async with asyncio.timeout(PUSH_TIMEOUT):
+                await self._redis.lpush(self.tasks_key, *(encode_job(i, url) for i, url in jobs))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QueueUnavailable(f"cannot push to {self.tasks_key}: {exc}") from exc
+
+    def may_hold_results(self) -> bool:
+        return True  # written by other processes: only Redis knows
+
+    async def take_results(self, request_ids: Sequence[int]) -> Mapping[int, bytes]:
+        if not request_ids:
+            return {}
+        found: dict[int, bytes] = {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                batches = [request_ids[i:i + MGET_BATCH] for i in range(0, len(request_ids), MGET_BATCH)]
+                for batch in batches:
+                    pipe.mget([result_key(self._prefix, i) for i in batch])
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot read parser results: {exc}") from exc
+        for batch, values in zip(batches, replies, strict=True):
+            for request_id, value in zip(batch, values, strict=True):
+                if value is not None:
+                    found[request_id] = value
+        return found
+
+    async def discard_results(self, request_ids: Sequence[int]) -> None:
+        if not request_ids:
+            return
+        try:
+            await self._redis.delete(*(result_key(self._prefix, i) for i in request_ids))
+        except (RedisError, OSError) as exc:
+            log.warning("could not delete applied parser results (they expire on their own): %s", exc)
+
+    def loops(self) -> Sequence[Loop]:
+        return (Loop("parser redis connection", self._own_connection, 1.0),)
+
+    async def _own_connection(self) -> None:
+        """Wait until the app cancels its loops, then close the client's connections."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await self._redis.aclose()

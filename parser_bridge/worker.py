@@ -1,0 +1,255 @@
+"""`python -m parser_bridge.worker`: the parser of protocol §7 (compatible with seed 001).
+
+Takes jobs reliably: each consumer `BLMOVE`s a job from `parser:tasks` to this worker's own
+`parser:processing:{worker}` list and removes it only after the answer is stored, while a
+heartbeat key `parser:worker:{worker}` says the worker lives. A reaper in every worker moves
+the jobs of workers whose heartbeat expired back to `parser:tasks`, so a job taken by a worker
+that died is done by another (at least once; the hub keeps the first answer). Answers go to
+`parser:results:{id}` with an expiry. SIGTERM or SIGINT: stop taking jobs, finish the fetches
+in flight, give back what could not be finished, exit 0.
+
+Environment, read once at start: REDIS_URL (required), REDIS_CHANNEL_PREFIX (as the hub's),
+PARSER_ALLOW_PRIVATE (0/1), PARSER_ALLOW_NETWORKS (CIDRs allowed even if private, e.g. an
+intranet: `10.20.0.0/16,192.168.5.7/32`), PARSER_CONCURRENCY (8), PARSER_FETCH_TIMEOUT (seconds, 10),
+PARSER_RESULT_TTL (seconds, 3600), PARSER_HEARTBEAT_TTL (seconds, 15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from hub.supervise import backoff_delay
+from parser_bridge.address_policy import Network, parse_networks
+from parser_bridge.fetch import PageFetcher
+from parser_bridge.parse_result import ParseJob, result_key, tasks_key
+
+log = logging.getLogger("parser_bridge.worker")
+TAKE_TIMEOUT = 1  # seconds a consumer blocks on BLMOVE before it looks at the stop flag
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    redis_url: str
+    key_prefix: str = ""
+    allow_private: bool = False
+    allowed_networks: tuple[Network, ...] = ()
+    concurrency: int = 8
+    fetch_timeout: float = 10.0
+    result_ttl: int = 3600
+    heartbeat_ttl: float = 15.0
+    worker_id: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WorkerConfig:
+        redis_url = environ.get("REDIS_URL", "").strip()
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must be set to the hub's Redis (redis://host:6379/0)")
+        allow = environ.get("PARSER_ALLOW_PRIVATE", "0").strip() or "0"
+        if allow not in ("0", "1"):
+            raise ConfigError(f"PARSER_ALLOW_PRIVATE={allow!r} must be 0 or 1")
+        try:
+            networks = parse_networks(environ.get("PARSER_ALLOW_NETWORKS", ""))
+        except ValueError as exc:
+            raise ConfigError(f"PARSER_ALLOW_NETWORKS: {exc}") from None
+        return cls(
+            redis_url=redis_url,
+            allowed_networks=networks,
+            key_prefix=environ.get("REDIS_CHANNEL_PREFIX", "").strip(),
+            allow_private=allow == "1",
+            concurrency=int(_number(environ, "PARSER_CONCURRENCY", 8, 1, 1000)),
+            fetch_timeout=_number(environ, "PARSER_FETCH_TIMEOUT", 10.0, 0.1, 600),
+            result_ttl=int(_number(environ, "PARSER_RESULT_TTL", 3600, 1, 30 * 86400)),
+            heartbeat_ttl=_number(environ, "PARSER_HEARTBEAT_TTL", 15.0, 1, 3600),
+            worker_id=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        )
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw} must be between {low:g} and {high:g}")
+    return value
+
+
+class ParserWorker:
+    """One worker process: `concurrency` consumers, a heartbeat and a reaper."""
+
+    def __init__(self, config: WorkerConfig, fetcher: PageFetcher) -> None:
+        self.config = config
+        self._fetcher = fetcher
+        prefix = config.key_prefix
+        self.tasks = tasks_key(prefix)
+        self.processing = f"{prefix}parser:processing:{config.worker_id}"
+        self._processing_pattern = f"{prefix}parser:processing:*"
+        self._heartbeat_prefix = f"{prefix}parser:worker:"
+        self._stopping = asyncio.Event()
+        self._redis: aioredis.Redis | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Work until `stop()`; then finish the fetches in flight (bounded) and return."""
+        self._redis = aioredis.from_url(
+            self.config.redis_url, socket_connect_timeout=5, socket_keepalive=True,
+            socket_timeout=TAKE_TIMEOUT + 5, max_connections=self.config.concurrency + 4)
+        await self._first_beat()  # before taking any job, so no reaper takes ours for a dead worker's
+        upkeep = [
+            asyncio.create_task(self._every(self.config.heartbeat_ttl / 3, self._beat), name="heartbeat"),
+            asyncio.create_task(self._every(self.config.heartbeat_ttl / 2, self._reap), name="reaper"),
+        ]
+        consumers = [asyncio.create_task(self._consume(n), name=f"consumer {n}")
+                     for n in range(self.config.concurrency)]
+        log.info("parser worker %s: %d consumers on %s", self.config.worker_id,
+                 self.config.concurrency, self.tasks)
+        try:
+            await self._stopping.wait()
+            log.info("stopping: finishing the fetches in flight")
+            _done, late = await asyncio.wait(consumers, timeout=self.config.fetch_timeout * 2 + 5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
+        finally:
+            for task in [*upkeep, *consumers]:
+                task.cancel()
+            await asyncio.gather(*upkeep, *consumers, return_exceptions=True)
+            await self._give_back()
+            await self._redis.aclose()
+        log.info("parser worker %s stopped", self.config.worker_id)
+
+    async def _consume(self, number: int) -> None:
+        assert self._redis is not None
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                raw = await self._redis.blmove(self.tasks, self.processing, TAKE_TIMEOUT, "RIGHT", "LEFT")
+                if raw is not None:
+                    await self._handle(raw)
+                    # the stub says str; redis-py sends bytes as they are
+                    await self._redis.lrem(self.processing, 1, cast("str", raw))
+                failures = 0
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=0.2, cap=5.0)
+                log.warning("consumer %d: Redis error (%s); retrying in %.1fs", number, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _handle(self, raw: bytes | str) -> None:
+        assert self._redis is not None
+        try:
+            job = ParseJob.model_validate_json(raw)
+        except ValidationError:
+            log.warning("dropping a malformed job: %r", raw[:200])
+            return
+        log.info("job %d: fetching %s", job.id, job.url)
+        result = await self._fetcher.parse(job.url)
+        await self._redis.set(result_key(self.config.key_prefix, job.id), result.encode(),
+                              ex=self.config.result_ttl)
+        log.info("job %d: %s%s", job.id, result.status,
+                 f" ({result.error})" if result.status == "failure" else "")
+
+    async def _first_beat(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self._beat()
+                return
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=0.2, cap=5.0)
+                log.warning("Redis is not reachable yet (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _beat(self) -> None:
+        assert self._redis is not None
+        await self._redis.set(self._heartbeat_prefix + self.config.worker_id, b"1",
+                              px=int(self.config.heartbeat_ttl * 1000))
+
+    async def _reap(self) -> None:
+        """Give the jobs of workers whose heartbeat expired back to the queue (taken first)."""
+        assert self._redis is not None
+        async for key in self._redis.scan_iter(match=self._processing_pattern, count=100):
+            name = key.decode()
+            owner = name.rsplit(":", 1)[1]
+            if owner == self.config.worker_id or await self._redis.exists(self._heartbeat_prefix + owner):
+                continue
+            moved = 0
+            while await self._redis.lmove(name, self.tasks, "RIGHT", "RIGHT") is not None:
+                moved += 1
+            if moved:
+                log.warning("requeued %d jobs of worker %s, which stopped beating", moved, owner)
+
+    async def _give_back(self) -> None:
+        """At exit: jobs this worker took but did not answer go back to the queue."""
+        assert self._redis is not None
+        try:
+            while await self._redis.lmove(self.processing, self.tasks, "RIGHT", "RIGHT") is not None:
+                log.info("gave an unfinished job back to the queue")
+            await self._redis.delete(self._heartbeat_prefix + self.config.worker_id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not give jobs back (the reaper of another worker will): %s", exc)
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await step()
+                failures = 0
+                await asyncio.sleep(interval)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("%s failed (%s)", step.__name__, exc)
+                await asyncio.sleep(max(interval, backoff_delay(failures, base=0.2, cap=5.0)))
+
+
+async def serve(config: WorkerConfig) -> None:
+    fetcher = PageFetcher(allow_private=config.allow_private, allowed_networks=config.allowed_networks,
+                          timeout=config.fetch_timeout)
+    worker = ParserWorker(config, fetcher)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
+    await worker.run()
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    level = environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = WorkerConfig.from_env(environ)
+    except ConfigError as exc:
+        print(f"parser worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if config.allow_private:
+        log.warning("PARSER_ALLOW_PRIVATE=1: private and loopback addresses will be fetched")
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Shared fixtures: a private PostgreSQL database and Redis db per run, and real hub servers.
+
+Every test talks to real services: the PostgreSQL and Redis that `scripts/services` starts,
+and a hub served by uvicorn on a free port of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+
+from hub.app import create_app
+from hub.db import Database
+from hub.migrate import upgrade
+from hub.server import uvicorn_options
+from hub.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+RUN_ID = secrets.token_hex(4)
+TEST_SECRET = "test-secret-" + "x" * 40
+_names = itertools.count(1)
+
+
+def unique_name(prefix: str = "u") -> str:
+    """A username no other test of this run uses."""
+    return f"{prefix}{RUN_ID[:4]}_{next(_names)}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A database of this run's own, migrated, dropped at the end."""
+    name = f"hub_test_{RUN_ID}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+    db = Database(url)
+    db.open()
+    await upgrade(db)
+    await db.close()
+    yield url
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'hub.db'}"
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> AsyncIterator[str]:
+    """A Redis db number nobody else uses (flushed at the end); channels get a run prefix."""
+    for number in range(15, 0, -1):
+        client = aioredis.from_url(f"{REDIS_BASE_URL}/{number}")
+        try:
+            claimed = await client.set("hub-test:claim", RUN_ID, nx=True, ex=3600)
+            if claimed and await client.dbsize() == 1:
+                url = f"{REDIS_BASE_URL}/{number}"
+                yield url
+                await client.flushdb()
+                return
+            if claimed:
+                await client.delete("hub-test:claim")
+        finally:
+            await client.aclose()
+    pytest.fail("no free Redis db number between 1 and 15")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, request: pytest.FixtureRequest) -> Settings:
+    """Settings for a hub on `backend`: SQLite with the in-process broker, or PostgreSQL with Redis."""
+    return backend_settings(backend, request)
+
+
+def backend_settings(backend: str, request: pytest.FixtureRequest) -> Settings:
+    """The `settings` fixture's value, for fixtures of a wider scope (e.g. one hub per module)."""
+    base = Settings(env="dev", jwt_secret=TEST_SECRET, hub_api_key="test-hub-api-key",
+                    parser_service_token="test-parser-token", exchange_service_token="test-exchange-token",
+                    redis_channel_prefix=f"test{RUN_ID}:", log_level="DEBUG")
+    if backend == "sqlite":
+        return replace(base, database_url=request.getfixturevalue("sqlite_url"))
+    return replace(base, database_url=request.getfixturevalue("postgres_url"),
+                   redis_url=request.getfixturevalue("redis_url"))
+
+
+@dataclass
+class RunningHub:
+    settings: Settings
+    base_url: str
+    http: httpx.AsyncClient
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/ws"
+
+
+@contextlib.asynccontextmanager
+async def serve_hub(settings: Settings, port: int | None = None) -> AsyncIterator[RunningHub]:
+    """A real hub on 127.0.0.1 (a free port unless `port` is given, so a restarted hub can keep
+    its address), stopped (gracefully) on exit."""
+    port = port or free_port()
+    options = uvicorn_options(settings)
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on",
+                            access_log=False, **options)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(15):
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("hub stopped during start-up")
+            await asyncio.sleep(0.02)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            yield RunningHub(settings, base_url, http)
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(30):
+            await task
+
+
+@pytest.fixture
+async def hub(settings: Settings) -> AsyncIterator[RunningHub]:
+    async with serve_hub(settings) as running:
+        yield running
+
+
+@dataclass
+class Account:
+    id: int
+    username: str
+    password: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+async def register(http: httpx.AsyncClient, username: str | None = None,
+                   password: str = "correct horse battery") -> Account:
+    """Register and log in through the REST API."""
+    name = username or unique_name()
+    created = await http.post("/api/v1/auth/register", json={"username": name, "password": password})
+    assert created.status_code == 201, created.text
+    tokens = await http.post("/api/v1/auth/login", json={"username": name, "password": password})
+    assert tokens.status_code == 200, tokens.text
+    body = tokens.json()
+    return Account(created.json()["id"], name, password, body["access_token"], body["refresh_token"])
+
+
+@pytest.fixture
+def tmp_cwd(tmp_path: Path) -> Iterator[Path]:
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(old)

@@ -1,0 +1,139 @@
+"""Operations (§10): /healthz, /readyz with each dependency down, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import replace
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from hub.metrics import HttpMetricsMiddleware, Metrics
+from hub.settings import Settings
+from tests.conftest import RunningHub, free_port, register, serve_hub
+
+
+async def test_healthz(hub: RunningHub) -> None:
+    async with asyncio.timeout(10):
+        response = await hub.http.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_is_200_with_everything_up(hub: RunningHub) -> None:
+    async with asyncio.timeout(10):
+        response = await hub.http.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+async def test_readyz_names_the_broker_when_redis_is_down(settings: Settings) -> None:
+    closed = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with serve_hub(closed) as running, asyncio.timeout(20):
+        response = await running.http.get("/readyz")
+        health = await running.http.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "unavailable"
+    assert "broker" in body["detail"]
+    assert "redis" in body["detail"]
+    assert "database" not in body["detail"]
+    assert health.status_code == 200  # alive, only not ready
+
+
+async def test_readyz_names_the_database_when_it_is_unreachable(settings: Settings) -> None:
+    unreachable = replace(settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    async with serve_hub(unreachable) as running, asyncio.timeout(20):
+        response = await running.http.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "unavailable"
+    assert "database" in body["detail"]
+    assert "broker" not in body["detail"]
+
+
+async def test_readyz_names_both_when_both_are_down(settings: Settings) -> None:
+    both = replace(settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x",
+                   redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with serve_hub(both) as running, asyncio.timeout(20):
+        response = await running.http.get("/readyz")
+    assert response.status_code == 503
+    assert "database" in response.json()["detail"]
+    assert "broker" in response.json()["detail"]
+
+
+REQUIRED_FAMILIES = {
+    "hub_connections": "gauge",
+    "hub_events_published": "counter",
+    "hub_events_delivered": "counter",
+    "hub_delivery_latency_seconds": "histogram",
+    "hub_slow_consumer_disconnects": "counter",
+    "hub_http_requests": "counter",
+}
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def test_metrics_has_the_families_of_the_contract(hub: RunningHub) -> None:
+    async with asyncio.timeout(10):
+        response = await hub.http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {family.name: family.type for family in text_string_to_metric_families(response.text)}
+    for name, kind in REQUIRED_FAMILIES.items():
+        assert families.get(name) == kind, name
+
+
+async def test_http_requests_are_counted_by_route_template_and_status(hub: RunningHub) -> None:
+    account = await register(hub.http)
+    async with asyncio.timeout(20):
+        for _ in range(3):
+            assert (await hub.http.get("/api/v1/auth/me", headers=account.headers)).status_code == 200
+        for _ in range(2):
+            assert (await hub.http.get("/api/v1/auth/me")).status_code == 401
+        assert (await hub.http.get("/no/such/path/42")).status_code == 404
+        text = (await hub.http.get("/metrics")).text
+    samples = _samples(text)
+
+    def count(route: str, method: str, status: str) -> float:
+        key = ("hub_http_requests_total", (("method", method), ("route", route), ("status", status)))
+        return samples.get(key, 0.0)
+
+    assert count("/api/v1/auth/me", "GET", "200") == 3
+    assert count("/api/v1/auth/me", "GET", "401") == 2
+    assert count("/api/v1/auth/register", "POST", "201") == 1
+    assert count("unmatched", "GET", "404") == 1
+    assert not any("/no/such/path" in label for (_name, labels), _ in samples.items()
+                   for _key, label in labels), "raw paths must not become labels"
+
+
+async def test_the_metrics_middleware_labels_with_the_template_not_the_path() -> None:
+    """Route parameters must not explode the label space: /items/1 and /items/2 are one series."""
+    metrics = Metrics()
+
+    async def item(request: Request) -> Response:
+        return PlainTextResponse(str(request.path_params["item_id"]))
+
+    app = Starlette(routes=[Route("/items/{item_id:int}", item)])
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as client, \
+            asyncio.timeout(10):
+        for item_id in (1, 2, 3):
+            assert (await client.get(f"/items/{item_id}")).status_code == 200
+        assert (await client.get("/items/not-a-number")).status_code == 404
+    text = metrics.render().decode()
+    assert re.search(r'hub_http_requests_total\{method="GET",route="/items/\{item_id:int\}",'
+                     r'status="200"\} 3\.0', text), text
+    assert "/items/1" not in text

@@ -1,0 +1,68 @@
+"""Stream retention: by count and by age, advancing `trimmed_id`, on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import update
+
+from hub import streams
+from hub.db import Database
+from hub.metrics import Metrics
+from hub.models import Event
+from hub.retention import Retention
+from hub.settings import Settings
+from hub.users import create_user
+from tests.conftest import unique_name
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(settings.database_url)
+    database.open()
+    if settings.uses_sqlite:
+        from hub.migrate import upgrade
+
+        await upgrade(database)
+    yield database
+    await database.close()
+
+
+async def _user_with_events(db: Database, count: int) -> int:
+    async with db.sessions.begin() as session:
+        user = await create_user(session, unique_name("r"))
+        for n in range(count):
+            await streams.append(session, [user.id], "r", b'{"n":%d}' % n)
+    return user.id
+
+
+async def test_retention_keeps_the_newest_events_by_count(db: Database) -> None:
+    user_id = await _user_with_events(db, 20)
+    await Retention(db, Metrics(), keep_events=5, keep_seconds=3600).step()
+    async with db.sessions() as session:
+        head = await streams.head(session, user_id)
+        left = await streams.read(session, user_id, 0, 100)
+    assert head is not None
+    assert head.trimmed_id == 15
+    assert head.last_id == 20
+    assert [e.id for e in left] == [16, 17, 18, 19, 20]
+
+
+async def test_retention_drops_events_older_than_the_age_limit(db: Database) -> None:
+    user_id = await _user_with_events(db, 10)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
+    async with db.sessions.begin() as session:
+        await session.execute(
+            update(Event).where(Event.user_id == user_id, Event.id <= 6).values(created_at=old))
+    await Retention(db, Metrics(), keep_events=10_000, keep_seconds=7 * 24 * 3600).step()
+    async with db.sessions() as session:
+        head = await streams.head(session, user_id)
+        left = await streams.read(session, user_id, 0, 100)
+    assert head is not None
+    assert head.trimmed_id == 6
+    assert [e.id for e in left] == [7, 8, 9, 10]
+    async with db.sessions.begin() as session:
+        events = await streams.append(session, [user_id], "after", b"{}")
+    assert events[0].id == 11

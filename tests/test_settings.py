@@ -1,0 +1,237 @@
+"""Settings.from_env: every variable, every kind of bad value, the production secret rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from hub.settings import (
+    DEFAULT_DATABASE_URL,
+    MIN_SECRET_LENGTH,
+    ConfigError,
+    Settings,
+    normalize_database_url,
+)
+
+GOOD_SECRET = "k" * MIN_SECRET_LENGTH
+
+EVERY_VARIABLE = {
+    "HUB_ENV": "production",
+    "DATABASE_URL": "postgresql://hub:pw@db.internal:5433/hub",
+    "REDIS_URL": "redis://cache:6380/2",
+    "REDIS_CHANNEL_PREFIX": "staging:",
+    "JWT_SECRET": GOOD_SECRET,
+    "JWT_ALGORITHM": "HS512",
+    "ACCESS_TOKEN_TTL": "600",
+    "REFRESH_TOKEN_TTL": "86400",
+    "WS_PING_INTERVAL": "15.5",
+    "WS_AUTH_TIMEOUT": "5",
+    "WS_MAX_CONNECTIONS_PER_USER": "7",
+    "WS_QUEUE_MAX_MESSAGES": "300",
+    "WS_QUEUE_MAX_BYTES": "65536",
+    "WS_RATE_LIMIT": "5.5",
+    "WS_RATE_BURST": "11",
+    "HUB_API_KEY": "a-real-hub-api-key-0123456789",
+    "PARSER_SERVICE_TOKEN": "a-real-parser-token-0123456789",
+    "EXCHANGE_SERVICE_URL": "https://exchange.internal:8443",
+    "EXCHANGE_SERVICE_TOKEN": "a-real-exchange-token-0123456789",
+    "ALLOWED_ORIGINS": "https://app.example, https://admin.example ,",
+    "PARSE_TIMEOUT": "12.5",
+    "PARSER_ALLOW_PRIVATE": "1",
+    "EXCHANGE_RETRY_WINDOW": "90",
+    "STREAM_RETENTION_EVENTS": "500",
+    "STREAM_RETENTION_SECONDS": "3600",
+    "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
+    "LOG_LEVEL": "WARNING",
+}
+
+EXPECTED = {
+    "env": "production",
+    "database_url": "postgresql+asyncpg://hub:pw@db.internal:5433/hub",
+    "redis_url": "redis://cache:6380/2",
+    "redis_channel_prefix": "staging:",
+    "jwt_secret": GOOD_SECRET,
+    "jwt_algorithm": "HS512",
+    "jwt_secret_generated": False,
+    "access_token_ttl": 600,
+    "refresh_token_ttl": 86400,
+    "ws_ping_interval": 15.5,
+    "ws_auth_timeout": 5.0,
+    "ws_max_connections_per_user": 7,
+    "ws_queue_max_messages": 300,
+    "ws_queue_max_bytes": 65536,
+    "ws_rate_limit": 5.5,
+    "ws_rate_burst": 11,
+    "hub_api_key": "a-real-hub-api-key-0123456789",
+    "parser_service_token": "a-real-parser-token-0123456789",
+    "exchange_service_url": "https://exchange.internal:8443",
+    "exchange_service_token": "a-real-exchange-token-0123456789",
+    "allowed_origins": ("https://app.example", "https://admin.example"),
+    "parse_timeout": 12.5,
+    "parser_allow_private": True,
+    "exchange_retry_window": 90.0,
+    "stream_retention_events": 500,
+    "stream_retention_seconds": 3600,
+    "trusted_proxies": ("10.0.0.1", "10.0.0.2"),
+    "log_level": "WARNING",
+}
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(EVERY_VARIABLE)
+    assert dataclasses.asdict(settings) == EXPECTED
+    assert settings.production
+    assert not settings.uses_sqlite
+
+
+def test_the_test_covers_every_setting() -> None:
+    names = {field.name for field in dataclasses.fields(Settings)}
+    assert names == set(EXPECTED), "a new setting needs a variable here and in the README table"
+
+
+def test_defaults_are_the_embedded_dev_mode() -> None:
+    settings = Settings.from_env({})
+    assert settings.env == "dev"
+    assert not settings.production
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.uses_sqlite
+    assert settings.redis_url is None
+    assert settings.access_token_ttl == 900
+    assert settings.refresh_token_ttl == 30 * 24 * 3600
+    assert settings.ws_ping_interval == 20.0
+    assert settings.parse_timeout == 30.0
+    assert settings.parser_allow_private is False
+    assert settings.allowed_origins == ()
+    assert settings.hub_api_key is None
+    assert settings.parser_service_token is None
+    assert settings.exchange_service_url is None
+    assert settings.exchange_service_token is None
+    assert settings.trusted_proxies == ("127.0.0.1", "::1")
+    assert settings.jwt_algorithm == "HS256"
+
+
+def test_dev_mode_generates_a_secret_and_says_so() -> None:
+    first, second = Settings.from_env({}), Settings.from_env({"HUB_ENV": "dev"})
+    assert first.jwt_secret_generated
+    assert len(first.jwt_secret) >= MIN_SECRET_LENGTH
+    assert first.jwt_secret != second.jwt_secret
+    given = Settings.from_env({"JWT_SECRET": "short dev secret"})
+    assert given.jwt_secret == "short dev secret"
+    assert not given.jwt_secret_generated
+
+
+def test_secrets_are_not_in_repr() -> None:
+    text = repr(Settings.from_env(EVERY_VARIABLE))
+    for name in ("JWT_SECRET", "HUB_API_KEY", "PARSER_SERVICE_TOKEN", "EXCHANGE_SERVICE_TOKEN"):
+        assert EVERY_VARIABLE[name] not in text
+
+
+@pytest.mark.parametrize("secret", [None, "", "   ", "secret", "changeme", "CHANGEME", "change-me",
+                                    "your-secret-key", "k" * (MIN_SECRET_LENGTH - 1)])
+def test_production_refuses_a_missing_placeholder_or_short_secret(secret: str | None) -> None:
+    environ = {"HUB_ENV": "production"}
+    if secret is not None:
+        environ["JWT_SECRET"] = secret
+    with pytest.raises(ConfigError, match="JWT_SECRET") as raised:
+        Settings.from_env(environ)
+    assert "\n" not in str(raised.value)
+
+
+def test_production_refuses_placeholder_service_tokens() -> None:
+    for name in ("HUB_API_KEY", "PARSER_SERVICE_TOKEN", "EXCHANGE_SERVICE_TOKEN"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({"HUB_ENV": "production", "JWT_SECRET": GOOD_SECRET, name: "changeme"})
+        assert Settings.from_env({name: "changeme"}).env == "dev"  # dev mode lets it pass
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HUB_ENV", "staging"),
+    ("HUB_ENV", "PRODUCTION"),
+    ("DATABASE_URL", "mysql://root@localhost/hub"),
+    ("DATABASE_URL", "hub.db"),
+    ("REDIS_URL", "http://127.0.0.1:6379"),
+    ("REDIS_URL", "127.0.0.1:6379"),
+    ("JWT_ALGORITHM", "none"),
+    ("JWT_ALGORITHM", "RS256"),
+    ("ACCESS_TOKEN_TTL", "15m"),
+    ("ACCESS_TOKEN_TTL", "1.5"),
+    ("ACCESS_TOKEN_TTL", "0"),
+    ("ACCESS_TOKEN_TTL", "-900"),
+    ("REFRESH_TOKEN_TTL", "abc"),
+    ("REFRESH_TOKEN_TTL", "59"),
+    ("WS_PING_INTERVAL", "0"),
+    ("WS_PING_INTERVAL", "nan"),
+    ("WS_PING_INTERVAL", "inf"),
+    ("WS_PING_INTERVAL", "twenty"),
+    ("WS_AUTH_TIMEOUT", "-1"),
+    ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+    ("WS_QUEUE_MAX_MESSAGES", "many"),
+    ("WS_QUEUE_MAX_BYTES", "10"),
+    ("WS_RATE_LIMIT", "0"),
+    ("WS_RATE_BURST", "0"),
+    ("EXCHANGE_SERVICE_URL", "ftp://exchange"),
+    ("EXCHANGE_SERVICE_URL", "exchange:8000"),
+    ("PARSE_TIMEOUT", "0"),
+    ("PARSE_TIMEOUT", "soon"),
+    ("PARSER_ALLOW_PRIVATE", "yes"),
+    ("EXCHANGE_RETRY_WINDOW", "0"),
+    ("STREAM_RETENTION_EVENTS", "0"),
+    ("STREAM_RETENTION_SECONDS", "1d"),
+    ("LOG_LEVEL", "verbose"),
+])
+def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    message = str(raised.value)
+    assert name in message
+    assert "\n" not in message
+    assert len(message) < 300
+
+
+def test_blank_values_mean_the_default() -> None:
+    # Lists are the exception: TRUSTED_PROXIES="" deliberately trusts no proxy at all.
+    blank = {name: "" for name in EVERY_VARIABLE if name != "TRUSTED_PROXIES"}
+    settings = Settings.from_env(blank)
+    defaults = Settings.from_env({})
+    for field in dataclasses.fields(Settings):
+        if field.name != "jwt_secret":
+            assert getattr(settings, field.name) == getattr(defaults, field.name), field.name
+    assert Settings.from_env({"TRUSTED_PROXIES": ""}).trusted_proxies == ()
+
+
+def test_values_are_trimmed() -> None:
+    settings = Settings.from_env({"ACCESS_TOKEN_TTL": " 60 ", "HUB_ENV": " dev ",
+                                  "REDIS_URL": " redis://127.0.0.1:6379/3 "})
+    assert settings.access_token_ttl == 60
+    assert settings.redis_url == "redis://127.0.0.1:6379/3"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ("postgres://u:p@h:5432/db?sslmode=require", "postgresql+asyncpg://u:p@h:5432/db?sslmode=require"),
+    ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ("sqlite:///./hub.db", "sqlite+aiosqlite:///./hub.db"),
+    ("sqlite+aiosqlite:////var/lib/hub.db", "sqlite+aiosqlite:////var/lib/hub.db"),
+])
+def test_database_urls_are_normalised(given: str, expected: str) -> None:
+    assert normalize_database_url(given) == expected
+    assert Settings.from_env({"DATABASE_URL": given}).database_url == expected
+
+
+def test_rediss_and_unix_socket_urls_are_accepted() -> None:
+    assert Settings.from_env({"REDIS_URL": "rediss://h:6380"}).redis_url == "rediss://h:6380"
+    assert Settings.from_env({"REDIS_URL": "unix:///run/redis.sock"}).redis_url == "unix:///run/redis.sock"
+
+
+def test_the_readme_table_names_every_variable() -> None:
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "hub" / "settings.py").read_text()
+    variables = set(re.findall(r'\br\.\w+\("([A-Z][A-Z0-9_]+)"', source))
+    assert set(EVERY_VARIABLE) == variables, "test_every_variable_is_read must set every variable"
+    readme = (root / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
+    assert variables - documented == set(), "add these to the README's configuration table"
+    assert documented - variables == set(), "the README documents variables the hub does not read"
