@@ -2,8 +2,11 @@
 
 Every local channel shares one SUBSCRIBE connection (never one per socket). The listener
 survives Redis restarts: on any connection error it backs off with jitter, reconnects,
-subscribes every active channel again, then calls `on_resync` so the hub re-reads from the
-event store whatever was published while it was away. Publishing uses a separate pool.
+subscribes every active channel again and, once Redis has confirmed every one of them, calls
+`on_resync` so the hub re-reads from the event store whatever was published while it was away
+(a re-read before the confirmations could miss an event published in between). A SUBSCRIBE
+left unconfirmed for `SUBSCRIBE_TIMEOUT` counts as a dead connection, which brings the same
+reconnect and re-read. Publishing uses a separate pool.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class RedisBroker(Broker):
         self._client_name = client_name
         self._channels: set[str] = set()
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
+        self._unconfirmed: dict[str, float] = {}  # channel -> when its SUBSCRIBE was sent
+        self._resync_due = False
         self._lock = asyncio.Lock()
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -82,8 +87,10 @@ class RedisBroker(Broker):
             pubsub = self._pubsub
             if pubsub is None:
                 return  # the listener subscribes it on reconnect, then resyncs
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
             self._confirm.setdefault(channel, []).append(waiter)
+            self._unconfirmed.setdefault(channel, loop.time())
             try:
                 await pubsub.subscribe(channel)
             except (RedisError, OSError):
@@ -137,7 +144,9 @@ class RedisBroker(Broker):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             self._pubsub = pubsub
-            self._heard = self._pinged = asyncio.get_running_loop().time()
+            now = asyncio.get_running_loop().time()
+            self._heard = self._pinged = now
+            self._unconfirmed = dict.fromkeys(channels, now)
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -146,6 +155,8 @@ class RedisBroker(Broker):
                 if not waiter.done():
                     waiter.set_result(None)
         self._confirm.clear()
+        self._unconfirmed.clear()
+        self._resync_due = False
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -166,8 +177,9 @@ class RedisBroker(Broker):
                     continue
                 failures = 0
                 self.reconnects += 1
-                log.info("Redis pub/sub reconnected; %d channels resubscribed", len(self._channels))
-                self._on_resync()
+                log.info("Redis pub/sub reconnected; resubscribing %d channels", len(self._channels))
+                self._resync_due = True
+                self._resync_when_confirmed()
                 continue
             try:
                 message = await pubsub.get_message(timeout=1.0)
@@ -196,6 +208,8 @@ class RedisBroker(Broker):
             self._heard = now
         elif now - self._heard > 3 * self._health + 1.0:
             raise RedisConnectionError(f"no answer from Redis for {now - self._heard:.1f}s")
+        if self._unconfirmed and now - min(self._unconfirmed.values()) > SUBSCRIBE_TIMEOUT:
+            raise RedisConnectionError(f"SUBSCRIBE unconfirmed for over {SUBSCRIBE_TIMEOUT:.0f}s")
         if now - self._pinged >= self._health:
             self._pinged = now
             await pubsub.ping()
@@ -212,6 +226,13 @@ class RedisBroker(Broker):
                 except Exception:
                     log.exception("delivering a message of %s failed", channel)
         elif kind == "subscribe":
+            self._unconfirmed.pop(channel, None)
             for waiter in self._confirm.pop(channel, []):
                 if not waiter.done():
                     waiter.set_result(None)
+            self._resync_when_confirmed()
+
+    def _resync_when_confirmed(self) -> None:
+        if self._resync_due and not self._unconfirmed:
+            self._resync_due = False
+            self._on_resync()

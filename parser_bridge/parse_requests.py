@@ -204,6 +204,7 @@ async def _finish(tx: Transaction, request_ids: Sequence[int], *, status: str, t
                    ParseRequest.created_at, ParseRequest.updated_at))).all()
     views = [ParseView(request_id, owner_id, url, status, title, error, created_at, updated_at)
              for request_id, owner_id, url, created_at, updated_at in rows]
-    for view in sorted(views, key=lambda v: v.request_id):
+    # stream rows are locked in user-id order everywhere, or concurrent writers could deadlock
+    for view in sorted(views, key=lambda v: (v.owner_id, v.request_id)):
         await tx.emit([view.owner_id], "parse.completed", view.event_data())
     return views

@@ -25,7 +25,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from hub.broker import BrokerUnavailable
-from hub.broker_redis import RedisBroker
+from hub.broker_redis import SUBSCRIBE_TIMEOUT, RedisBroker
 from hub.settings import Settings
 from tests.conftest import RUN_ID, TEST_SECRET, free_port, register, serve_hub
 
@@ -222,6 +222,33 @@ async def test_broker_notices_a_silently_dead_connection(private_redis: PrivateR
             async with asyncio.timeout(WAIT):
                 await direct.publish(name, b"after")
             await wait_until(lambda: inbox.messages[name] == [b"before", b"after"], "delivery again")
+        finally:
+            async with asyncio.timeout(WAIT):
+                await broker.close()
+                await direct.aclose()
+
+
+async def test_an_unconfirmed_subscribe_brings_a_reconnect_and_a_resync(
+        private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture) -> None:
+    """Health pings far apart: only the missing SUBSCRIBE confirmation can reveal the dead link."""
+    inbox = Inbox()
+    first, second = (f"test{RUN_ID}:unconfirmed:{next(_ids)}" for _ in range(2))
+    direct = aioredis.from_url(private_redis.url)
+    async with BlackholeProxy(private_redis.port) as proxy:
+        broker = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", health_check_interval=120)
+        try:
+            async with asyncio.timeout(WAIT):
+                await broker.open(inbox.deliver, inbox.on_resync)
+                await broker.subscribe(first)
+            proxy.blackhole()
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT + WAIT):
+                await broker.subscribe(second)  # gives up waiting after SUBSCRIBE_TIMEOUT
+            assert f"no confirmation of SUBSCRIBE {second}" in caplog.text
+            await wait_until(lambda: inbox.resyncs == 1, "a reconnect after the unconfirmed SUBSCRIBE")
+            assert broker.reconnects == 1
+            async with asyncio.timeout(WAIT):
+                assert await direct.publish(second, b"after") == 1  # subscribed before the resync
+            await wait_until(lambda: inbox.messages[second] == [b"after"], "delivery on the new channel")
         finally:
             async with asyncio.timeout(WAIT):
                 await broker.close()
