@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 from typing import Any
@@ -11,6 +12,7 @@ import uvicorn
 from hub.settings import ConfigError, Settings
 
 GRACEFUL_SECONDS = 20
+ORPHAN_CHECK_SECONDS = 2.0  # how often a gunicorn worker checks that its master still lives
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -72,7 +74,13 @@ def _gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
     options.pop("log_config")
 
     class HubWorker(UvicornWorker):  # type: ignore[misc]
-        CONFIG_KWARGS = {"loop": "auto", "http": "auto", **options}
+        CONFIG_KWARGS = {"loop": "auto", "http": "auto", "timeout_notify": ORPHAN_CHECK_SECONDS, **options}
+
+        async def callback_notify(self) -> None:
+            if os.getppid() != self.ppid:  # the master died without stopping us (SIGKILL, OOM killer)
+                self.log.warning("gunicorn master %s is gone: worker %s shuts down", self.ppid, self.pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.notify()
 
     class HubApplication(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,26 +47,45 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _pg_admin(sql: str) -> None:
+    connection = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+def _pg_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@contextlib.contextmanager
+def private_database(tag: str) -> Iterator[str]:
+    """An empty PostgreSQL database of the caller alone, dropped (with whatever is still
+    connected) afterwards; yields its plain `postgresql://` URL. For code outside the event loop:
+    fixtures of hub processes, whose background loops must not see another hub's rows."""
+    name = f"hub_{tag}_{RUN_ID}_{secrets.token_hex(3)}"
+    # a thread of its own: asyncio.run here would unset the event loop of the test session
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _pg_admin(f'CREATE DATABASE "{name}"')).result()
+        try:
+            yield _pg_url(name)
+        finally:
+            thread.submit(asyncio.run, _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')).result()
+
+
 @pytest.fixture(scope="session")
 async def postgres_url() -> AsyncIterator[str]:
     """A database of this run's own, migrated, dropped at the end."""
     name = f"hub_test_{RUN_ID}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    url = _pg_url(name).replace("postgresql://", "postgresql+asyncpg://")
     db = Database(url)
     db.open()
     await upgrade(db)
     await db.close()
     yield url
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

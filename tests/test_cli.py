@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from hub.migrate import alembic_config
-from tests.conftest import PG_ADMIN_URL, REDIS_BASE_URL, RUN_ID, free_port
+from tests.conftest import REDIS_BASE_URL, RUN_ID, free_port, private_database
 
 HUB = str(Path(sys.executable).with_name("hub"))
 HUB_VARIABLES = ("HUB_ENV", "DATABASE_URL", "REDIS_URL", "JWT_SECRET", "REDIS_CHANNEL_PREFIX")
@@ -58,21 +57,8 @@ def test_python_dash_m_hub_is_the_same_command(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fresh_postgres() -> Iterator[str]:
-    """An empty PostgreSQL database of this test alone, dropped afterwards (plain URL form)."""
-    name = f"hub_cli_{RUN_ID}_{secrets.token_hex(3)}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with private_database("cli") as url:
+        yield url
 
 
 def test_migrate_a_fresh_postgres_database(tmp_path: Path, fresh_postgres: str) -> None:

@@ -40,7 +40,7 @@ async def hub_process(settings: Settings, *args: str) -> AsyncIterator[tuple[sub
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally, after the process
     process = subprocess.Popen([HUB, "serve", "--port", str(port), *args], env=_env(settings),
-                               stdout=log, stderr=subprocess.STDOUT)
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         async with asyncio.timeout(30), httpx.AsyncClient() as http:
@@ -54,10 +54,34 @@ async def hub_process(settings: Settings, *args: str) -> AsyncIterator[tuple[sub
                 await asyncio.sleep(0.2)
         yield process, base
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
+        _stop_group(process)
         log.close()
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL, to the hub and its gunicorn workers (their own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(FileNotFoundError):
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; init reaps it
 
 
 async def test_two_hub_processes_deliver_to_sockets_on_both(settings: Settings) -> None:
@@ -86,6 +110,19 @@ async def test_gunicorn_workers_deliver_every_event_to_every_socket(settings: Se
         for sock in sockets:
             assert [f["data"]["n"] for f in await sock.events(5)] == [0, 1, 2, 3, 4]
             await sock.close()
+
+
+async def test_workers_stop_when_the_master_is_killed(settings: Settings) -> None:
+    ((_, token),) = await make_users(settings, 1)
+    async with hub_process(settings, "--workers", "2") as (process, base):
+        sock = await connect(base.replace("http", "ws") + "/ws", token)
+        workers = _children(process.pid)
+        assert len(workers) == 2, workers
+        process.send_signal(signal.SIGKILL)  # the OOM killer's way: no chance to stop the workers
+        assert await sock.closed(timeout=30) == 1012  # the orphans shut down gracefully all the same
+        async with asyncio.timeout(30):
+            while any(_alive(pid) for pid in workers):
+                await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

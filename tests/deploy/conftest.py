@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RUN_ID
+from tests.conftest import RUN_ID, private_database
 from tests.deploy.processes import HubProcess, free_port
 from tests.deploy.tls_ca import ThrowawayCA
 
@@ -38,14 +38,26 @@ def test_ca(deploy_root: Path) -> ThrowawayCA:
     return ThrowawayCA.create(deploy_root / "ca")
 
 
-@pytest.fixture(scope="session")
-def deploy_hub(deploy_root: Path, postgres_url: str, redis_url: str) -> Iterator[HubProcess]:
+@pytest.fixture(scope="package")
+def deploy_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
     """`hub migrate`, then `hub serve --workers 2` (gunicorn + uvicorn workers) in production mode,
-    trusting forwarded headers from 127.0.0.1 (nginx) only, pinging sockets every second."""
-    env = {
+    trusting forwarded headers from 127.0.0.1 (nginx) only, pinging sockets every second. It has
+    a database of its own: its background loops (parse dispatch, timeouts) must not take the rows
+    of the hubs that other tests start."""
+    with private_database("deploy") as database_url:
+        hub = HubProcess(free_port(), _hub_env(database_url, redis_url), deploy_root / "hub.log")
+        hub.start(workers=2)
+        try:
+            yield hub
+        finally:
+            hub.stop()
+
+
+def _hub_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
         **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")},
         "HUB_ENV": "production",
-        "DATABASE_URL": postgres_url,
+        "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "REDIS_CHANNEL_PREFIX": f"deploy{RUN_ID}:",
         "JWT_SECRET": secrets.token_urlsafe(48),
@@ -56,10 +68,6 @@ def deploy_hub(deploy_root: Path, postgres_url: str, redis_url: str) -> Iterator
         "TRUSTED_PROXIES": "127.0.0.1",
         "LOG_LEVEL": "INFO",
     }
-    hub = HubProcess(free_port(), env, deploy_root / "hub.log")
-    hub.start(workers=2)
-    yield hub
-    hub.stop()
 
 
 def client_tls(ca_file: Path) -> ssl.SSLContext:

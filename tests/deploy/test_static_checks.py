@@ -165,7 +165,7 @@ def test_scripts_pass_shellcheck(strict: bool) -> None:
 def test_the_image_installs_only_runtime_dependencies_from_the_lock(tmp_path: Path) -> None:
     """What the Dockerfile's `uv sync` would install: the lock is current (--frozen) and no
     development or benchmark package gets into the image."""
-    uv = shutil.which("uv") or str(TOOLS / "uv")
+    uv = shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")  # where scripts/bootstrap puts it
     done = subprocess.run(
         [uv, "sync", "--frozen", "--no-dev", "--no-default-groups", "--no-install-project", "--dry-run"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
