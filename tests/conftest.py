@@ -171,6 +171,19 @@ async def serve_hub(settings: Settings, port: int | None = None) -> AsyncIterato
             await task
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_settings(request: pytest.FixtureRequest) -> Settings:
+    return backend_settings(str(request.param), request)
+
+
+@pytest.fixture(scope="module")
+async def module_hub(module_settings: Settings) -> AsyncIterator[RunningHub]:
+    """One hub per backend for a whole module whose tests only touch users of their own: Argon2
+    makes every start cost a hash, and such a module would otherwise start a hundred servers."""
+    async with serve_hub(module_settings) as running:
+        yield running
+
+
 @pytest.fixture
 async def hub(settings: Settings) -> AsyncIterator[RunningHub]:
     async with serve_hub(settings) as running:

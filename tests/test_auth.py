@@ -7,7 +7,6 @@ import base64
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,9 +16,8 @@ from sqlalchemy import delete
 from auth.tokens import ACCESS, REFRESH, TokenCodec
 from hub.db import Database
 from hub.models import User
-from hub.settings import Settings
 from hub.users import create_user
-from tests.conftest import TEST_SECRET, RunningHub, backend_settings, register, serve_hub, unique_name
+from tests.conftest import TEST_SECRET, RunningHub, register, unique_name
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -28,17 +26,9 @@ ME = "/api/v1/auth/me"
 USERS = "/api/v1/users"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def module_settings(request: pytest.FixtureRequest) -> Settings:
-    return backend_settings(str(request.param), request)
-
-
 @pytest.fixture(scope="module")
-async def hub(module_settings: Settings) -> AsyncIterator[RunningHub]:
-    """One hub per backend for the whole module (tests only touch users of their own): Argon2
-    makes every start cost a hash, and this module would otherwise start a hundred servers."""
-    async with serve_hub(module_settings) as running:
-        yield running
+def hub(module_hub: RunningHub) -> RunningHub:
+    return module_hub
 
 
 def _b64(part: dict[str, Any]) -> str:

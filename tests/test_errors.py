@@ -10,25 +10,16 @@ import httpx
 import pytest
 
 from hub.http import MAX_BODY_BYTES
-from hub.settings import Settings
-from tests.conftest import RunningHub, backend_settings, register, serve_hub
+from tests.conftest import RunningHub, register
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
 REFRESH = "/api/v1/auth/refresh"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def module_settings(request: pytest.FixtureRequest) -> Settings:
-    return backend_settings(str(request.param), request)
-
-
 @pytest.fixture(scope="module")
-async def hub(module_settings: Settings) -> AsyncIterator[RunningHub]:
-    """One hub per backend for the whole module (tests only touch users of their own): Argon2
-    makes every start cost a hash, and this module would otherwise start a hundred servers."""
-    async with serve_hub(module_settings) as running:
-        yield running
+def hub(module_hub: RunningHub) -> RunningHub:
+    return module_hub
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
