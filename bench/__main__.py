@@ -25,12 +25,11 @@ from typing import Any
 
 import orjson
 
-from auth.tokens import ACCESS, TokenCodec
 from bench import report
 from bench.loadgen import Fleet, RespPublisher
 from bench.scenarios import Bench, Params
 from bench.services import BenchDatabase, PrivateRedis, cores, raise_nofile
-from bench.targets import ROOT, TARGETS, hub_environment, migrate_hub, start
+from bench.targets import ROOT, TARGETS, hub_environment, migrate_hub, start, token_issuer
 
 ORDER = ("hub", "forwarder", "socketio", "broadcaster", "seed004")
 PACKAGES = ("starlette", "uvicorn", "uvloop", "websockets", "redis", "hiredis", "sqlalchemy", "asyncpg",
@@ -157,13 +156,7 @@ async def main_async(args: argparse.Namespace) -> int:
         return 2
     secret = secrets.token_urlsafe(48)
     api_key = secrets.token_urlsafe(24)
-    codec = TokenCodec(secret, "HS256", 7200, 7200)
-    tokens: dict[int, str] = {}
-
-    def token(user_id: int) -> str:
-        if user_id not in tokens:
-            tokens[user_id] = codec.issue(user_id, ACCESS)[0]
-        return tokens[user_id]
+    token = token_issuer(secret)
 
     redis = PrivateRedis(loadgen_cpus)
     database = BenchDatabase()

@@ -8,11 +8,10 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from auth.tokens import ACCESS, TokenCodec
 from bench.loadgen import Fleet, RespPublisher
 from bench.scenarios import Bench, Params
 from bench.services import BenchDatabase, PrivateRedis, cores, raise_nofile
-from bench.targets import TARGETS, hub_environment, migrate_hub, start
+from bench.targets import TARGETS, hub_environment, migrate_hub, start, token_issuer
 
 
 @contextlib.asynccontextmanager
@@ -24,13 +23,7 @@ async def running_hub(users: int, params: Params, out: Path, log: object) -> Asy
     raise_nofile()
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     secret, api_key = secrets.token_urlsafe(48), secrets.token_urlsafe(24)
-    codec = TokenCodec(secret, "HS256", 7200, 7200)
-    tokens: dict[int, str] = {}
-
-    def token(user_id: int) -> str:
-        if user_id not in tokens:
-            tokens[user_id] = codec.issue(user_id, ACCESS)[0]
-        return tokens[user_id]
+    token = token_issuer(secret)
 
     redis = PrivateRedis(loadgen_cpus)
     database = BenchDatabase()

@@ -3,14 +3,17 @@ where its sockets connect, which framing it speaks, and what it cannot do at all
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from auth.tokens import ACCESS, TokenCodec
 from bench.loadgen import HUB, PLAIN, SOCKETIO
 from bench.services import (
     _child_setup,
@@ -146,3 +149,14 @@ async def start(target: Target, cpus: set[int], log_dir: Path, *, redis_url: str
         server.stop()
         raise
     return server
+
+
+def token_issuer(secret: str) -> Callable[[int], str]:
+    """Access tokens signed with the run's secret, as every target checks them; one per user."""
+    codec = TokenCodec(secret, "HS256", 7200, 7200)
+
+    @functools.cache
+    def token(user_id: int) -> str:
+        return codec.issue(user_id, ACCESS)[0]
+
+    return token
