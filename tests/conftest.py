@@ -12,6 +12,7 @@ import itertools
 import os
 import secrets
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -89,8 +90,24 @@ async def postgres_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'hub.db'}"
+async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database migrated once; every SQLite-backed settings gets a copy of its own, so
+    that no test can leave a lock or rows behind for another."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    db.open()
+    await upgrade(db)
+    await db.close()
+    return path
+
+
+def _sqlite_copy(request: pytest.FixtureRequest) -> str:
+    template = request.getfixturevalue("sqlite_template")
+    path = request.getfixturevalue("tmp_path_factory").mktemp("sqlite") / "hub.db"
+    with contextlib.closing(sqlite3.connect(template)) as source, \
+            contextlib.closing(sqlite3.connect(path)) as target:
+        source.backup(target)
+    return f"sqlite+aiosqlite:///{path}"
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +146,7 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> Settings:
                     parser_service_token="test-parser-token", exchange_service_token="test-exchange-token",
                     redis_channel_prefix=f"test{RUN_ID}:", log_level="DEBUG")
     if backend == "sqlite":
-        return replace(base, database_url=request.getfixturevalue("sqlite_url"))
+        return replace(base, database_url=_sqlite_copy(request))
     return replace(base, database_url=request.getfixturevalue("postgres_url"),
                    redis_url=request.getfixturevalue("redis_url"))
 

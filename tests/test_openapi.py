@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,21 +14,14 @@ from hub.app import create_app
 from hub.http import ApiSpec
 from hub.openapi import REF
 from hub.settings import Settings
-from tests.conftest import RunningHub, backend_settings, serve_hub, unique_name
+from tests.conftest import RunningHub, unique_name
 
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def module_settings(request: pytest.FixtureRequest) -> Settings:
-    return backend_settings(str(request.param), request)
-
-
 @pytest.fixture(scope="module")
-async def hub(module_settings: Settings) -> AsyncIterator[RunningHub]:
-    """One hub per backend for the module: the document does not change while it runs."""
-    async with serve_hub(module_settings) as running:
-        yield running
+def hub(module_hub: RunningHub) -> RunningHub:
+    return module_hub
 
 
 def _is_rest(route: Route) -> bool:
