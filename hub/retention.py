@@ -11,6 +11,7 @@ from hub.db import Database, utcnow
 from hub.metrics import Metrics
 
 log = logging.getLogger("hub.retention")
+TRIM_BATCH = 200
 
 
 class Retention:
@@ -21,8 +22,18 @@ class Retention:
         self._keep = dt.timedelta(seconds=keep_seconds)
 
     async def step(self) -> None:
+        """Trim in short transactions of at most `TRIM_BATCH` streams, so no pass holds stream
+        rows (which every publish to those users waits for) for long."""
+        older_than = utcnow() - self._keep
+        removed = 0
+        while True:
+            async with self._db.sessions.begin() as session:
+                trimmed, events = await streams.trim(session, self._keep_events, older_than,
+                                                     limit=TRIM_BATCH)
+            removed += events
+            if trimmed < TRIM_BATCH:
+                break
         async with self._db.sessions.begin() as session:
-            removed = await streams.trim(session, self._keep_events, utcnow() - self._keep)
             keys = await idempotency.expire(session)
         if removed or keys:
             self._metrics.trimmed_events.inc(removed)

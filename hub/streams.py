@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import orjson
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.db import rfc3339, utcnow
@@ -171,18 +171,28 @@ async def unpublished(session: AsyncSession, settled_before: dt.datetime,
 
 
 async def trim(session: AsyncSession, keep_events: int, older_than: dt.datetime,
-               user_ids: Iterable[int] | None = None) -> int:
+               user_ids: Iterable[int] | None = None, limit: int | None = None) -> tuple[int, int]:
     """Apply retention: drop events beyond the newest `keep_events` of each stream, and events
-    created before `older_than`; advances `trimmed_id`. Returns how many events were removed."""
-    removed = 0
+    created before `older_than`; advances `trimmed_id`. Only streams with something to drop are
+    visited: one query finds those over the count or whose oldest kept event (`trimmed_id + 1`)
+    is too old, so an idle pass costs one indexed query, not one per stream. Visits at most
+    `limit` streams; returns (streams trimmed, events removed)."""
+    first_kept = (Event.user_id == Stream.user_id) & (Event.id == Stream.trimmed_id + 1)
     # user-id order, the order `append` locks in: a trimmed stream's row stays locked to the end
-    streams = select(Stream.user_id, Stream.last_id, Stream.trimmed_id).order_by(Stream.user_id)
+    candidates = (
+        select(Stream.user_id, Stream.last_id, Stream.trimmed_id)
+        .outerjoin(Event, first_kept)
+        .where(or_(Stream.last_id - keep_events > Stream.trimmed_id, Event.created_at < older_than))
+        .order_by(Stream.user_id).limit(limit)
+    )
     if user_ids is not None:
-        streams = streams.where(Stream.user_id.in_(list(user_ids)))
-    for user_id, last_id, trimmed_id in (await session.execute(streams)).all():
+        candidates = candidates.where(Stream.user_id.in_(list(user_ids)))
+    trimmed = removed = 0
+    for user_id, last_id, trimmed_id in (await session.execute(candidates)).all():
         by_count = last_id - keep_events
         oldest_kept = await session.scalar(
-            select(func.min(Event.id)).where(Event.user_id == user_id, Event.created_at >= older_than)
+            select(func.min(Event.id)).where(Event.user_id == user_id, Event.id > trimmed_id,
+                                             Event.created_at >= older_than)
         )
         by_age = (oldest_kept - 1) if oldest_kept is not None else last_id
         cut = max(by_count, by_age, trimmed_id)
@@ -193,8 +203,9 @@ async def trim(session: AsyncSession, keep_events: int, older_than: dt.datetime,
             .execution_options(synchronize_session=False)
         )
         removed += result.rowcount or 0  # type: ignore[attr-defined]
+        trimmed += 1
         await session.execute(
             update(Stream).where(Stream.user_id == user_id).values(trimmed_id=cut)
             .execution_options(synchronize_session=False)
         )
-    return removed
+    return trimmed, removed

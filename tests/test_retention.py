@@ -66,3 +66,21 @@ async def test_retention_drops_events_older_than_the_age_limit(db: Database) -> 
     async with db.sessions.begin() as session:
         events = await streams.append(session, [user_id], "after", b"{}")
     assert events[0].id == 11
+
+
+async def test_one_step_trims_every_stream_in_batches_and_skips_the_rest(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hub.retention.TRIM_BATCH", 2)  # five streams to trim: three transactions
+    over = [await _user_with_events(db, 6) for _ in range(5)]
+    under = await _user_with_events(db, 3)
+    await Retention(db, Metrics(), keep_events=4, keep_seconds=3600).step()
+    async with db.sessions() as session:
+        for user_id in over:
+            head = await streams.head(session, user_id)
+            assert head is not None and head.trimmed_id == 2
+        head = await streams.head(session, under)
+        assert head is not None and head.trimmed_id == 0
+    async with db.sessions.begin() as session:
+        again = await streams.trim(session, 4, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+                                   user_ids=[*over, under])
+    assert again == (0, 0)  # nothing left to trim: no stream is visited
