@@ -98,10 +98,14 @@ class Accounts:
         raise AuthError("refresh token already used, revoked or unknown")
 
     async def authenticate(self, token: str) -> Identity:
-        claims = self._codec.verify(token, ACCESS)
+        identity = self.verify(token)
         async with self._db.sessions() as session:
-            if await get_user(session, claims.user_id) is None:
+            if await get_user(session, identity.user_id) is None:
                 raise AuthError("the token's user no longer exists")
+        return identity
+
+    def verify(self, token: str) -> Identity:
+        claims = self._codec.verify(token, ACCESS)
         return Identity(claims.user_id, float(claims.expires_at))
 
     async def _issue_pair(self, session: AsyncSession, user_id: int, family: str) -> TokenPair:

@@ -85,6 +85,7 @@ class Database:
         self.url = url
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._readers: AsyncEngine | None = None
         self._sessions: Sessions | None = None
 
     @property
@@ -96,6 +97,13 @@ class Database:
         if self._engine is None:
             raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
         return self._engine
+
+    @property
+    def readers(self) -> AsyncEngine:
+        """The engine for reads on a bare connection (on SQLite its transactions begin DEFERRED)."""
+        if self._readers is None:
+            raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
+        return self._readers
 
     @property
     def sessions(self) -> Sessions:
@@ -114,13 +122,14 @@ class Database:
         if self.dialect == "sqlite":
             _serialize_sqlite_writers(self._engine)
             readers = self._engine.execution_options(sqlite_begin="DEFERRED")
+        self._readers = readers
         self._sessions = Sessions(async_sessionmaker(self._engine, expire_on_commit=False),
                                   async_sessionmaker(readers, expire_on_commit=False))
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
-        self._engine = None
+        self._engine = self._readers = None
         self._sessions = None
 
     async def ping(self) -> None:

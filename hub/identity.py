@@ -30,6 +30,11 @@ class Authenticator(Protocol):
         """The identity of a valid access token of an existing user; raises AuthError otherwise."""
         ...
 
+    def verify(self, token: str) -> Identity:
+        """The identity of a valid access token, from its signature and claims alone: no database
+        read, so the caller must itself find out whether the user still exists."""
+        ...
+
 
 async def authenticate_request(request: Request, authenticator: Authenticator) -> Identity:
     """The caller's identity from `Authorization: Bearer <access_token>`; 401 otherwise."""

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import cast
 
 import orjson
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.db import rfc3339, utcnow
+from hub.db import Database, rfc3339, utcnow
 from hub.models import Event, Stream
 
 LOCK_CHUNK = 5000
@@ -101,11 +101,21 @@ async def _advance(session: AsyncSession, user_ids: list[int],
     return heads
 
 
+def _head_query(user_id: int) -> Select[str, int, int]:
+    return select(Stream.epoch, Stream.last_id, Stream.trimmed_id).where(Stream.user_id == user_id)
+
+
 async def head(session: AsyncSession, user_id: int) -> StreamHead | None:
-    row = await session.execute(
-        select(Stream.epoch, Stream.last_id, Stream.trimmed_id).where(Stream.user_id == user_id)
-    )
-    found = row.first()
+    found = (await session.execute(_head_query(user_id))).first()
+    return StreamHead(*found) if found else None
+
+
+async def read_head(db: Database, user_id: int) -> StreamHead | None:
+    """`head` on a bare connection, without an ORM session's bookkeeping: a stream exists iff
+    its user does (it is created with the user and deleted with it), so this one query is all
+    that a connecting socket needs."""
+    async with db.readers.connect() as conn:
+        found = (await conn.execute(_head_query(user_id))).first()
     return StreamHead(*found) if found else None
 
 

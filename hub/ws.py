@@ -106,8 +106,7 @@ class WebSocketApi:
         if not await self._registry.register(connection):
             raise Closed(RATE_LIMITED, "too many connections for this user")
         try:
-            async with self._db.sessions() as session:
-                head = await streams.head(session, identity.user_id)
+            head = await streams.read_head(self._db, identity.user_id)
             if head is None:
                 raise Closed(AUTH_FAILED, "user no longer exists")
             recovered = (resume_id is not None and resume_epoch == head.epoch
@@ -141,7 +140,7 @@ class WebSocketApi:
         if epoch is not None and not isinstance(epoch, str):
             raise Closed(AUTH_FAILED, "epoch must be a string")
         try:
-            identity = await self._auth.authenticate(token)
+            identity = self._auth.verify(token)  # the user's existence: its stream head, next
         except AuthError:
             raise Closed(AUTH_FAILED, "invalid or expired token") from None
         return identity, last_id, epoch
