@@ -204,55 +204,56 @@ class BlackholeProxy:
                 await sink.drain()
 
 
-async def test_broker_notices_a_silently_dead_connection(private_redis: PrivateRedis) -> None:
+@contextlib.asynccontextmanager
+async def broker_behind_proxy(private_redis: PrivateRedis, health_check_interval: float
+                              ) -> AsyncIterator[tuple[BlackholeProxy, RedisBroker, Inbox, aioredis.Redis]]:
+    """An open broker that reaches Redis through a `BlackholeProxy`, its inbox, and a direct
+    client for publishing."""
     inbox = Inbox()
-    name = f"test{RUN_ID}:blackhole:{next(_ids)}"
     direct = aioredis.from_url(private_redis.url)
     async with BlackholeProxy(private_redis.port) as proxy:
-        broker = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", health_check_interval=0.5)
+        broker = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", health_check_interval=health_check_interval)
         try:
             async with asyncio.timeout(WAIT):
                 await broker.open(inbox.deliver, inbox.on_resync)
-                await broker.subscribe(name)
-                await direct.publish(name, b"before")
-            await wait_until(lambda: inbox.messages[name] == [b"before"], "the first message")
-            proxy.blackhole()
-            await wait_until(lambda: inbox.resyncs == 1, "a reconnect after the silence")
-            assert broker.reconnects == 1
-            async with asyncio.timeout(WAIT):
-                await direct.publish(name, b"after")
-            await wait_until(lambda: inbox.messages[name] == [b"before", b"after"], "delivery again")
+            yield proxy, broker, inbox, direct
         finally:
             async with asyncio.timeout(WAIT):
                 await broker.close()
                 await direct.aclose()
+
+
+async def test_broker_notices_a_silently_dead_connection(private_redis: PrivateRedis) -> None:
+    name = f"test{RUN_ID}:blackhole:{next(_ids)}"
+    async with broker_behind_proxy(private_redis, 0.5) as (proxy, broker, inbox, direct):
+        async with asyncio.timeout(WAIT):
+            await broker.subscribe(name)
+            await direct.publish(name, b"before")
+        await wait_until(lambda: inbox.messages[name] == [b"before"], "the first message")
+        proxy.blackhole()
+        await wait_until(lambda: inbox.resyncs == 1, "a reconnect after the silence")
+        assert broker.reconnects == 1
+        async with asyncio.timeout(WAIT):
+            await direct.publish(name, b"after")
+        await wait_until(lambda: inbox.messages[name] == [b"before", b"after"], "delivery again")
 
 
 async def test_an_unconfirmed_subscribe_brings_a_reconnect_and_a_resync(
         private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture) -> None:
     """Health pings far apart: only the missing SUBSCRIBE confirmation can reveal the dead link."""
-    inbox = Inbox()
     first, second = (f"test{RUN_ID}:unconfirmed:{next(_ids)}" for _ in range(2))
-    direct = aioredis.from_url(private_redis.url)
-    async with BlackholeProxy(private_redis.port) as proxy:
-        broker = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", health_check_interval=120)
-        try:
-            async with asyncio.timeout(WAIT):
-                await broker.open(inbox.deliver, inbox.on_resync)
-                await broker.subscribe(first)
-            proxy.blackhole()
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT + WAIT):
-                await broker.subscribe(second)  # gives up waiting after SUBSCRIBE_TIMEOUT
-            assert f"no confirmation of SUBSCRIBE {second}" in caplog.text
-            await wait_until(lambda: inbox.resyncs == 1, "a reconnect after the unconfirmed SUBSCRIBE")
-            assert broker.reconnects == 1
-            async with asyncio.timeout(WAIT):
-                assert await direct.publish(second, b"after") == 1  # subscribed before the resync
-            await wait_until(lambda: inbox.messages[second] == [b"after"], "delivery on the new channel")
-        finally:
-            async with asyncio.timeout(WAIT):
-                await broker.close()
-                await direct.aclose()
+    async with broker_behind_proxy(private_redis, 120) as (proxy, broker, inbox, direct):
+        async with asyncio.timeout(WAIT):
+            await broker.subscribe(first)
+        proxy.blackhole()
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT + WAIT):
+            await broker.subscribe(second)  # gives up waiting after SUBSCRIBE_TIMEOUT
+        assert f"no confirmation of SUBSCRIBE {second}" in caplog.text
+        await wait_until(lambda: inbox.resyncs == 1, "a reconnect after the unconfirmed SUBSCRIBE")
+        assert broker.reconnects == 1
+        async with asyncio.timeout(WAIT):
+            assert await direct.publish(second, b"after") == 1  # subscribed before the resync
+        await wait_until(lambda: inbox.messages[second] == [b"after"], "delivery on the new channel")
 
 
 async def publish_and_expect(broker: RedisBroker, inbox: Inbox, channels: list[str],
