@@ -10,6 +10,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 log = logging.getLogger("hub.settings")
 
@@ -111,7 +112,7 @@ class Settings:
             parser_service_token=r.secret("PARSER_SERVICE_TOKEN", env),
             exchange_service_url=r.optional_url("EXCHANGE_SERVICE_URL", ("http://", "https://")),
             exchange_service_token=r.secret("EXCHANGE_SERVICE_TOKEN", env),
-            allowed_origins=r.csv("ALLOWED_ORIGINS"),
+            allowed_origins=r.origins("ALLOWED_ORIGINS"),
             parse_timeout=r.number("PARSE_TIMEOUT", 30.0, minimum=0.1),
             parser_allow_private=r.choice("PARSER_ALLOW_PRIVATE", "0", ("0", "1")) == "1",
             exchange_retry_window=r.number("EXCHANGE_RETRY_WINDOW", 60.0, minimum=0.1),
@@ -191,8 +192,39 @@ class _Reader:
             raise ConfigError(f"{name} is a placeholder: set it to a random value")
         return value
 
+    def origins(self, name: str) -> tuple[str, ...]:
+        found = []
+        for value in self.csv(name):
+            origin = normalize_origin(value)
+            if origin is None:
+                raise ConfigError(f"{name}: {value!r} is not an origin like https://chat.example.com")
+            found.append(origin)
+        return tuple(found)
+
     def csv(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         raw = self._environ.get(name)
         if raw is None:
             return default
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(value: str) -> str | None:
+    """`scheme://host[:port]` as browsers send it in `Origin` (lower case, no default port, no
+    trailing slash), or None when `value` is no such origin (a path, credentials, `null`)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (not parts.scheme or not parts.hostname or parts.username is not None
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"

@@ -23,7 +23,7 @@ from hub.db import Database, rfc3339
 from hub.identity import Authenticator, AuthError, Identity
 from hub.metrics import Metrics
 from hub.registry import Registry
-from hub.settings import Settings
+from hub.settings import Settings, normalize_origin
 from hub.streams import StoredEvent
 
 log = logging.getLogger("hub.ws")
@@ -75,7 +75,7 @@ class WebSocketApi:
 
     async def endpoint(self, websocket: WebSocket) -> None:
         origin = websocket.headers.get("origin")
-        if self._origins and origin is not None and origin not in self._origins:
+        if self._origins and origin is not None and normalize_origin(origin) not in self._origins:
             self._metrics.connections_rejected.labels("origin").inc()
             await websocket.close(code=1008)  # before accept: the handshake gets HTTP 403
             return

@@ -181,6 +181,9 @@ def test_production_refuses_placeholder_service_tokens() -> None:
     ("STREAM_RETENTION_EVENTS", "0"),
     ("STREAM_RETENTION_SECONDS", "1d"),
     ("LOG_LEVEL", "verbose"),
+    ("ALLOWED_ORIGINS", "https://chat.example/app"),
+    ("ALLOWED_ORIGINS", "chat.example"),
+    ("ALLOWED_ORIGINS", "https://chat.example, null"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -219,6 +222,13 @@ def test_values_are_trimmed() -> None:
 def test_database_urls_are_normalised(given: str, expected: str) -> None:
     assert normalize_database_url(given) == expected
     assert Settings.from_env({"DATABASE_URL": given}).database_url == expected
+
+
+def test_origins_are_kept_as_browsers_send_them() -> None:
+    settings = Settings.from_env({"ALLOWED_ORIGINS": "HTTPS://Chat.Example/, https://chat.example:443,"
+                                                     " http://localhost:5173, https://[::1]:8443"})
+    assert settings.allowed_origins == ("https://chat.example", "https://chat.example",
+                                        "http://localhost:5173", "https://[::1]:8443")
 
 
 def test_rediss_and_unix_socket_urls_are_accepted() -> None:

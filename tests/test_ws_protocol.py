@@ -100,13 +100,17 @@ async def test_the_per_user_connection_cap_closes_the_extra_one_with_4008(settin
 
 
 async def test_origin_allow_list(settings: Settings) -> None:
-    async with serve_hub(replace(settings, allowed_origins=("https://chat.example",))) as hub:
+    allowed = Settings.from_env({"ALLOWED_ORIGINS": "HTTPS://Chat.Example:443/"}).allowed_origins
+    async with serve_hub(replace(settings, allowed_origins=allowed)) as hub:
         ((_, token),) = await make_users(hub.settings, 1)
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(hub.ws_url, origin="https://evil.example")  # type: ignore[arg-type]
         assert refused.value.response.status_code == 403
         good = await connect(hub.ws_url, token, origin="https://chat.example")
         await good.close()
+        for lookalike in ("https://chat.example:8443", "http://chat.example", "https://chat.example.evil"):
+            with pytest.raises(websockets.InvalidStatus):
+                await websockets.connect(hub.ws_url, origin=lookalike)  # type: ignore[arg-type]
         no_origin = await connect(hub.ws_url, token)  # a non-browser client sends none
         await no_origin.close()
 
