@@ -65,5 +65,6 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, capture)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            # `path_format` is the template without convertors: /chats/{chat_id}, not {chat_id:int}
+            template = getattr(route, "path_format", None) or "unmatched"
             self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
