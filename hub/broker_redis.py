@@ -1,33 +1,41 @@
 """The Redis broker: one multiplexed pub/sub connection per process, supervised.
 
-Every local channel shares one SUBSCRIBE connection (never one per socket). The listener
-survives Redis restarts: on any connection error it backs off with jitter, reconnects,
-subscribes every active channel again and, once Redis has confirmed every one of them, calls
-`on_resync` so the hub re-reads from the event store whatever was published while it was away
-(a re-read before the confirmations could miss an event published in between). A SUBSCRIBE
-left unconfirmed for `SUBSCRIBE_TIMEOUT` counts as a dead connection, which brings the same
-reconnect and re-read. Publishing uses a separate pool.
+Every local channel shares one SUBSCRIBE connection (never one per socket). That connection is
+a raw RESP socket parsed by hiredis: each message is handed to `deliver` straight from the
+socket's read callback, with no task switch and no per-message object beyond the parsed reply,
+which is the hub's hottest path. The supervisor survives Redis restarts: on any connection
+error it backs off with jitter, reconnects, subscribes every active channel again and, once
+Redis has confirmed every one of them, calls `on_resync` so the hub re-reads from the event
+store whatever was published while it was away (a re-read before the confirmations could miss
+an event published in between). A SUBSCRIBE left unconfirmed for `SUBSCRIBE_TIMEOUT` counts as
+a dead connection, which brings the same reconnect and re-read. Publishing uses redis-py's pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import socket
+import ssl
+from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from hub.broker import Broker, BrokerUnavailable, Deliver
 from hub.supervise import backoff_delay
 
 log = logging.getLogger("hub.broker.redis")
 SUBSCRIBE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
+Reply = Any  # what hiredis parses: bytes, int, list, None or a ReplyError
 
 
 class RedisBroker(Broker):
@@ -37,18 +45,16 @@ class RedisBroker(Broker):
                  client_name: str = "hub-pubsub") -> None:
         self._url = url
         self._health = health_check_interval
-        self._client_name = client_name
+        self._client_name = client_name  # so CLIENT LIST shows the one pub/sub connection
         self._channels: set[str] = set()
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
         self._unconfirmed: dict[str, float] = {}  # channel -> when its SUBSCRIBE was sent
         self._resync_due = False
-        self._lock = asyncio.Lock()
-        self._pubsub: PubSub | None = None
+        self._link: _PubSubLink | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._deliver: Deliver | None = None
+        self._deliver: Deliver = lambda _channel, _payload: None
         self._on_resync: Callable[[], None] = lambda: None
         self._publisher: aioredis.Redis | None = None
-        self._listen_client: aioredis.Redis | None = None
         self._heard = self._pinged = 0.0
         self.reconnects = 0
 
@@ -59,43 +65,33 @@ class RedisBroker(Broker):
             self._url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
         )
-        self._listen_client = aioredis.from_url(
-            self._url, socket_connect_timeout=5, socket_timeout=5, socket_keepalive=True,
-            health_check_interval=self._health, retry=Retry(NoBackoff(), 0),
-            client_name=self._client_name,  # so CLIENT LIST shows the one pub/sub connection
-        )
         try:
-            await self._connect()
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._connect()
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("Redis is not reachable yet (%s); the listener keeps trying", exc)
-        self._listener = asyncio.create_task(self._listen(), name="redis-broker-listener")
+        self._listener = asyncio.create_task(self._supervise(), name="redis-broker-listener")
 
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
-        await self._drop_pubsub()
-        for client in (self._publisher, self._listen_client):
-            if client is not None:
-                await client.aclose()
-        self._publisher = self._listen_client = None
+        self._drop_link()
+        if self._publisher is not None:
+            await self._publisher.aclose()
+            self._publisher = None
 
     async def subscribe(self, channel: str) -> None:
-        async with self._lock:
-            self._channels.add(channel)
-            pubsub = self._pubsub
-            if pubsub is None:
-                return  # the listener subscribes it on reconnect, then resyncs
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._confirm.setdefault(channel, []).append(waiter)
-            self._unconfirmed.setdefault(channel, loop.time())
-            try:
-                await pubsub.subscribe(channel)
-            except (RedisError, OSError):
-                self._confirm.pop(channel, None)
-                return  # the listener notices the broken connection and resubscribes
+        self._channels.add(channel)
+        link = self._link
+        if link is None:
+            return  # the listener subscribes it on reconnect, then resyncs
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._confirm.setdefault(channel, []).append(waiter)
+        self._unconfirmed.setdefault(channel, loop.time())
+        link.send(b"SUBSCRIBE", channel.encode())
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 await waiter
@@ -103,12 +99,10 @@ class RedisBroker(Broker):
             log.warning("no confirmation of SUBSCRIBE %s within %.0fs", channel, SUBSCRIBE_TIMEOUT)
 
     async def unsubscribe(self, channel: str) -> None:
-        async with self._lock:
-            self._channels.discard(channel)
-            if self._pubsub is not None:
-                # on failure the channel went with the connection; it left the set, so it stays gone
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+        self._channels.discard(channel)
+        if self._link is not None:
+            # if the connection is broken the channel goes with it; it left the set, so it stays gone
+            self._link.send(b"UNSUBSCRIBE", channel.encode())
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         if self._publisher is None:
@@ -130,26 +124,19 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(str(exc)) from exc
 
     async def _connect(self) -> None:
-        assert self._listen_client is not None
-        pubsub = self._listen_client.pubsub()
-        async with self._lock:
-            channels = sorted(self._channels)
-            try:
-                if channels:
-                    await pubsub.subscribe(*channels)
-                else:
-                    await pubsub.ping()
-            except BaseException:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                raise
-            self._pubsub = pubsub
-            now = asyncio.get_running_loop().time()
-            self._heard = self._pinged = now
-            self._unconfirmed = dict.fromkeys(channels, now)
+        link = await _PubSubLink.open(self._url, self._client_name, self._handle)
+        # from here to the end nothing awaits: no subscribe() can slip between the snapshot of
+        # the channels and the link becoming visible to it
+        channels = sorted(self._channels)
+        if channels:
+            link.send(b"SUBSCRIBE", *(channel.encode() for channel in channels))
+        self._link = link
+        now = asyncio.get_running_loop().time()
+        self._heard = self._pinged = now
+        self._unconfirmed = dict.fromkeys(channels, now)
 
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
         for waiters in self._confirm.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -157,23 +144,22 @@ class RedisBroker(Broker):
         self._confirm.clear()
         self._unconfirmed.clear()
         self._resync_due = False
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if link is not None:
+            link.close()
 
-    async def _listen(self) -> None:
+    async def _supervise(self) -> None:
         failures = 0
         while True:
-            pubsub = self._pubsub
-            if pubsub is None:
-                delay = backoff_delay(failures, base=0.1, cap=5.0)
-                await asyncio.sleep(delay)
+            link = self._link
+            if link is None:
+                await asyncio.sleep(backoff_delay(failures, base=0.1, cap=5.0))
                 try:
-                    await self._connect()
-                except (RedisError, OSError) as exc:
+                    async with asyncio.timeout(CONNECT_TIMEOUT):
+                        await self._connect()
+                except (RedisError, OSError, TimeoutError) as exc:
                     failures += 1
                     log.warning("Redis reconnect failed (attempt %d): %s", failures, exc)
-                    await self._drop_pubsub()
+                    self._drop_link()
                     continue
                 failures = 0
                 self.reconnects += 1
@@ -182,29 +168,26 @@ class RedisBroker(Broker):
                 self._resync_when_confirmed()
                 continue
             try:
-                message = await pubsub.get_message(timeout=1.0)
-                await self._check_alive(pubsub, heard=message is not None)
-            except asyncio.CancelledError:
-                raise
+                await asyncio.wait([link.lost], timeout=min(1.0, self._health))
+                if link.lost.done():
+                    raise RedisConnectionError(str(link.lost.result() or "closed by Redis"))
+                self._check_alive(link)
             except (RedisError, OSError) as exc:
                 log.warning("Redis pub/sub connection lost: %s", exc)
-                await self._drop_pubsub()
+                self._drop_link()
                 failures = 1
-                continue
             except Exception:
                 log.exception("unexpected error in the Redis listener; reconnecting")
-                await self._drop_pubsub()
+                self._drop_link()
                 failures = 1
-                continue
-            if message is not None:
-                self._handle(message)
 
-    async def _check_alive(self, pubsub: PubSub, heard: bool) -> None:
+    def _check_alive(self, link: _PubSubLink) -> None:
         """A half-open connection (the peer gone without FIN or RST: a NAT or failover dropping
         it) reads as silence forever. PING every health interval; give the connection up when
         nothing at all came back for three of them."""
         now = asyncio.get_running_loop().time()
-        if heard:
+        if link.heard:
+            link.heard = False
             self._heard = now
         elif now - self._heard > 3 * self._health + 1.0:
             raise RedisConnectionError(f"no answer from Redis for {now - self._heard:.1f}s")
@@ -212,20 +195,22 @@ class RedisBroker(Broker):
             raise RedisConnectionError(f"SUBSCRIBE unconfirmed for over {SUBSCRIBE_TIMEOUT:.0f}s")
         if now - self._pinged >= self._health:
             self._pinged = now
-            await pubsub.ping()
+            link.send(b"PING")
 
-    def _handle(self, message: dict[str, object]) -> None:
-        kind = message.get("type")
-        raw_channel = message.get("channel")
-        channel = raw_channel.decode() if isinstance(raw_channel, bytes) else str(raw_channel)
-        if kind == "message":
-            data = message.get("data")
-            if isinstance(data, bytes) and self._deliver is not None:
-                try:
-                    self._deliver(channel, data)
-                except Exception:
-                    log.exception("delivering a message of %s failed", channel)
-        elif kind == "subscribe":
+    def _handle(self, reply: Reply) -> None:
+        if not isinstance(reply, list) or len(reply) < 2:
+            if isinstance(reply, Exception):
+                log.warning("Redis answered the pub/sub connection with an error: %s", reply)
+            return
+        kind = reply[0]
+        if kind == b"message":
+            channel = reply[1].decode()
+            try:
+                self._deliver(channel, reply[2])
+            except Exception:
+                log.exception("delivering a message of %s failed", channel)
+        elif kind == b"subscribe":
+            channel = reply[1].decode()
             self._unconfirmed.pop(channel, None)
             for waiter in self._confirm.pop(channel, []):
                 if not waiter.done():
@@ -236,3 +221,109 @@ class RedisBroker(Broker):
         if self._resync_due and not self._unconfirmed:
             self._resync_due = False
             self._on_resync()
+
+
+class _PubSubLink(asyncio.Protocol):
+    """One RESP2 connection in subscribe mode. Commands are written without waiting; every reply
+    goes to `on_reply` from `data_received`, except the handshake's, which `open` awaits."""
+
+    def __init__(self, on_reply: Callable[[Reply], None]) -> None:
+        self._parser = hiredis.Reader()
+        self._on_reply = on_reply
+        self._handshake: deque[asyncio.Future[Reply]] | None = deque()
+        self._transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.heard = False
+
+    @classmethod
+    async def open(cls, url: str, client_name: str, on_reply: Callable[[Reply], None]) -> _PubSubLink:
+        """Connect, authenticate and name the connection; raises RedisError or OSError."""
+        options: dict[str, Any] = dict(parse_url(url))
+        loop = asyncio.get_running_loop()
+        link = cls(on_reply)
+        if "path" in options:
+            await loop.create_unix_connection(lambda: link, options["path"])
+        else:
+            await loop.create_connection(lambda: link, options.get("host", "localhost"),
+                                         options.get("port", 6379), ssl=_tls(url, options))
+        try:
+            commands: list[tuple[bytes, ...]] = []
+            if options.get("password") is not None:
+                user = options.get("username")
+                commands.append((b"AUTH", *([user.encode()] if user else []),
+                                 options["password"].encode()))
+            commands.append((b"CLIENT", b"SETNAME", client_name.encode()))
+            replies = [link._request(*command) for command in commands]
+            for command, reply in zip(commands, replies, strict=True):
+                answer = await reply
+                if isinstance(answer, Exception):
+                    error = AuthenticationError if command[0] == b"AUTH" else RedisConnectionError
+                    raise error(f"{command[0].decode()}: {answer}")
+        except BaseException:
+            link.close()
+            raise
+        link._handshake = None
+        return link
+
+    def send(self, *args: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_command(args))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _request(self, *args: bytes) -> asyncio.Future[Reply]:
+        assert self._handshake is not None
+        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._handshake.append(reply)
+        self.send(*args)
+        return reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        parser = self._parser
+        parser.feed(data)
+        try:
+            while (reply := parser.gets()) is not False:
+                if self._handshake:
+                    self._handshake.popleft().set_result(reply)
+                else:
+                    self._on_reply(reply)
+        except hiredis.ProtocolError as exc:
+            log.warning("unreadable reply on the pub/sub connection: %s", exc)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        for reply in self._handshake or ():
+            if not reply.done():
+                reply.set_exception(RedisConnectionError("connection closed during the handshake"))
+
+
+def _command(args: tuple[bytes, ...]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def _tls(url: str, options: dict[str, Any]) -> ssl.SSLContext | None:
+    """TLS for `rediss://` URLs: the system's CAs or `ssl_ca_certs`, verification unless
+    `ssl_cert_reqs=none` (redis-py's query parameters, so both connections agree)."""
+    if not url.startswith("rediss://"):
+        return None
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if str(options.get("ssl_cert_reqs", "required")).lower() == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -150,13 +150,12 @@ class Connection:
                 self._catch_up = False
                 await self._fill(None)
             queue = self._queue
-            sent = 0
             while queue:
                 event_id, frame, created_at = queue.popleft()
                 self._bytes -= len(frame)
-                if event_id <= self.delivered:
-                    continue
-                if event_id > self.delivered + 1:
+                if event_id != self.delivered + 1:
+                    if event_id <= self.delivered:
+                        continue
                     await self._fill(event_id - 1)
                     if event_id <= self.delivered:
                         continue
@@ -164,10 +163,7 @@ class Connection:
                         raise StreamGap(f"events {self.delivered + 1}..{event_id - 1} are gone")
                 await self._send_frame(frame)
                 self.delivered = event_id
-                sent += 1
-                self._metrics.delivery_latency.observe(max(0.0, time.time() - created_at))
-            if sent:
-                self._metrics.events_delivered.inc(sent)
+                self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
 
     async def _fill(self, up_to: int | None) -> None:
         self._metrics.gap_fills.inc()
@@ -180,7 +176,7 @@ class Connection:
             for event in events:
                 await self._send_frame(event_frame(event.payload))
                 self.delivered = event.id
-                self._delivered_one(event.created_at)
+                self._metrics.deliveries.observe(max(0.0, time.time() - event.created_at))
             if len(events) < FILL_PAGE:
                 return
 
@@ -190,10 +186,6 @@ class Connection:
             await self._send(frame)
         finally:
             self._sending = False
-
-    def _delivered_one(self, created_at: float) -> None:
-        self._metrics.events_delivered.inc()
-        self._metrics.delivery_latency.observe(max(0.0, time.time() - created_at))
 
 
 def event_frame(payload: bytes) -> str:

@@ -107,5 +107,4 @@ class Registry:
 
 def _created_at(payload: bytes) -> float:
     # payloads end with "created_at":"2026-11-22T10:00:00.123Z"}
-    stamp = payload[-26:-2].decode()
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return dt.datetime.fromisoformat(payload[-26:-2].decode()).timestamp()

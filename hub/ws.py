@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from hub import streams
@@ -71,9 +72,14 @@ class WebSocketApi:
         self._origins = frozenset(settings.allowed_origins)
 
     def routes(self) -> list[WebSocketRoute]:
-        return [WebSocketRoute("/ws", self.endpoint)]
+        return [WebSocketRoute("/ws", self)]
 
-    async def endpoint(self, websocket: WebSocket) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route's ASGI app: an instance, not a function, so that starlette hands over the
+        server's `send` unwrapped and event frames skip its session layers."""
+        await self.endpoint(WebSocket(scope, receive, send), send)
+
+    async def endpoint(self, websocket: WebSocket, raw_send: Send) -> None:
         origin = websocket.headers.get("origin")
         if self._origins and origin is not None and normalize_origin(origin) not in self._origins:
             self._metrics.connections_rejected.labels("origin").inc()
@@ -81,7 +87,7 @@ class WebSocketApi:
             return
         await websocket.accept()
         try:
-            await self._serve(websocket)
+            await self._serve(websocket, raw_send)
         except Closed as closed:
             self._metrics.connections_rejected.labels(str(closed.code)).inc()
             # A slow reader gets its close frame after what is already in its socket buffer;
@@ -94,11 +100,15 @@ class WebSocketApi:
             log.exception("WebSocket connection failed")
             await _close(websocket, INTERNAL, "internal error")
 
-    async def _serve(self, websocket: WebSocket) -> None:
+    async def _serve(self, websocket: WebSocket, raw_send: Send) -> None:
         identity, resume_id, resume_epoch = await self._authenticate(websocket)
 
         async def send(text: str) -> None:
-            await websocket.send({"type": "websocket.send", "text": text})
+            try:
+                await raw_send({"type": "websocket.send", "text": text})
+            except OSError:  # the server's "client disconnected", as starlette's own send has it
+                websocket.application_state = WebSocketState.DISCONNECTED
+                raise WebSocketDisconnect(1006) from None
 
         connection = Connection(identity.user_id, identity.expires_at, send, self._read_events,
                                 self._metrics, self._settings.ws_queue_max_messages,

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.settings import Settings
 from tests.conftest import RunningHub, free_port, register, serve_hub
+from tests.wsutil import connect, make_users, publish_to
 
 
 async def test_healthz(hub: RunningHub) -> None:
@@ -137,3 +138,32 @@ async def test_the_metrics_middleware_labels_with_the_template_not_the_path() ->
     assert re.search(r'hub_http_requests_total\{method="GET",route="/items/\{item_id\}",'
                      r'status="200"\} 3\.0', text), text
     assert "/items/1" not in text
+
+
+async def test_every_frame_sent_is_counted_once_with_its_latency(hub: RunningHub) -> None:
+    """Live frames and replayed ones alike: the delivered counter and the latency histogram's
+    count move together, by exactly the frames the sockets received."""
+    async def delivered() -> tuple[float, float, float]:
+        samples = _samples((await hub.http.get("/metrics")).text)
+        return (samples[("hub_events_delivered_total", ())],
+                samples[("hub_delivery_latency_seconds_count", ())],
+                samples[("hub_delivery_latency_seconds_bucket", (("le", "+Inf"),))])
+
+    (first_user, first_token), (second_user, second_token) = await make_users(hub.settings, 2)
+    async with asyncio.timeout(20):
+        before = await delivered()
+        first = await connect(hub.ws_url, first_token)
+        twice = [await connect(hub.ws_url, second_token) for _ in range(2)]
+        for _ in range(3):
+            await publish_to(hub, [first_user, second_user])
+        await first.events(3)
+        for socket in twice:
+            await socket.events(3)
+        await first.close()
+        await publish_to(hub, [first_user])
+        replayed = await connect(hub.ws_url, first_token, last_event_id=3, epoch=first.welcome["epoch"])
+        assert [event["id"] for event in await replayed.events(1)] == [4]
+        after = await delivered()
+        for socket in (*twice, replayed):
+            await socket.close()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [10, 10, 10]

@@ -40,9 +40,10 @@ class PrivateRedis:
     """A redis-server this test started and alone stops: `kill()` is SIGKILL, `start()` brings
     it back (empty) on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
+        self._password = password
         self._directory = directory
         self._process: asyncio.subprocess.Process | None = None
 
@@ -51,6 +52,7 @@ class PrivateRedis:
         self._process = await asyncio.create_subprocess_exec(
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self._directory),
+            *(("--requirepass", self._password) if self._password else ()),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         client = aioredis.from_url(self.url, socket_connect_timeout=1)
@@ -155,6 +157,32 @@ async def test_broker_resubscribes_every_channel_after_restarts(private_redis: P
         assert inbox.messages[channel] == [b"before", b"after-1", b"after-2"]
     assert inbox.messages[late] == [b"after-1", b"after-2"]
     assert inbox.messages[dropped] == [b"before"]
+
+
+async def test_broker_authenticates_with_the_password_of_its_url(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    server = PrivateRedis(tmp_path, password="pub-sub-secret")
+    await server.start()
+    name = f"test{RUN_ID}:auth:{next(_ids)}"
+    try:
+        refused = RedisBroker(server.url.replace("pub-sub-secret", "not-the-password-42"))
+        async with asyncio.timeout(WAIT):
+            await refused.open(Inbox().deliver, lambda: None)  # keeps trying in the background
+            await refused.close()
+        assert "Redis is not reachable yet (AUTH: WRONGPASS" in caplog.text
+        assert "not-the-password-42" not in caplog.text
+
+        broker, inbox = RedisBroker(server.url), Inbox()
+        async with asyncio.timeout(WAIT):
+            await broker.open(inbox.deliver, inbox.on_resync)
+            try:
+                await broker.subscribe(name)
+                await broker.publish([(name, b"authenticated")])
+                await wait_until(lambda: inbox.messages[name] == [b"authenticated"], "delivery")
+            finally:
+                await broker.close()
+    finally:
+        await server.kill()
 
 
 class BlackholeProxy:
