@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,7 +22,13 @@ from hub import migrate
 from hub.broker import Broker
 from hub.broker_memory import MemoryBroker
 from hub.db import Database
-from hub.errors import ApiError, api_error_handler, http_exception_handler, internal_error_handler
+from hub.errors import (
+    ApiError,
+    api_error_handler,
+    database_error_handler,
+    http_exception_handler,
+    internal_error_handler,
+)
 from hub.events import EventBus
 from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
@@ -95,7 +102,7 @@ def create_app(settings: Settings) -> Starlette:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync)
             stack.push_async_callback(broker.close)
-            stack.push_async_callback(publisher.flush_watermarks)
+            stack.push_async_callback(publisher.close)
             tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
                                          name=loop.name) for loop in loops]
             stack.push_async_callback(_cancel, tasks)
@@ -108,6 +115,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_exception_handler,
+            DBAPIError: database_error_handler,
             Exception: internal_error_handler,
         },
     )

@@ -8,7 +8,11 @@ error it backs off with jitter, reconnects, subscribes every active channel agai
 Redis has confirmed every one of them, calls `on_resync` so the hub re-reads from the event
 store whatever was published while it was away (a re-read before the confirmations could miss
 an event published in between). A SUBSCRIBE left unconfirmed for `SUBSCRIBE_TIMEOUT` counts as
-a dead connection, which brings the same reconnect and re-read. Publishing uses redis-py's pool.
+a dead connection, which brings the same reconnect and re-read.
+
+Publishing has a connection of its own, the same kind of link: a batch of PUBLISH commands is
+written at once and its replies read back together, so batches go out in the order they are
+given. A broken or silent publishing link is dropped and opened again by the next publish.
 """
 
 from __future__ import annotations
@@ -22,10 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
-import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -35,6 +36,7 @@ from hub.supervise import backoff_delay
 log = logging.getLogger("hub.broker.redis")
 SUBSCRIBE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
+PUBLISH_TIMEOUT = 5.0  # a publish not answered by then leaves its events to the relay
 Reply = Any  # what hiredis parses: bytes, int, list, None or a ReplyError
 
 
@@ -46,25 +48,25 @@ class RedisBroker(Broker):
         self._url = url
         self._health = health_check_interval
         self._client_name = client_name  # so CLIENT LIST shows the one pub/sub connection
+        self._publish_name = client_name.removesuffix("-pubsub") + "-publish"
         self._channels: set[str] = set()
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
         self._unconfirmed: dict[str, float] = {}  # channel -> when its SUBSCRIBE was sent
         self._resync_due = False
-        self._link: _PubSubLink | None = None
+        self._link: _RespLink | None = None
         self._listener: asyncio.Task[None] | None = None
         self._deliver: Deliver = lambda _channel, _payload: None
         self._on_resync: Callable[[], None] = lambda: None
-        self._publisher: aioredis.Redis | None = None
+        self._publisher: _RespLink | None = None
+        self._publisher_opening = asyncio.Lock()
+        self._closed = False
         self._heard = self._pinged = 0.0
         self.reconnects = 0
 
     async def open(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
         self._deliver = deliver
         self._on_resync = on_resync
-        self._publisher = aioredis.from_url(
-            self._url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._closed = False
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._connect()
@@ -78,8 +80,9 @@ class RedisBroker(Broker):
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
         self._drop_link()
+        self._closed = True
         if self._publisher is not None:
-            await self._publisher.aclose()
+            self._publisher.close()
             self._publisher = None
 
     async def subscribe(self, channel: str) -> None:
@@ -105,26 +108,38 @@ class RedisBroker(Broker):
             self._link.send(b"UNSUBSCRIBE", channel.encode())
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        if self._publisher is None:
-            raise BrokerUnavailable("broker is closed")
-        try:
-            async with self._publisher.pipeline(transaction=False) as pipe:
-                for channel, payload in messages:
-                    pipe.publish(channel, payload)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        if not messages:
+            return
+        replies = await self._ask([(b"PUBLISH", channel.encode(), payload)
+                                   for channel, payload in messages])
+        refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if refused is not None:
+            raise BrokerUnavailable(f"Redis refused a PUBLISH: {refused}")
 
     async def ping(self) -> None:
-        if self._publisher is None:
+        await self._ask([(b"PING",)])
+
+    async def _ask(self, commands: list[tuple[bytes, ...]]) -> list[Reply]:
+        """Commands on the publishing link, (re)opened when needed; their replies, or
+        BrokerUnavailable."""
+        if self._closed:
             raise BrokerUnavailable("broker is closed")
+        link: _RespLink | None = None
         try:
-            await self._publisher.ping()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                async with self._publisher_opening:
+                    link = self._publisher
+                    if link is None or not link.usable:
+                        link = self._publisher = await _RespLink.open(
+                            self._url, self._publish_name, _unexpected_reply)
+                return await link.request(commands)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if link is not None:
+                link.close()  # a reply still owed would answer the next request
+            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _connect(self) -> None:
-        link = await _PubSubLink.open(self._url, self._client_name, self._handle)
+        link = await _RespLink.open(self._url, self._client_name, self._handle)
         # from here to the end nothing awaits: no subscribe() can slip between the snapshot of
         # the channels and the link becoming visible to it
         channels = sorted(self._channels)
@@ -181,7 +196,7 @@ class RedisBroker(Broker):
                 self._drop_link()
                 failures = 1
 
-    def _check_alive(self, link: _PubSubLink) -> None:
+    def _check_alive(self, link: _RespLink) -> None:
         """A half-open connection (the peer gone without FIN or RST: a NAT or failover dropping
         it) reads as silence forever. PING every health interval; give the connection up when
         nothing at all came back for three of them."""
@@ -223,24 +238,34 @@ class RedisBroker(Broker):
             self._on_resync()
 
 
-class _PubSubLink(asyncio.Protocol):
-    """One RESP2 connection in subscribe mode. Commands are written without waiting; every reply
-    goes to `on_reply` from `data_received`, except the handshake's, which `open` awaits."""
+class _Replies:
+    __slots__ = ("count", "future", "replies")
 
-    def __init__(self, on_reply: Callable[[Reply], None]) -> None:
+    def __init__(self, count: int, future: asyncio.Future[list[Reply]]) -> None:
+        self.count = count
+        self.future = future
+        self.replies: list[Reply] = []
+
+
+class _RespLink(asyncio.Protocol):
+    """One RESP2 connection parsed by hiredis. `request` writes commands at once and resolves
+    with their replies, in order; replies nobody asked for (pub/sub messages, SUBSCRIBE
+    confirmations, PING answers in subscribe mode) go to `on_push`, from `data_received`."""
+
+    def __init__(self, on_push: Callable[[Reply], None]) -> None:
         self._parser = hiredis.Reader()
-        self._on_reply = on_reply
-        self._handshake: deque[asyncio.Future[Reply]] | None = deque()
+        self._on_push = on_push
+        self._waiting: deque[_Replies] = deque()
         self._transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.heard = False
 
     @classmethod
-    async def open(cls, url: str, client_name: str, on_reply: Callable[[Reply], None]) -> _PubSubLink:
+    async def open(cls, url: str, client_name: str, on_push: Callable[[Reply], None]) -> _RespLink:
         """Connect, authenticate and name the connection; raises RedisError or OSError."""
         options: dict[str, Any] = dict(parse_url(url))
         loop = asyncio.get_running_loop()
-        link = cls(on_reply)
+        link = cls(on_push)
         if "path" in options:
             await loop.create_unix_connection(lambda: link, options["path"])
         else:
@@ -253,19 +278,31 @@ class _PubSubLink(asyncio.Protocol):
                 commands.append((b"AUTH", *([user.encode()] if user else []),
                                  options["password"].encode()))
             commands.append((b"CLIENT", b"SETNAME", client_name.encode()))
-            replies = [link._request(*command) for command in commands]
-            for command, reply in zip(commands, replies, strict=True):
-                answer = await reply
+            for command, answer in zip(commands, await link.request(commands), strict=True):
                 if isinstance(answer, Exception):
                     error = AuthenticationError if command[0] == b"AUTH" else RedisConnectionError
                     raise error(f"{command[0].decode()}: {answer}")
         except BaseException:
             link.close()
             raise
-        link._handshake = None
         return link
 
+    @property
+    def usable(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def request(self, commands: Sequence[tuple[bytes, ...]]) -> asyncio.Future[list[Reply]]:
+        replies: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            replies.set_exception(RedisConnectionError("the connection to Redis is closed"))
+            return replies
+        self._waiting.append(_Replies(len(commands), replies))
+        transport.write(b"".join(_command(command) for command in commands))
+        return replies
+
     def send(self, *args: bytes) -> None:
+        """Write a command whose reply goes to `on_push`."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(_command(args))
@@ -273,13 +310,6 @@ class _PubSubLink(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-    def _request(self, *args: bytes) -> asyncio.Future[Reply]:
-        assert self._handshake is not None
-        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._handshake.append(reply)
-        self.send(*args)
-        return reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -291,23 +321,34 @@ class _PubSubLink(asyncio.Protocol):
         self.heard = True
         parser = self._parser
         parser.feed(data)
+        waiting = self._waiting
         try:
             while (reply := parser.gets()) is not False:
-                if self._handshake:
-                    self._handshake.popleft().set_result(reply)
-                else:
-                    self._on_reply(reply)
+                if not waiting:
+                    self._on_push(reply)
+                    continue
+                batch = waiting[0]
+                batch.replies.append(reply)
+                if len(batch.replies) == batch.count:
+                    waiting.popleft()
+                    if not batch.future.done():
+                        batch.future.set_result(batch.replies)
         except hiredis.ProtocolError as exc:
-            log.warning("unreadable reply on the pub/sub connection: %s", exc)
+            log.warning("unreadable reply from Redis: %s", exc)
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         if not self.lost.done():
             self.lost.set_result(exc)
-        for reply in self._handshake or ():
-            if not reply.done():
-                reply.set_exception(RedisConnectionError("connection closed during the handshake"))
+        while self._waiting:
+            batch = self._waiting.popleft()
+            if not batch.future.done():
+                batch.future.set_exception(RedisConnectionError("the connection to Redis was lost"))
+
+
+def _unexpected_reply(reply: Reply) -> None:
+    log.warning("unexpected reply on the publishing connection: %r", reply)
 
 
 def _command(args: tuple[bytes, ...]) -> bytes:

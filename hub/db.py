@@ -13,7 +13,13 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -86,6 +92,7 @@ class Database:
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
         self._readers: AsyncEngine | None = None
+        self._autocommit: AsyncEngine | None = None
         self._sessions: Sessions | None = None
 
     @property
@@ -105,6 +112,14 @@ class Database:
             raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
         return self._readers
 
+    def single_statement(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for one self-contained write. On PostgreSQL it is in autocommit mode:
+        the statement commits itself, with no BEGIN and COMMIT round trips to hold its row locks
+        across while the event loop is busy. On SQLite, a transaction."""
+        if self._autocommit is None:
+            raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
+        return self._autocommit.connect() if self.dialect == "postgresql" else self._autocommit.begin()
+
     @property
     def sessions(self) -> Sessions:
         if self._sessions is None:
@@ -114,7 +129,9 @@ class Database:
     def open(self) -> None:
         kwargs: dict[str, Any] = {}
         if self.dialect == "postgresql":
-            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_pre_ping=True)
+            # no pre-ping: it costs two round trips per checkout; a connection that died is
+            # found on use instead, and the whole pool generation is dropped (errors.py: 503)
+            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size)
         else:
             kwargs.update(connect_args={"timeout": 30})
         self._engine = create_async_engine(self.url, **kwargs)
@@ -123,13 +140,15 @@ class Database:
             _serialize_sqlite_writers(self._engine)
             readers = self._engine.execution_options(sqlite_begin="DEFERRED")
         self._readers = readers
+        self._autocommit = (self._engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if self.dialect == "postgresql" else self._engine)
         self._sessions = Sessions(async_sessionmaker(self._engine, expire_on_commit=False),
                                   async_sessionmaker(readers, expire_on_commit=False))
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
-        self._engine = self._readers = None
+        self._engine = self._readers = self._autocommit = None
         self._sessions = None
 
     async def ping(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -117,3 +118,17 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return json_response({"error": "internal", "detail": "internal server error"}, 500)
+
+
+async def database_error_handler(request: Request, exc: Exception) -> Response:
+    """A database connection that died under a request (a restart, a failover, a killed
+    backend) is 503: SQLAlchemy has already dropped every pooled connection of that
+    generation, so the retry gets a fresh one. Connections are not pinged before each use
+    (that costs a round trip per request), so this is how a restart shows. Any other database
+    error is a bug: 500."""
+    assert isinstance(exc, DBAPIError)
+    if not exc.connection_invalidated:
+        return await internal_error_handler(request, exc)
+    log.warning("database connection lost during %s %s; answered 503", request.method, request.url.path)
+    return json_response({"error": "unavailable", "detail": "the database connection was lost; retry"},
+                         503, headers={"Retry-After": "1"})

@@ -45,12 +45,36 @@ class Transaction:
         return written
 
 
+class _RollBack(Exception):
+    """Leaves a transaction without committing it."""
+
+
 class EventBus:
     """Opens transactions whose events are published once they commit."""
 
     def __init__(self, db: Database, after_commit: AfterCommit) -> None:
         self._db = db
         self._after_commit = after_commit
+
+    async def publish(self, user_ids: Sequence[int], name: str,
+                      data_json: bytes) -> list[StoredEvent] | None:
+        """Events and nothing else: append `name` to every user's stream, all or none, and
+        publish. None (nothing written) when a user does not exist. On PostgreSQL one
+        self-committing statement, the durable publish's fast path."""
+        if self._db.dialect == "postgresql":
+            async with self._db.single_statement() as conn:
+                written = await streams.append_all_or_none(conn, user_ids, name, data_json)
+            if written:
+                await self._after_commit(written)
+            return written
+        try:
+            async with self.transaction() as tx:
+                written = await tx.emit_json(user_ids, name, data_json)
+                if len(written) != len(set(user_ids)):
+                    raise _RollBack
+        except _RollBack:
+            return None
+        return written
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

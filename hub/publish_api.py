@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import orjson
@@ -18,6 +19,7 @@ from hub.events import EventBus
 from hub.http import api, read_json_and_body, read_query, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.settings import Settings
+from hub.streams import StoredEvent
 from hub.users import existing_user_ids
 
 MAX_DATA_BYTES = 64 * 1024
@@ -79,28 +81,27 @@ class PublishApi:
         data_json = _data_json(raw, body.data)
         if len(data_json) > MAX_DATA_BYTES:
             raise TooLarge(f"data is {len(data_json)} bytes serialized; the limit is {MAX_DATA_BYTES}")
-        print_ = idempotency.fingerprint(raw)
-        if key is not None:
-            async with self._db.sessions() as session:
-                stored = await idempotency.lookup(session, "publish", key, print_)
-            if stored is not None:
-                return _replay(stored)
         user_ids = sorted(set(body.user_ids))
+        if key is None:
+            written = await self._events.publish(user_ids, body.name, data_json)
+            if written is None:
+                async with self._db.sessions() as session:
+                    raise _unknown_users(user_ids, await existing_user_ids(session, user_ids))
+            return Response(_answer(written), status_code=202, media_type="application/json")
+        print_ = idempotency.fingerprint(raw)
+        async with self._db.sessions() as session:
+            stored = await idempotency.lookup(session, "publish", key, print_)
+        if stored is not None:
+            return _replay(stored)
         try:
             async with self._events.transaction() as tx:
-                known = await existing_user_ids(tx.session, user_ids)
-                unknown = [uid for uid in user_ids if uid not in known]
-                if unknown:
-                    shown = ", ".join(map(str, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
-                    raise Invalid({"user_ids": f"unknown user ids: {shown}"})
                 written = await tx.emit_json(user_ids, body.name, data_json)
-                answer = orjson.dumps({"events": {str(e.user_id): e.id for e in written}})
-                if key is not None:
-                    await idempotency.remember(tx.session, "publish", key, print_,
-                                               idempotency.StoredAnswer(202, answer))
+                if len(written) != len(user_ids):  # raising rolls the append back
+                    raise _unknown_users(user_ids, {event.user_id for event in written})
+                answer = _answer(written)
+                await idempotency.remember(tx.session, "publish", key, print_,
+                                           idempotency.StoredAnswer(202, answer))
         except IntegrityError:
-            if key is None:
-                raise
             async with self._db.sessions() as session:
                 stored = await idempotency.lookup(session, "publish", key, print_)
             if stored is None:
@@ -136,6 +137,16 @@ def _data_json(raw: bytes, data: dict[str, Any]) -> bytes:
         raise Invalid({"data": f"not valid JSON: {exc}"}) from None
     except orjson.JSONEncodeError as exc:
         raise Invalid({"data": f"cannot be sent as JSON: {exc}"}) from None
+
+
+def _answer(written: list[StoredEvent]) -> bytes:
+    return orjson.dumps({"events": {str(e.user_id): e.id for e in written}})
+
+
+def _unknown_users(user_ids: list[int], known: Iterable[int]) -> Invalid:
+    unknown = sorted(set(user_ids).difference(known))
+    shown = ", ".join(map(str, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
+    return Invalid({"user_ids": f"unknown user ids: {shown}"})
 
 
 def _replay(stored: idempotency.StoredAnswer) -> Response:

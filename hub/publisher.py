@@ -1,5 +1,11 @@
 """After commit: events go to the broker; whatever did not make it is relayed later.
 
+Events reach the broker in the order their transactions resumed after commit, which for one
+user's stream is commit order (a later writer waited for the earlier one's row lock): one
+sender task takes every batch handed over so far and publishes them together, in order, on one
+connection. Concurrent publishes on separate connections could overtake each other, and a
+socket that sees id 7 before id 6 has to read the store to fill the gap.
+
 The publish after commit is best effort. Which ids reached the broker is remembered in
 memory and written to each stream's `published_id` by `flush_watermarks`; `relay` republishes
 events of streams whose watermark lags once they have been quiet for `settle` seconds (a
@@ -9,6 +15,7 @@ connections drop by id: delivery to a connection stays exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -32,20 +39,51 @@ class Publisher:
         self._prefix = channel_prefix
         self._settle = settle
         self._published: dict[int, int] = {}
+        self._queue: list[tuple[Sequence[StoredEvent], asyncio.Future[bool]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def publish(self, events: Sequence[StoredEvent]) -> bool:
-        """Hand events to the broker; never raises. False when the relay will have to do it."""
-        try:
-            await self._broker.publish([(user_channel(self._prefix, e.user_id), e.payload) for e in events])
-        except BrokerUnavailable as exc:
-            log.warning("broker unavailable, %d events left to the relay: %s", len(events), exc)
-            return False
-        self._metrics.events_published.inc(len(events))
-        published = self._published
-        for event in events:
-            if published.get(event.user_id, 0) < event.id:
-                published[event.user_id] = event.id
-        return True
+        """Hand events to the broker, after every batch handed over before; never raises. False
+        when the relay will have to do it."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((events, done))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(), name="publisher")
+        return await asyncio.shield(done)  # a caller that gives up does not take its batch back
+
+    async def _send(self) -> None:
+        while self._queue:
+            batches, self._queue = self._queue, []
+            events = [event for batch, _ in batches for event in batch]
+            try:
+                await self._broker.publish([(user_channel(self._prefix, e.user_id), e.payload)
+                                            for e in events])
+            except BrokerUnavailable as exc:
+                log.warning("broker unavailable, %d events left to the relay: %s", len(events), exc)
+                reached = False
+            except Exception:
+                log.exception("publishing %d events failed; the relay will", len(events))
+                reached = False
+            except BaseException:
+                for _, done in batches:
+                    done.cancel()
+                raise
+            else:
+                reached = True
+                self._metrics.events_published.inc(len(events))
+                published = self._published
+                for event in events:
+                    if published.get(event.user_id, 0) < event.id:
+                        published[event.user_id] = event.id
+            for _, done in batches:
+                if not done.done():
+                    done.set_result(reached)
+
+    async def close(self) -> None:
+        """At shutdown: let the batches handed over reach the broker, then record them."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+        await self.flush_watermarks()
 
     async def flush_watermarks(self) -> None:
         """Record which ids reached the broker (a loop step)."""
@@ -53,8 +91,8 @@ class Publisher:
             return
         pending, self._published = self._published, {}
         try:
-            async with self._db.sessions.begin() as session:
-                await streams.mark_published(session, pending)
+            async with self._db.single_statement() as conn:
+                await streams.mark_published(conn, pending)
         except BaseException:
             for user_id, event_id in pending.items():
                 if self._published.get(user_id, 0) < event_id:
@@ -78,5 +116,5 @@ class Publisher:
             cut = events[-1]
             reached = {user_id: (last if user_id < cut.user_id else cut.id)
                        for user_id, last in reached.items() if user_id <= cut.user_id}
-        async with self._db.sessions.begin() as session:
-            await streams.mark_published(session, reached)
+        async with self._db.single_statement() as conn:
+            await streams.mark_published(conn, reached)

@@ -188,6 +188,17 @@ async def serve_hub(settings: Settings, port: int | None = None) -> AsyncIterato
             await task
 
 
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    """The store of `settings` opened directly, without a hub (migrated, as the hub would)."""
+    database = Database(settings.database_url)
+    database.open()
+    if settings.uses_sqlite:
+        await upgrade(database)
+    yield database
+    await database.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def module_settings(request: pytest.FixtureRequest) -> Settings:
     return backend_settings(str(request.param), request)

@@ -7,15 +7,18 @@ import re
 from dataclasses import replace
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from hub.db import Database
 from hub.metrics import HttpMetricsMiddleware, Metrics
+from hub.migrate import upgrade
 from hub.settings import Settings
-from tests.conftest import RunningHub, free_port, register, serve_hub
+from tests.conftest import RunningHub, _pg_admin, free_port, private_database, register, serve_hub
 from tests.wsutil import connect, make_users, publish_to
 
 
@@ -167,3 +170,27 @@ async def test_every_frame_sent_is_counted_once_with_its_latency(hub: RunningHub
         for socket in (*twice, replayed):
             await socket.close()
     assert [a - b for a, b in zip(after, before, strict=True)] == [10, 10, 10]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_database_connections_dying_cost_a_503_at_most_never_a_500(settings: Settings) -> None:
+    """Pooled connections are not pinged before use: when PostgreSQL drops them (a restart, a
+    failover, a killed backend) the request that finds one dead gets 503 and the pool reconnects."""
+    with private_database("dropped") as plain_url:
+        url = plain_url.replace("postgresql://", "postgresql+asyncpg://")
+        db = Database(url)
+        db.open()
+        await upgrade(db)
+        await db.close()
+        async with serve_hub(replace(settings, database_url=url)) as hub, asyncio.timeout(30):
+            account = await register(hub.http)
+            for _ in range(3):
+                assert (await hub.http.get("/api/v1/auth/me", headers=account.headers)).status_code == 200
+            await _pg_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE datname = '{plain_url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
+            answers = [await hub.http.get("/api/v1/auth/me", headers=account.headers) for _ in range(6)]
+    assert [a.status_code for a in answers[1:]] == [200] * 5
+    if answers[0].status_code != 200:
+        assert answers[0].status_code == 503
+        assert answers[0].json() == {"error": "unavailable",
+                                     "detail": "the database connection was lost; retry"}

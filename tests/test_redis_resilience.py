@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from hub import broker_redis
 from hub.broker import BrokerUnavailable
 from hub.broker_redis import SUBSCRIBE_TIMEOUT, RedisBroker
 from hub.settings import Settings
@@ -282,6 +283,28 @@ async def test_an_unconfirmed_subscribe_brings_a_reconnect_and_a_resync(
         async with asyncio.timeout(WAIT):
             assert await direct.publish(second, b"after") == 1  # subscribed before the resync
         await wait_until(lambda: inbox.messages[second] == [b"after"], "delivery on the new channel")
+
+
+async def test_a_silent_publishing_connection_is_dropped_and_the_next_publish_reconnects(
+        private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_redis, "PUBLISH_TIMEOUT", 0.5)
+    name = f"test{RUN_ID}:silent-publish:{next(_ids)}"
+    async with broker_behind_proxy(private_redis, 120) as (proxy, broker, _inbox, direct):
+        listener = direct.pubsub()
+        async with asyncio.timeout(WAIT):
+            await listener.subscribe(name)
+            await broker.publish([(name, b"first")])  # opens the publishing connection
+            proxy.blackhole()
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish([(name, b"swallowed")])
+            await broker.publish([(name, b"after")])  # a new connection, forwarded again
+            heard = []
+            while len(heard) < 2:
+                message = await listener.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    heard.append(message["data"])
+            await listener.aclose()
+        assert heard == [b"first", b"after"]
 
 
 async def publish_and_expect(broker: RedisBroker, inbox: Inbox, channels: list[str],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import update
@@ -13,21 +12,8 @@ from hub.db import Database
 from hub.metrics import Metrics
 from hub.models import Event
 from hub.retention import Retention
-from hub.settings import Settings
 from hub.users import create_user
 from tests.conftest import unique_name
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(settings.database_url)
-    database.open()
-    if settings.uses_sqlite:
-        from hub.migrate import upgrade
-
-        await upgrade(database)
-    yield database
-    await database.close()
 
 
 async def _user_with_events(db: Database, count: int) -> int:
