@@ -131,7 +131,11 @@ class Database:
         if self.dialect == "postgresql":
             # no pre-ping: it costs two round trips per checkout; a connection that died is
             # found on use instead, and the whole pool generation is dropped (errors.py: 503)
-            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size)
+            # Custom plans always: statements are prepared, and after five runs PostgreSQL may
+            # switch to a generic plan that assumes a small array; the stream writes take
+            # arrays of 1 to 10,000 user ids, and a plan for ten took seconds for ten thousand.
+            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size,
+                          connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}})
         else:
             kwargs.update(connect_args={"timeout": 30})
         self._engine = create_async_engine(self.url, **kwargs)

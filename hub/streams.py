@@ -44,27 +44,58 @@ from hub.models import Event, Stream
 LOCK_CHUNK = 5000  # ids per IN (...) on SQLite
 USER_IDS = bindparam("user_ids", type_=ARRAY(Integer))
 EVENT_IDS = bindparam("event_ids", type_=ARRAY(BigInteger))
-_APPEND_SQL = """
+# Every stream row locked in user-id order (the order of every writer of several streams, so
+# two of them cannot deadlock), advanced, and its event inserted, in one statement: the locks
+# are held for that statement and the commit, and never across a round trip to the hub.
+_APPEND = text("""
 WITH locked AS MATERIALIZED (
     SELECT user_id FROM streams WHERE user_id = ANY(CAST(:user_ids AS INTEGER[]))
     ORDER BY user_id FOR UPDATE
 ), advanced AS (
     UPDATE streams SET last_id = streams.last_id + 1, updated_at = CAST(:created_at AS TIMESTAMPTZ)
-    FROM locked WHERE streams.user_id = locked.user_id {guard}
+    FROM locked WHERE streams.user_id = locked.user_id
     RETURNING streams.user_id, streams.last_id
 )
 INSERT INTO events (user_id, id, name, data, created_at)
 SELECT user_id, last_id, CAST(:name AS TEXT), CAST(:data AS TEXT), CAST(:created_at AS TIMESTAMPTZ)
 FROM advanced
 RETURNING user_id, id
-"""
-# Every stream row locked in user-id order (the order of every writer of several streams, so
-# two of them cannot deadlock), advanced, and its event inserted, in one statement: the locks
-# are held for that statement and the commit, and never across a round trip to the hub.
-_APPEND = text(_APPEND_SQL.format(guard="")).bindparams(USER_IDS)
-_APPEND_ALL_OR_NONE = text(_APPEND_SQL.format(
-    guard="AND (SELECT count(*) FROM locked) = cardinality(CAST(:user_ids AS INTEGER[]))",
-)).bindparams(USER_IDS)
+""")
+# The same for several publish requests at once: (user, request) pairs in request order; a
+# request naming a user without a stream is refused whole; a user named by several requests
+# gets consecutive ids in request order.
+_APPEND_BATCH = text("""
+WITH wanted AS (
+    SELECT w.user_id, w.req, w.ord
+    FROM unnest(CAST(:user_ids AS INTEGER[]), CAST(:requests AS INTEGER[])) WITH ORDINALITY
+         AS w(user_id, req, ord)
+), refused AS (
+    SELECT DISTINCT w.req FROM wanted w LEFT JOIN streams s ON s.user_id = w.user_id
+    WHERE s.user_id IS NULL
+), accepted AS (
+    SELECT * FROM wanted WHERE req NOT IN (SELECT req FROM refused)
+), locked AS MATERIALIZED (
+    SELECT user_id FROM streams WHERE user_id IN (SELECT user_id FROM accepted)
+    ORDER BY user_id FOR UPDATE
+), counts AS (
+    SELECT user_id, count(*) AS n FROM accepted GROUP BY user_id
+), advanced AS (
+    UPDATE streams SET last_id = streams.last_id + counts.n,
+                       updated_at = CAST(:created_at AS TIMESTAMPTZ)
+    FROM counts, locked
+    WHERE streams.user_id = counts.user_id AND streams.user_id = locked.user_id
+    RETURNING streams.user_id, streams.last_id - counts.n AS base
+), numbered AS (
+    SELECT a.user_id, a.req, v.base + row_number() OVER (PARTITION BY a.user_id ORDER BY a.ord) AS id
+    FROM accepted a JOIN advanced v ON v.user_id = a.user_id
+), inserted AS (
+    INSERT INTO events (user_id, id, name, data, created_at)
+    SELECT n.user_id, n.id, (CAST(:names AS TEXT[]))[n.req], (CAST(:datas AS TEXT[]))[n.req],
+           CAST(:created_at AS TIMESTAMPTZ)
+    FROM numbered n
+)
+SELECT req, user_id, id FROM numbered
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +152,28 @@ async def append(session: AsyncSession, user_ids: Sequence[int], name: str,
     return _stored(heads, name, data_json, now)
 
 
-async def append_all_or_none(autocommit: AsyncConnection, user_ids: Sequence[int], name: str,
-                             data_json: bytes) -> list[StoredEvent] | None:
-    """PostgreSQL, on a connection in autocommit mode: `append` as one statement that commits on
-    its own, the cheapest durable write there is. Writes nothing and returns None when a user of
-    `user_ids` does not exist."""
+AppendRequest = tuple[Sequence[int], str, bytes]  # user ids, event name, data as JSON
+
+
+async def append_batch(autocommit: AsyncConnection,
+                       requests: Sequence[AppendRequest]) -> list[list[StoredEvent] | None]:
+    """PostgreSQL, on a connection in autocommit mode: several (user_ids, name, data_json)
+    appends in one self-committing statement, the cheapest durable write there is. Each
+    request is all or nothing: None for one naming a user that does not exist."""
     now = utcnow()
-    wanted = sorted(set(user_ids))
-    rows = await autocommit.execute(_APPEND_ALL_OR_NONE,
-                                    _append_params(wanted, name, data_json.decode(), now))
-    heads = [(user_id, event_id) for user_id, event_id in rows]
-    return _stored(heads, name, data_json, now) if len(heads) == len(wanted) else None
+    wanted = [sorted(set(user_ids)) for user_ids, _, _ in requests]
+    rows = await autocommit.execute(_APPEND_BATCH, {
+        "user_ids": [user_id for ids in wanted for user_id in ids],
+        "requests": [number for number, ids in enumerate(wanted, 1) for _ in ids],
+        "names": [name for _, name, _ in requests],
+        "datas": [data_json.decode() for _, _, data_json in requests],
+        "created_at": now,
+    })
+    heads: list[list[tuple[int, int]]] = [[] for _ in requests]
+    for number, user_id, event_id in rows:
+        heads[number - 1].append((user_id, event_id))
+    return [_stored(found, name, data_json, now) if found else None
+            for found, (_, name, data_json) in zip(heads, requests, strict=True)]
 
 
 def _append_params(user_ids: list[int], name: str, data_text: str,
