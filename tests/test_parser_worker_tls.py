@@ -4,7 +4,6 @@ the URL's host name (SNI), so pinning the address does not weaken TLS."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
@@ -12,40 +11,19 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from parser_bridge.fetch import FetchError, PageFetcher
+from tests.certs import self_signed
 from tests.conftest import free_port
-
-
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for the name `localhost` only (no IP address in it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 @pytest.fixture
 async def https_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    cert_path, key_path = _certificate(tmp_path)
+    cert_path, key_path = self_signed(tmp_path)
 
     async def page(request: Request) -> Response:
         return Response(f"<title>tls for {request.headers['host']}</title>", media_type="text/html")

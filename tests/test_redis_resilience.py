@@ -28,6 +28,7 @@ from hub import broker_redis
 from hub.broker import BrokerUnavailable
 from hub.broker_redis import SUBSCRIBE_TIMEOUT, RedisBroker
 from hub.settings import Settings
+from tests.certs import self_signed
 from tests.conftest import RUN_ID, TEST_SECRET, free_port, register, serve_hub
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
@@ -41,11 +42,16 @@ class PrivateRedis:
     """A redis-server this test started and alone stops: `kill()` is SIGKILL, `start()` brings
     it back (empty) on the same port."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None, tls: bool = False) -> None:
         self.port = free_port()
         self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self._password = password
         self._directory = directory
+        self._tls: tuple[Path, Path] | None = None
+        if tls:  # TLS only, for the name localhost; clients must trust `ca`
+            self._tls = self_signed(directory)
+            self.ca = self._tls[0]
+            self.url = f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.ca}"
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -54,6 +60,8 @@ class PrivateRedis:
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self._directory),
             *(("--requirepass", self._password) if self._password else ()),
+            *(("--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self._tls[0]),
+               "--tls-key-file", str(self._tls[1]), "--tls-auth-clients", "no") if self._tls else ()),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         client = aioredis.from_url(self.url, socket_connect_timeout=1)
@@ -180,6 +188,33 @@ async def test_broker_authenticates_with_the_password_of_its_url(tmp_path: Path,
                 await broker.subscribe(name)
                 await broker.publish([(name, b"authenticated")])
                 await wait_until(lambda: inbox.messages[name] == [b"authenticated"], "delivery")
+            finally:
+                await broker.close()
+    finally:
+        await server.kill()
+
+
+async def test_broker_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = PrivateRedis(tmp_path, tls=True)
+    await server.start()
+    name = f"test{RUN_ID}:tls:{next(_ids)}"
+    try:
+        untrusting = RedisBroker(server.url.split("?")[0])  # the system's CAs: not ours
+        async with asyncio.timeout(WAIT):
+            await untrusting.open(Inbox().deliver, lambda: None)
+            with pytest.raises(BrokerUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.publish([(name, b"refused")])
+            await untrusting.close()
+        assert "Redis is not reachable yet" in caplog.text
+
+        broker, inbox = RedisBroker(server.url), Inbox()
+        async with asyncio.timeout(WAIT):
+            await broker.open(inbox.deliver, inbox.on_resync)
+            try:
+                await broker.subscribe(name)
+                await broker.publish([(name, b"over tls")])
+                await wait_until(lambda: inbox.messages[name] == [b"over tls"], "delivery")
             finally:
                 await broker.close()
     finally:
