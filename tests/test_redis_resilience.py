@@ -168,6 +168,19 @@ async def test_broker_resubscribes_every_channel_after_restarts(private_redis: P
     assert inbox.messages[dropped] == [b"before"]
 
 
+async def round_trip(url: str, channel: str, payload: bytes) -> None:
+    """A broker on `url` subscribes `channel`, publishes `payload` on it and receives it."""
+    broker, inbox = RedisBroker(url), Inbox()
+    async with asyncio.timeout(WAIT):
+        await broker.open(inbox.deliver, inbox.on_resync)
+        try:
+            await broker.subscribe(channel)
+            await broker.publish([(channel, payload)])
+            await wait_until(lambda: inbox.messages[channel] == [payload], "delivery")
+        finally:
+            await broker.close()
+
+
 async def test_broker_authenticates_with_the_password_of_its_url(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     server = PrivateRedis(tmp_path, password="pub-sub-secret")
@@ -181,15 +194,7 @@ async def test_broker_authenticates_with_the_password_of_its_url(tmp_path: Path,
         assert "Redis is not reachable yet (AUTH: WRONGPASS" in caplog.text
         assert "not-the-password-42" not in caplog.text
 
-        broker, inbox = RedisBroker(server.url), Inbox()
-        async with asyncio.timeout(WAIT):
-            await broker.open(inbox.deliver, inbox.on_resync)
-            try:
-                await broker.subscribe(name)
-                await broker.publish([(name, b"authenticated")])
-                await wait_until(lambda: inbox.messages[name] == [b"authenticated"], "delivery")
-            finally:
-                await broker.close()
+        await round_trip(server.url, name, b"authenticated")
     finally:
         await server.kill()
 
@@ -208,15 +213,7 @@ async def test_broker_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
             await untrusting.close()
         assert "Redis is not reachable yet" in caplog.text
 
-        broker, inbox = RedisBroker(server.url), Inbox()
-        async with asyncio.timeout(WAIT):
-            await broker.open(inbox.deliver, inbox.on_resync)
-            try:
-                await broker.subscribe(name)
-                await broker.publish([(name, b"over tls")])
-                await wait_until(lambda: inbox.messages[name] == [b"over tls"], "delivery")
-            finally:
-                await broker.close()
+        await round_trip(server.url, name, b"over tls")
     finally:
         await server.kill()
 
