@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from types import FrameType
@@ -12,6 +13,7 @@ import uvicorn
 from hub.settings import ConfigError, Settings
 
 GRACEFUL_SECONDS = 20
+GC_THRESHOLDS = (50_000, 20, 20)
 ORPHAN_CHECK_SECONDS = 2.0  # how often a gunicorn worker checks that its master still lives
 
 
@@ -55,11 +57,25 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         # handler would kill the process with -15; the contract wants a graceful exit 0.
         previous = signal.signal(signal.SIGTERM, _already_stopped)
         try:
-            uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options(settings))
+            app = create_app(settings)
+            settle_gc()
+            uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0
     return _gunicorn(settings, host, port, workers)
+
+
+def settle_gc() -> None:
+    """For a serving process, once everything is imported: what exists now (modules, classes,
+    the app) leaves the collector's view (`gc.freeze`), and young collections run every 50,000
+    allocations instead of 700, so the objects of a request or an event die young instead of
+    being promoted while they wait a few ms in a queue. Measured with `bench.realtime_first`:
+    full collections while 1,000 clients connect took 18-73 ms instead of up to 178, and the
+    two of 160-200 ms during the durable phase are gone."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _already_stopped(_signum: int, _frame: FrameType | None) -> None:
@@ -95,7 +111,9 @@ def _gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
         def load(self) -> Any:
             from hub.app import create_app
 
-            return create_app(settings)
+            app = create_app(settings)
+            settle_gc()
+            return app
 
     HubApplication().run()
     return 0
