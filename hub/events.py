@@ -12,7 +12,6 @@ call that answered 2xx never loses its event.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import streams
+from hub.batching import Batcher
 from hub.db import Database
 from hub.streams import StoredEvent
 
@@ -57,8 +57,9 @@ class EventBus:
     def __init__(self, db: Database, after_commit: AfterCommit) -> None:
         self._db = db
         self._after_commit = after_commit
-        self._requests: list[tuple[streams.AppendRequest, asyncio.Future[list[StoredEvent] | None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._appends: Batcher[streams.AppendRequest, list[StoredEvent] | None] = Batcher(
+            self._append, "event-writer", weight=lambda request: len(request[0]),
+            limit=MAX_GROUP_USERS)
 
     async def publish(self, user_ids: Sequence[int], name: str,
                       data_json: bytes) -> list[StoredEvent] | None:
@@ -76,37 +77,14 @@ class EventBus:
             except _RollBack:
                 return None
             return written
-        done: asyncio.Future[list[StoredEvent] | None] = asyncio.get_running_loop().create_future()
-        self._requests.append(((user_ids, name, data_json), done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="event-writer")
-        appended = await asyncio.shield(done)  # a caller that gives up does not take its request back
+        appended = await self._appends.submit((user_ids, name, data_json))
         if appended:
             await self._after_commit(appended)
         return appended
 
-    async def _write(self) -> None:
-        while self._requests:
-            taken, users = 0, 0
-            while taken < len(self._requests) and (not taken or users < MAX_GROUP_USERS):
-                users += len(self._requests[taken][0][0])
-                taken += 1
-            group, self._requests = self._requests[:taken], self._requests[taken:]
-            try:
-                async with self._db.single_statement() as conn:
-                    results = await streams.append_batch(conn, [request for request, _ in group])
-            except Exception as exc:
-                for _, done in group:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            except BaseException:
-                for _, done in group:
-                    done.cancel()
-                raise
-            for (_, done), result in zip(group, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
+    async def _append(self, requests: list[streams.AppendRequest]) -> list[list[StoredEvent] | None]:
+        async with self._db.single_statement() as conn:
+            return await streams.append_batch(conn, requests)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

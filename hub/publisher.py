@@ -15,12 +15,12 @@ connections drop by id: delivery to a connection stays exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Sequence
 
 from hub import streams
+from hub.batching import Batcher
 from hub.broker import Broker, BrokerUnavailable, user_channel
 from hub.db import Database, utcnow
 from hub.metrics import Metrics
@@ -39,50 +39,34 @@ class Publisher:
         self._prefix = channel_prefix
         self._settle = settle
         self._published: dict[int, int] = {}
-        self._queue: list[tuple[Sequence[StoredEvent], asyncio.Future[bool]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._batches: Batcher[Sequence[StoredEvent], bool] = Batcher(self._send, "publisher")
 
     async def publish(self, events: Sequence[StoredEvent]) -> bool:
         """Hand events to the broker, after every batch handed over before; never raises. False
         when the relay will have to do it."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((events, done))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send(), name="publisher")
-        return await asyncio.shield(done)  # a caller that gives up does not take its batch back
+        return await self._batches.submit(events)
 
-    async def _send(self) -> None:
-        while self._queue:
-            batches, self._queue = self._queue, []
-            events = [event for batch, _ in batches for event in batch]
-            try:
-                await self._broker.publish([(user_channel(self._prefix, e.user_id), e.payload)
-                                            for e in events])
-            except BrokerUnavailable as exc:
-                log.warning("broker unavailable, %d events left to the relay: %s", len(events), exc)
-                reached = False
-            except Exception:
-                log.exception("publishing %d events failed; the relay will", len(events))
-                reached = False
-            except BaseException:
-                for _, done in batches:
-                    done.cancel()
-                raise
-            else:
-                reached = True
-                self._metrics.events_published.inc(len(events))
-                published = self._published
-                for event in events:
-                    if published.get(event.user_id, 0) < event.id:
-                        published[event.user_id] = event.id
-            for _, done in batches:
-                if not done.done():
-                    done.set_result(reached)
+    async def _send(self, batches: list[Sequence[StoredEvent]]) -> list[bool]:
+        events = [event for batch in batches for event in batch]
+        try:
+            await self._broker.publish([(user_channel(self._prefix, e.user_id), e.payload)
+                                        for e in events])
+        except BrokerUnavailable as exc:
+            log.warning("broker unavailable, %d events left to the relay: %s", len(events), exc)
+            return [False] * len(batches)
+        except Exception:
+            log.exception("publishing %d events failed; the relay will", len(events))
+            return [False] * len(batches)
+        self._metrics.events_published.inc(len(events))
+        published = self._published
+        for event in events:
+            if published.get(event.user_id, 0) < event.id:
+                published[event.user_id] = event.id
+        return [True] * len(batches)
 
     async def close(self) -> None:
         """At shutdown: let the batches handed over reach the broker, then record them."""
-        if self._sender is not None:
-            await asyncio.gather(self._sender, return_exceptions=True)
+        await self._batches.wait_idle()
         await self.flush_watermarks()
 
     async def flush_watermarks(self) -> None:

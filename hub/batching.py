@@ -1,0 +1,66 @@
+"""Batching of concurrent calls behind one task (group commit)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Calls that arrive while a batch is in flight wait and go together in the next one, in
+    the order they arrived: one task, started when needed, runs the batches one after another.
+    `run` takes a batch's items and returns one result per item; if it raises, every call of
+    that batch raises it. A batch stops growing once its items' `weight` reaches `limit`."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], name: str,
+                 weight: Callable[[T], int] = lambda _item: 1, limit: int | None = None) -> None:
+        self._run = run
+        self._name = name
+        self._weight = weight
+        self._limit = limit
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name=self._name)
+        return await asyncio.shield(done)  # a caller that gives up does not take its item back
+
+    async def wait_idle(self) -> None:
+        """Until every item submitted so far has been run."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        taken = len(self._pending)
+        if self._limit is not None:
+            taken, weight = 0, 0
+            while taken < len(self._pending) and (not taken or weight < self._limit):
+                weight += self._weight(self._pending[taken][0])
+                taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._take()
+            try:
+                results = await self._run([item for item, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            except BaseException:
+                for _, done in batch:
+                    done.cancel()
+                raise
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
