@@ -92,7 +92,7 @@ class Database:
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
         self._readers: AsyncEngine | None = None
-        self._autocommit: AsyncEngine | None = None
+        self._single_statements: AsyncEngine | None = None
         self._sessions: Sessions | None = None
 
     @property
@@ -116,9 +116,10 @@ class Database:
         """A connection for one self-contained write. On PostgreSQL it is in autocommit mode:
         the statement commits itself, with no BEGIN and COMMIT round trips to hold its row locks
         across while the event loop is busy. On SQLite, a transaction."""
-        if self._autocommit is None:
+        engine = self._single_statements
+        if engine is None:
             raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
-        return self._autocommit.connect() if self.dialect == "postgresql" else self._autocommit.begin()
+        return engine.connect() if self.dialect == "postgresql" else engine.begin()
 
     @property
     def sessions(self) -> Sessions:
@@ -144,7 +145,7 @@ class Database:
             _serialize_sqlite_writers(self._engine)
             readers = self._engine.execution_options(sqlite_begin="DEFERRED")
         self._readers = readers
-        self._autocommit = (self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._single_statements = (self._engine.execution_options(isolation_level="AUTOCOMMIT")
                             if self.dialect == "postgresql" else self._engine)
         self._sessions = Sessions(async_sessionmaker(self._engine, expire_on_commit=False),
                                   async_sessionmaker(readers, expire_on_commit=False))
@@ -152,7 +153,7 @@ class Database:
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
-        self._engine = self._readers = self._autocommit = None
+        self._engine = self._readers = self._single_statements = None
         self._sessions = None
 
     async def ping(self) -> None:

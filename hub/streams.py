@@ -4,10 +4,10 @@ Appending takes the stream rows' locks in user-id order and increments `last_id`
 gapless per user and increase in commit order; the events are inserted in the same transaction
 as the change that caused them. Query functions take a session and never commit.
 
-On PostgreSQL the writes of many streams are set-based: user ids and event ids travel as two
-arrays and one statement locks, advances or inserts them all (`unnest`, `= ANY`), so a call
-naming 1,000 users costs three statements and no per-row SQL compilation. SQLite, the
-embedded single-process default, takes the portable path.
+On PostgreSQL the writes of many streams are set-based: user ids and event ids travel as
+arrays and one statement locks, advances and inserts them all (`unnest`, `= ANY`), so a call
+naming 1,000 users costs one statement and no per-row SQL compilation. SQLite, the embedded
+single-process default, takes the portable path.
 """
 
 from __future__ import annotations
@@ -140,7 +140,8 @@ async def append(session: AsyncSession, user_ids: Sequence[int], name: str,
     wanted = sorted(set(user_ids))
     data_text = data_json.decode()
     if _postgres(session):
-        rows = await session.execute(_APPEND, _append_params(wanted, name, data_text, now))
+        rows = await session.execute(_APPEND, {"user_ids": wanted, "name": name, "data": data_text,
+                                               "created_at": now})
         heads = [(user_id, event_id) for user_id, event_id in rows]
     else:
         heads = await _advance(session, wanted, now)
@@ -174,11 +175,6 @@ async def append_batch(autocommit: AsyncConnection,
         heads[number - 1].append((user_id, event_id))
     return [_stored(found, name, data_json, now) if found else None
             for found, (_, name, data_json) in zip(heads, requests, strict=True)]
-
-
-def _append_params(user_ids: list[int], name: str, data_text: str,
-                   now: dt.datetime) -> dict[str, Any]:
-    return {"user_ids": user_ids, "name": name, "data": data_text, "created_at": now}
 
 
 def _stored(heads: list[tuple[int, int]], name: str, data_json: bytes,
