@@ -51,19 +51,24 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully and return the exit status (0)."""
     check_process_model(settings, workers)
     if workers == 1:
-        from hub.app import create_app
-
         # uvicorn re-raises the signal it caught once it has shut down, so that the default
         # handler would kill the process with -15; the contract wants a graceful exit 0.
         previous = signal.signal(signal.SIGTERM, _already_stopped)
         try:
-            app = create_app(settings)
-            settle_gc()
-            uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
+            uvicorn.run(_serving_app(settings), host=host, port=port, **uvicorn_options(settings))
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0
     return _gunicorn(settings, host, port, workers)
+
+
+def _serving_app(settings: Settings) -> Any:
+    """The app of a serving process (a worker's own, under gunicorn), its start-up settled."""
+    from hub.app import create_app
+
+    app = create_app(settings)
+    settle_gc()
+    return app
 
 
 def settle_gc() -> None:
@@ -109,11 +114,7 @@ def _gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
             self.cfg.set("forwarded_allow_ips", ",".join(settings.trusted_proxies))
 
         def load(self) -> Any:
-            from hub.app import create_app
-
-            app = create_app(settings)
-            settle_gc()
-            return app
+            return _serving_app(settings)
 
     HubApplication().run()
     return 0
