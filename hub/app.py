@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
                    settings.access_token_ttl, settings.refresh_token_ttl),
         Passwords(),
     )
+    websockets = WebSocketApi(settings, db, registry, accounts, metrics)
     features: list[Feature] = [
         Feature(loops=(
             Loop("publish watermarks", publisher.flush_watermarks, 0.5),
@@ -78,7 +79,6 @@ def create_app(settings: Settings) -> Starlette:
             Loop("retention", Retention(db, metrics, settings.stream_retention_events,
                                         settings.stream_retention_seconds).step, 60.0),
         )),
-        Feature(routes=WebSocketApi(settings, db, registry, accounts, metrics).routes()),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
         Feature(routes=AuthApi(accounts, db).routes()),
@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(_cancel, tasks)
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(HttpMetricsMiddleware, metrics=metrics)],
@@ -119,6 +119,8 @@ def create_app(settings: Settings) -> Starlette:
             Exception: internal_error_handler,
         },
     )
+    app.state.websocket_protocol = websockets.protocol  # uvicorn's `ws` option for this app
+    return app
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -1,31 +1,39 @@
-"""One authenticated WebSocket's outbound side: ordering, gap filling and a bounded queue.
+"""One authenticated WebSocket's outbound side: ordering, gap filling and backpressure.
 
-Events reach a connection from the broker (live) and from the store (replay, gap fills). The
-writer task is the only sender of events, so ordering lives in one place:
+Events reach a connection from the broker (live) and from the store (replay, gap fills). A live
+event that is the next one in order is written to the socket at once, from the broker's read
+callback, as a frame encoded once for all its recipients; anything else goes through the
+connection's catch-up task, so ordering lives in one place:
 - ids on a connection strictly increase: an id at or below `delivered` is dropped;
-- an id that skips ahead makes the writer read the missing ids from the store first;
-- after the broker reconnects, `catch_up()` makes the writer read everything new from the store.
-The queue is bounded by count and bytes; overflowing it marks the connection a slow consumer,
-which the endpoint closes with 4009 (the client resumes and loses nothing).
+- an id that skips ahead makes the task read the missing ids from the store first;
+- after the broker reconnects, `catch_up()` makes the task read everything new from the store;
+- while the task runs, live events wait in a queue bounded by count and bytes.
+What the socket has not sent yet is bounded the same way (frames written since its buffer was
+last empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
+which the socket closes with 4009 (the client resumes and loses nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from hub.metrics import Metrics
 from hub.streams import StoredEvent
 
+log = logging.getLogger("hub.connection")
+
 FILL_PAGE = 500
 ReadEvents = Callable[[int, int, int, int | None], Awaitable[list[StoredEvent]]]
-SendText = Callable[[str], Awaitable[None]]
+EVENT_PREFIX = b'{"type":"event",'
 
 
 class ConnectionEnded(Exception):
-    """Why the writer stopped; the endpoint turns it into a close code."""
+    """Why a connection's outbound side stopped; the socket turns it into a close code."""
 
 
 class StreamGap(ConnectionEnded):
@@ -33,51 +41,73 @@ class StreamGap(ConnectionEnded):
 
 
 class SlowConsumer(ConnectionEnded):
-    """The outbound queue overflowed."""
+    """The outbound queue or the socket's buffer overflowed."""
 
 
 class TokenExpired(ConnectionEnded):
     """The access token expired and no refresh came."""
 
 
+class DeliveryFailed(ConnectionEnded):
+    """Reading the store for a gap fill failed (logged)."""
+
+
+class Outlet(Protocol):
+    """The socket side a connection writes to."""
+
+    def write(self, frame: bytes) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    async def drain(self) -> None: ...
+
+    def ended(self, reason: ConnectionEnded) -> None: ...
+
+
 class Connection:
-    """Outbound state of one socket. `offer` never blocks; `run_writer` sends until cancelled."""
+    """Outbound state of one socket. `offer` never blocks; `stop` ends it for good."""
 
-    __slots__ = ("_bytes", "_catch_up", "_ended", "_expiry", "_fill_to", "_interrupted",
-                 "_max_bytes", "_max_messages", "_metrics", "_queue", "_read", "_send",
-                 "_sending", "_waiter", "_writer", "delivered", "expires_at", "user_id")
+    __slots__ = ("_bytes", "_catch_up", "_ended", "_expiry", "_fill_to", "_max_bytes",
+                 "_max_messages", "_metrics", "_outlet", "_queue", "_read", "_started", "_task",
+                 "_unsent", "delivered", "expires_at", "user_id")
 
-    def __init__(self, user_id: int, expires_at: float, send: SendText, read: ReadEvents,
+    def __init__(self, user_id: int, expires_at: float, outlet: Outlet, read: ReadEvents,
                  metrics: Metrics, max_messages: int, max_bytes: int) -> None:
         self.user_id = user_id
         self.expires_at = expires_at
         self.delivered = 0
-        self._ended: ConnectionEnded | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._send = send
+        self._outlet = outlet
         self._read = read
         self._metrics = metrics
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        self._queue: deque[tuple[int, str, float]] = deque()
+        self._ended = False
+        self._started = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._queue: deque[tuple[int, bytes, float]] = deque()
         self._bytes = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._unsent = 0
         self._catch_up = False
         self._fill_to: int | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._sending = False
-        self._interrupted = False
+        self._task: asyncio.Task[None] | None = None
 
     def start_at(self, delivered: int, replay_to: int | None = None) -> None:
-        """Begin after `delivered`; replay up to `replay_to` from the store before anything live."""
+        """Begin after `delivered` (the welcome frame is out); replay up to `replay_to` from the
+        store, then whatever was offered meanwhile, before anything live."""
         self.delivered = delivered
+        self._started = True
         if replay_to is not None and replay_to > delivered:
             self._fill_to = replay_to
-            self._wake()
+        self._pump()
 
-    def offer(self, event_id: int, frame: str, created_at: float) -> None:
-        """Queue a live event frame; on overflow drop the queue and flag a slow consumer."""
-        if self._ended is not None or event_id <= self.delivered:
+    def offer(self, event_id: int, frame: bytes, created_at: float) -> None:
+        """A live event frame: written now when it is the next one, else queued for the task."""
+        if self._ended or event_id <= self.delivered:
+            return
+        if self._task is None and self._started and event_id == self.delivered + 1:
+            self._send(frame)
+            self.delivered = event_id
+            self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
             return
         size = len(frame)
         if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
@@ -87,12 +117,14 @@ class Connection:
             return
         self._queue.append((event_id, frame, created_at))
         self._bytes += size
-        self._wake()
+        if self._started and self._task is None:
+            self._pump()
 
     def catch_up(self) -> None:
         """Read whatever the store has beyond `delivered` (after a broker reconnect)."""
         self._catch_up = True
-        self._wake()
+        if self._started and self._task is None:
+            self._pump()
 
     def set_expiry(self, expires_at: float) -> None:
         """(Re)arm the timer that ends the connection when its access token expires."""
@@ -103,67 +135,89 @@ class Connection:
         self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - time.time()),
                                     self._end, TokenExpired("access token expired"))
 
+    def stop(self) -> None:
+        """The socket is closing: no more writes, timers and the task cancelled."""
+        self._ended = True
+        self._queue.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     def _end(self, reason: ConnectionEnded) -> None:
-        if self._ended is None:
-            self._ended = reason
-            # A peer that stopped reading blocks the writer in a send for as long as its TCP
-            # stack lives (the keepalive cannot close it either): interrupt that send.
-            if self._sending and self._writer is not None and not self._interrupted:
-                self._interrupted = True
-                self._writer.cancel()
-        self._wake()
+        if not self._ended:
+            self.stop()
+            self._outlet.ended(reason)
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _send(self, frame: bytes) -> None:
+        outlet = self._outlet
+        if outlet.buffered() == 0:
+            self._unsent = 0
+        outlet.write(frame)
+        self._unsent += 1
+        if self._unsent > self._max_messages or outlet.buffered() > self._max_bytes:
+            self._end(SlowConsumer("slow consumer: reconnect and resume"))
 
-    async def run_writer(self) -> None:
-        """Send events until the connection ends: raises the `ConnectionEnded` saying why."""
-        self._writer = asyncio.current_task()
+    def _pump(self) -> None:
+        """Write queued events that are next in order; start the task for anything else."""
+        queue = self._queue
+        if self._fill_to is None and not self._catch_up:
+            while queue and not self._ended:
+                event_id, frame, created_at = queue[0]
+                if event_id > self.delivered + 1:
+                    break
+                queue.popleft()
+                self._bytes -= len(frame)
+                if event_id == self.delivered + 1:
+                    self._send(frame)
+                    self.delivered = event_id
+                    self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
+            if not queue:
+                return
+        if not self._ended:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-catch-up")
+
+    async def _run(self) -> None:
         try:
-            await self._write()
+            await self._fill_all()
+        except ConnectionEnded as reason:
+            self._task = None
+            self._end(reason)
         except asyncio.CancelledError:
-            if not self._interrupted or self._ended is None or self._writer is None:
-                raise
-            self._writer.uncancel()
-            raise self._ended from None
-        finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
+            raise
+        except Exception:
+            log.exception("reading missed events for user %s failed", self.user_id)
+            self._task = None
+            self._end(DeliveryFailed("internal error"))
+        else:
+            self._task = None
 
-    async def _write(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not (self._queue or self._catch_up or self._fill_to is not None or self._ended):
-                self._waiter = loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            if self._ended is not None:
-                raise self._ended
+    async def _fill_all(self) -> None:
+        while not self._ended:
             if self._fill_to is not None:
                 target, self._fill_to = self._fill_to, None
                 await self._fill(target)
-            if self._catch_up:
+            elif self._catch_up:
                 self._catch_up = False
                 await self._fill(None)
-            queue = self._queue
-            while queue:
-                event_id, frame, created_at = queue.popleft()
+            elif self._queue:
+                event_id, frame, created_at = self._queue.popleft()
                 self._bytes -= len(frame)
+                if event_id <= self.delivered:
+                    continue
                 if event_id != self.delivered + 1:
-                    if event_id <= self.delivered:
-                        continue
                     await self._fill(event_id - 1)
                     if event_id <= self.delivered:
                         continue
                     if event_id != self.delivered + 1:
                         raise StreamGap(f"events {self.delivered + 1}..{event_id - 1} are gone")
-                await self._send_frame(frame)
+                self._send(frame)
                 self.delivered = event_id
                 self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
+            else:
+                return
 
     async def _fill(self, up_to: int | None) -> None:
         self._metrics.gap_fills.inc()
@@ -174,20 +228,27 @@ class Connection:
             if events[0].id != self.delivered + 1:
                 raise StreamGap(f"events {self.delivered + 1}..{events[0].id - 1} are gone")
             for event in events:
-                await self._send_frame(event_frame(event.payload))
+                if self._ended:
+                    return
+                await self._outlet.drain()
+                self._send(event_frame(event.payload))
                 self.delivered = event.id
                 self._metrics.deliveries.observe(max(0.0, time.time() - event.created_at))
             if len(events) < FILL_PAGE:
                 return
 
-    async def _send_frame(self, frame: str) -> None:
-        self._sending = True
-        try:
-            await self._send(frame)
-        finally:
-            self._sending = False
+
+def text_frame(data: bytes) -> bytes:
+    """A server-to-client WebSocket text frame (unmasked, final) carrying `data` (UTF-8)."""
+    size = len(data)
+    if size < 126:
+        return bytes((0x81, size)) + data
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + data
+    return b"\x81\x7f" + size.to_bytes(8, "big") + data
 
 
-def event_frame(payload: bytes) -> str:
-    """The `event` frame of a channel payload: `{"type":"event", <the event's own fields>}`."""
-    return '{"type":"event",' + payload[1:].decode()
+def event_frame(payload: bytes) -> bytes:
+    """The `event` frame of a channel payload, `{"type":"event", <the event's own fields>}`, as
+    the bytes every recipient's socket is sent."""
+    return text_frame(EVENT_PREFIX + payload[1:])

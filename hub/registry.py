@@ -37,6 +37,7 @@ class Registry:
         self._prefix = channel_prefix + CHANNEL
         self._max_per_user = max_per_user
         self._users: dict[int, _UserConnections] = {}
+        self._leaving: set[asyncio.Future[None]] = set()
 
     def channel(self, user_id: int) -> str:
         return user_channel(self._channel_prefix, user_id)
@@ -60,11 +61,12 @@ class Registry:
         try:
             await asyncio.shield(entry.subscribed)
         except BaseException:
-            await self.unregister(connection)
+            self.unregister(connection)
             raise
         return True
 
-    async def unregister(self, connection: Connection) -> None:
+    def unregister(self, connection: Connection) -> None:
+        """Remove a connection; the last one of its user unsubscribes in the background."""
         entry = self._users.get(connection.user_id)
         if entry is None or connection not in entry.connections:
             return
@@ -73,12 +75,20 @@ class Registry:
         if entry.connections:
             return
         del self._users[connection.user_id]
+        task = asyncio.ensure_future(self._unsubscribe(connection.user_id, entry))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _unsubscribe(self, user_id: int, entry: _UserConnections) -> None:
         try:
             await asyncio.shield(entry.subscribed)
         except Exception:
-            log.debug("subscribe of user %s had failed", connection.user_id)
-        if connection.user_id not in self._users:
-            await self._broker.unsubscribe(self.channel(connection.user_id))
+            log.debug("subscribe of user %s had failed", user_id)
+        if user_id not in self._users:
+            try:
+                await self._broker.unsubscribe(self.channel(user_id))
+            except Exception:
+                log.warning("unsubscribing user %s failed", user_id, exc_info=True)
 
     def dispatch(self, channel: str, payload: bytes) -> None:
         """Offer one event payload to every local connection of its user (one frame for all)."""

@@ -18,17 +18,12 @@ ORPHAN_CHECK_SECONDS = 2.0  # how often a gunicorn worker checks that its master
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Server settings the contract depends on: protocol pings that keep idle sockets alive
-    and drop dead peers, 4096-byte client frames (1009 above), proxy headers from trusted
-    proxies only. Compression is off: it would cost CPU per socket for every event, where each
-    event is otherwise serialized once for all its recipients."""
+    """Server settings the contract depends on: proxy headers from trusted proxies only, a
+    graceful shutdown. WebSocket upgrades go to the app's own protocol (`websocket_protocol`),
+    which keeps the contract's pings, frame limit and close codes; it offers no compression:
+    that would cost CPU per socket for every event, where each event is otherwise encoded once
+    for all its recipients."""
     return {
-        "ws": "websockets-sansio",
-        "ws_ping_interval": settings.ws_ping_interval,
-        "ws_ping_timeout": settings.ws_ping_interval,
-        "ws_max_size": 4096,
-        "ws_max_queue": 16,
-        "ws_per_message_deflate": False,
         "proxy_headers": True,
         "forwarded_allow_ips": ",".join(settings.trusted_proxies),
         "timeout_graceful_shutdown": GRACEFUL_SECONDS,
@@ -55,7 +50,9 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         # handler would kill the process with -15; the contract wants a graceful exit 0.
         previous = signal.signal(signal.SIGTERM, _already_stopped)
         try:
-            uvicorn.run(_serving_app(settings), host=host, port=port, **uvicorn_options(settings))
+            app = _serving_app(settings)
+            uvicorn.run(app, host=host, port=port, ws=app.state.websocket_protocol,
+                        **uvicorn_options(settings))
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0
@@ -96,6 +93,10 @@ def _gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
 
     class HubWorker(UvicornWorker):  # type: ignore[misc]
         CONFIG_KWARGS = {"loop": "auto", "http": "auto", "timeout_notify": ORPHAN_CHECK_SECONDS, **options}
+
+        async def _serve(self) -> None:
+            self.config.ws = self.wsgi.state.websocket_protocol
+            await super()._serve()
 
         async def callback_notify(self) -> None:
             if os.getppid() != self.ppid:  # the master died without stopping us (SIGKILL, OOM killer)

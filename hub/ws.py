@@ -1,25 +1,39 @@
 """The WebSocket endpoint `/ws` (protocol §4): the whole lifecycle of a connection in one place.
 
-Origin check → accept → first-frame auth (10 s) → register → welcome (+ replay on resume) →
-read client frames while the writer sends events → unregister in `finally`.
+uvicorn parses the HTTP request and hands the upgraded socket to `HubSocket`, an asyncio
+protocol (the server's `ws` class), so a socket costs a few objects and no task while it idles,
+and an event's frame, encoded once for all its recipients, is written straight to each socket
+from the broker's read callback.
+
+Handshake (origin check) → first-frame auth (10 s) → register → welcome (+ replay on resume) →
+client frames and events → close, unregistering at once. websockets' sans-I/O layer validates
+the handshake and parses the client's frames; nothing else of a socket is kept per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, cast
 
 import orjson
-from starlette.routing import WebSocketRoute
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import Protocol, Side, State
+from websockets.server import ServerProtocol
 
 from hub import streams
-from hub.connection import Connection, SlowConsumer, StreamGap, TokenExpired
+from hub.connection import (
+    Connection,
+    ConnectionEnded,
+    SlowConsumer,
+    StreamGap,
+    TokenExpired,
+    text_frame,
+)
 from hub.db import Database, rfc3339
 from hub.identity import Authenticator, AuthError, Identity
 from hub.metrics import Metrics
@@ -28,18 +42,21 @@ from hub.settings import Settings, normalize_origin
 from hub.streams import StoredEvent
 
 log = logging.getLogger("hub.ws")
+_frames_log = logging.getLogger("hub.ws.frames")  # websockets' own per-connection messages
+_frames_log.setLevel(logging.WARNING)
 
+PATH = "/ws"
 MAX_FRAME = 4096
 AUTH_FAILED, FORBIDDEN, RATE_LIMITED, SLOW_CONSUMER = 4001, 4003, 4008, 4009
-TOO_BIG, INTERNAL = 1009, 1011
+INTERNAL, RESTARTING = 1011, 1012
 CLOSE_TIMEOUT = 5.0
+PONG = text_frame(b'{"type":"pong"}')
+BAD_FRAME = text_frame(orjson.dumps({
+    "type": "error", "code": "bad_frame",
+    "detail": "expected {\"type\": \"ping\"} or {\"type\": \"refresh\", \"token\": ...}",
+}))
 
-
-class Closed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+HANDSHAKE, AUTH, STARTING, OPEN, CLOSING, CLOSED = range(6)
 
 
 class TokenBucket:
@@ -62,201 +79,402 @@ class TokenBucket:
 
 
 class WebSocketApi:
+    """What every socket of this process shares; `protocol` is uvicorn's `ws` factory."""
+
     def __init__(self, settings: Settings, db: Database, registry: Registry,
                  authenticator: Authenticator, metrics: Metrics) -> None:
-        self._settings = settings
-        self._db = db
-        self._registry = registry
-        self._auth = authenticator
-        self._metrics = metrics
-        self._origins = frozenset(settings.allowed_origins)
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.auth = authenticator
+        self.metrics = metrics
+        self.origins = frozenset(settings.allowed_origins)
+        # a slow reader gets its close frame after what is already in its socket buffer: give
+        # it as long as the keepalive gives a silent peer before dropping it
+        self.close_timeout = max(CLOSE_TIMEOUT, 2 * settings.ws_ping_interval)
 
-    def routes(self) -> list[WebSocketRoute]:
-        return [WebSocketRoute("/ws", self)]
+    def protocol(self, config: Any = None, server_state: Any = None,
+                 app_state: Any = None) -> HubSocket:
+        """Called by uvicorn for each upgraded connection (its `ws` option)."""
+        return HubSocket(self, server_state.connections if server_state is not None else set())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The route's ASGI app: an instance, not a function, so that starlette hands over the
-        server's `send` unwrapped and event frames skip its session layers."""
-        await self.endpoint(WebSocket(scope, receive, send), send)
+    def origin_allowed(self, origin: str | None) -> bool:
+        return not self.origins or origin is None or normalize_origin(origin) in self.origins
 
-    async def endpoint(self, websocket: WebSocket, raw_send: Send) -> None:
-        origin = websocket.headers.get("origin")
-        if self._origins and origin is not None and normalize_origin(origin) not in self._origins:
-            self._metrics.connections_rejected.labels("origin").inc()
-            await websocket.close(code=1008)  # before accept: the handshake gets HTTP 403
-            return
-        await websocket.accept()
-        try:
-            await self._serve(websocket, raw_send)
-        except Closed as closed:
-            self._metrics.connections_rejected.labels(str(closed.code)).inc()
-            # A slow reader gets its close frame after what is already in its socket buffer;
-            # give it as long as the keepalive gives a silent peer before giving up.
-            await _close(websocket, closed.code, closed.reason,
-                         max(CLOSE_TIMEOUT, 2 * self._settings.ws_ping_interval))
-        except WebSocketDisconnect:
-            pass
-        except Exception:
-            log.exception("WebSocket connection failed")
-            await _close(websocket, INTERNAL, "internal error")
-
-    async def _serve(self, websocket: WebSocket, raw_send: Send) -> None:
-        identity, resume_id, resume_epoch = await self._authenticate(websocket)
-
-        async def send(text: str) -> None:
-            try:
-                await raw_send({"type": "websocket.send", "text": text})
-            except OSError:  # the server's "client disconnected", as starlette's own send has it
-                websocket.application_state = WebSocketState.DISCONNECTED
-                raise WebSocketDisconnect(1006) from None
-
-        connection = Connection(identity.user_id, identity.expires_at, send, self._read_events,
-                                self._metrics, self._settings.ws_queue_max_messages,
-                                self._settings.ws_queue_max_bytes)
-        if not await self._registry.register(connection):
-            raise Closed(RATE_LIMITED, "too many connections for this user")
-        try:
-            head = await streams.read_head(self._db, identity.user_id)
-            if head is None:
-                raise Closed(AUTH_FAILED, "user no longer exists")
-            recovered = (resume_id is not None and resume_epoch == head.epoch
-                         and head.trimmed_id <= resume_id <= head.last_id)
-            await send(orjson.dumps({
-                "type": "welcome", "user_id": identity.user_id, "epoch": head.epoch,
-                "last_event_id": head.last_id, "recovered": recovered,
-            }).decode())
-            if recovered:
-                assert resume_id is not None
-                connection.start_at(resume_id, replay_to=head.last_id)
-            else:
-                connection.start_at(head.last_id)
-            await self._run(websocket, connection)
-        finally:
-            await self._registry.unregister(connection)
-
-    async def _authenticate(self, websocket: WebSocket) -> tuple[Identity, int | None, str | None]:
-        try:
-            async with asyncio.timeout(self._settings.ws_auth_timeout):
-                frame = await _receive_json(websocket)
-        except TimeoutError:
-            raise Closed(AUTH_FAILED, "no auth frame within the time limit") from None
-        if not isinstance(frame, dict) or frame.get("type") != "auth":
-            raise Closed(AUTH_FAILED, "the first frame must be {\"type\": \"auth\", \"token\": ...}")
-        token, last_id, epoch = frame.get("token"), frame.get("last_event_id"), frame.get("epoch")
-        if not isinstance(token, str):
-            raise Closed(AUTH_FAILED, "auth frame without a token")
-        if last_id is not None and (isinstance(last_id, bool) or not isinstance(last_id, int) or last_id < 0):
-            raise Closed(AUTH_FAILED, "last_event_id must be a non-negative integer")
-        if epoch is not None and not isinstance(epoch, str):
-            raise Closed(AUTH_FAILED, "epoch must be a string")
-        try:
-            identity = self._auth.verify(token)  # the user's existence: its stream head, next
-        except AuthError:
-            raise Closed(AUTH_FAILED, "invalid or expired token") from None
-        return identity, last_id, epoch
-
-    async def _run(self, websocket: WebSocket, connection: Connection) -> None:
-        """Read client frames here while a writer task sends events; whichever ends first ends
-        the connection. Two coroutines per socket, no more: idle sockets must stay cheap."""
-        handler = asyncio.current_task()
-        assert handler is not None
-        writer = asyncio.create_task(connection.run_writer(), name="ws-writer")
-        interrupted = finished = False
-
-        def writer_ended(_: asyncio.Task[None]) -> None:
-            nonlocal interrupted
-            if finished:  # scheduled before the reader left; cancelling now would hit cleanup
-                return
-            interrupted = True
-            handler.cancel()
-
-        writer.add_done_callback(writer_ended)
-        connection.set_expiry(connection.expires_at)
-        try:
-            await self._read_frames(websocket, connection)
-        except asyncio.CancelledError:
-            if not interrupted:
-                raise
-            handler.uncancel()
-        finally:
-            finished = True
-            writer.remove_done_callback(writer_ended)  # no effect once it is scheduled
-            if not writer.done():
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
-            elif not writer.cancelled():
-                writer.exception()  # retrieved even when the reader's exception wins
-        error = writer.exception()
-        if isinstance(error, SlowConsumer):
-            self._metrics.slow_consumer_disconnects.inc()
-            raise Closed(SLOW_CONSUMER, str(error))
-        if isinstance(error, StreamGap):
-            raise Closed(SLOW_CONSUMER, "missed events are no longer retained: reconnect")
-        if isinstance(error, TokenExpired):
-            raise Closed(AUTH_FAILED, str(error))
-        if error is not None:
-            raise error
-
-    async def _read_frames(self, websocket: WebSocket, connection: Connection) -> None:
-        bucket = TokenBucket(self._settings.ws_rate_limit, self._settings.ws_rate_burst)
-        while True:
-            frame = await _receive_json(websocket)
-            if not bucket.take():
-                raise Closed(RATE_LIMITED, "too many frames")
-            kind = frame.get("type") if isinstance(frame, dict) else None
-            if kind == "ping":
-                await websocket.send({"type": "websocket.send", "text": '{"type":"pong"}'})
-            elif kind == "refresh" and isinstance(frame, dict):
-                await self._refresh(websocket, connection, frame.get("token"))
-            else:
-                await websocket.send({"type": "websocket.send", "text": orjson.dumps({
-                    "type": "error", "code": "bad_frame",
-                    "detail": "expected {\"type\": \"ping\"} or {\"type\": \"refresh\", \"token\": ...}",
-                }).decode()})
-
-    async def _refresh(self, websocket: WebSocket, connection: Connection, token: Any) -> None:
-        if not isinstance(token, str):
-            raise Closed(AUTH_FAILED, "refresh frame without a token")
-        try:
-            identity = await self._auth.authenticate(token)
-        except AuthError:
-            raise Closed(AUTH_FAILED, "invalid or expired token") from None
-        if identity.user_id != connection.user_id:
-            raise Closed(FORBIDDEN, "token of another user")
-        connection.set_expiry(identity.expires_at)
-        await websocket.send({"type": "websocket.send", "text": orjson.dumps({
-            "type": "refreshed", "expires_at": rfc3339(_utc(connection.expires_at)),
-        }).decode()})
-
-    async def _read_events(self, user_id: int, after: int, limit: int,
-                           up_to: int | None) -> list[StoredEvent]:
-        async with self._db.sessions() as session:
+    async def read_events(self, user_id: int, after: int, limit: int,
+                          up_to: int | None) -> list[StoredEvent]:
+        async with self.db.sessions() as session:
             return await streams.read(session, user_id, after, limit, up_to)
 
 
-async def _receive_json(websocket: WebSocket) -> Any:
-    message = await websocket.receive()
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
-    raw = message.get("text")
-    if raw is None:
-        raw = message.get("bytes") or b""
-    if len(raw) > MAX_FRAME:
-        raise Closed(TOO_BIG, "frame over 4096 bytes")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+class HubSocket(asyncio.Protocol):
+    """One client socket from the upgrade to the close; also its connection's `Outlet`."""
+
+    __slots__ = ("_api", "_bucket", "_connection", "_early", "_fragments", "_pending_pong",
+                 "_proto", "_server_connections", "_state", "_tasks", "_timer", "_transport",
+                 "_writable")
+
+    def __init__(self, api: WebSocketApi, server_connections: set[Any]) -> None:
+        self._api = api
+        self._server_connections = server_connections
+        self._transport: asyncio.Transport | None = None
+        self._state = HANDSHAKE
+        self._proto: Protocol | None = None
+        self._connection: Connection | None = None
+        self._bucket: TokenBucket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending_pong = False
+        self._tasks: set[asyncio.Task[None]] | None = None
+        self._early: list[tuple[Opcode, bytes]] | None = None
+        self._fragments: tuple[Opcode, list[bytes]] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
+        self._server_connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == HANDSHAKE:
+            self._handshake(data)
+            return
+        proto = self._proto
+        if proto is None or self._state == CLOSED:
+            return
+        proto.receive_data(data)
+        events = proto.events_received()
+        self._flush()
+        for frame in events:
+            if self._state >= CLOSING:
+                break
+            if isinstance(frame, Frame):
+                self._frame(frame)
+
+    def eof_received(self) -> bool | None:
+        if self._proto is not None:
+            self._proto.receive_eof()
+            self._flush()
         return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_connections.discard(self)
+        if self._state < CLOSING:
+            self._finish()
+        self._state = CLOSED
+        self._cancel_timer()
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close with 1012 (clients reconnect to another process)."""
+        if self._state in (AUTH, STARTING, OPEN):
+            self._close(RESTARTING, "server restarting", count=False)
+        if self._transport is not None:
+            self._transport.close()
+
+    # Outlet (hub.connection)
+
+    def write(self, frame: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(frame)
+
+    def buffered(self) -> int:
+        assert self._transport is not None
+        return self._transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    def ended(self, reason: ConnectionEnded) -> None:
+        if isinstance(reason, SlowConsumer):
+            self._api.metrics.slow_consumer_disconnects.inc()
+            self._close(SLOW_CONSUMER, str(reason))
+        elif isinstance(reason, StreamGap):
+            self._close(SLOW_CONSUMER, "missed events are no longer retained: reconnect")
+        elif isinstance(reason, TokenExpired):
+            self._close(AUTH_FAILED, str(reason))
+        else:
+            self._close(INTERNAL, "internal error")
+
+    # the handshake
+
+    def _handshake(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        api = self._api
+        server = ServerProtocol(max_size=MAX_FRAME, logger=_frames_log)
+        server.receive_data(data)
+        request = next((event for event in server.events_received() if isinstance(event, Request)), None)
+        if request is None:
+            self._state = CLOSED
+            transport.close()
+            return
+        if request.path.partition("?")[0] != PATH:
+            response = server.reject(404, "Not Found\n")
+        elif not api.origin_allowed(request.headers.get("Origin")):
+            api.metrics.connections_rejected.labels("origin").inc()
+            response = server.reject(403, "Forbidden: origin not allowed\n")
+        else:
+            response = server.accept(request)
+        server.send_response(response)
+        transport.write(b"".join(server.data_to_send()))
+        if response.status_code != 101:
+            self._state = CLOSED
+            transport.close()
+            return
+        self._proto = Protocol(Side.SERVER, state=State.OPEN, max_size=MAX_FRAME, logger=_frames_log)
+        self._state = AUTH
+        self._timer = asyncio.get_running_loop().call_later(
+            api.settings.ws_auth_timeout, self._close, AUTH_FAILED, "no auth frame within the time limit")
+
+    # frames from the client
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.PONG:
+            self._pending_pong = False
+            return
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(opcode, bytes(frame.data))
+            else:
+                self._fragments = (opcode, [bytes(frame.data)])
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments[1].append(bytes(frame.data))
+            if frame.fin:
+                (opcode, parts), self._fragments = self._fragments, None
+                self._message(opcode, b"".join(parts))
+
+    def _message(self, opcode: Opcode, data: bytes) -> None:
+        if self._state == OPEN:
+            self._client_frame(opcode, data)
+        elif self._state == AUTH:
+            self._authenticate(opcode, data)
+        elif self._state == STARTING:
+            early = self._early
+            if early is None:
+                early = self._early = []
+            if len(early) >= self._api.settings.ws_rate_burst:
+                self._close(RATE_LIMITED, "too many frames")
+                return
+            early.append((opcode, data))
+
+    def _parse(self, opcode: Opcode, data: bytes) -> Any:
+        if opcode is Opcode.TEXT:
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self._close(1007, "invalid UTF-8", count=False)
+                return None
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+
+    def _authenticate(self, opcode: Opcode, data: bytes) -> None:
+        frame = self._parse(opcode, data)
+        if self._state != AUTH:
+            return
+        if not isinstance(frame, dict) or frame.get("type") != "auth":
+            self._close(AUTH_FAILED, "the first frame must be {\"type\": \"auth\", \"token\": ...}")
+            return
+        token, last_id, epoch = frame.get("token"), frame.get("last_event_id"), frame.get("epoch")
+        if not isinstance(token, str):
+            self._close(AUTH_FAILED, "auth frame without a token")
+            return
+        if last_id is not None and (isinstance(last_id, bool) or not isinstance(last_id, int) or last_id < 0):
+            self._close(AUTH_FAILED, "last_event_id must be a non-negative integer")
+            return
+        if epoch is not None and not isinstance(epoch, str):
+            self._close(AUTH_FAILED, "epoch must be a string")
+            return
+        try:
+            identity = self._api.auth.verify(token)  # the user's existence: its stream head, next
+        except AuthError:
+            self._close(AUTH_FAILED, "invalid or expired token")
+            return
+        self._cancel_timer()
+        self._state = STARTING
+        self._spawn(self._start(identity, last_id, epoch))
+
+    async def _start(self, identity: Identity, resume_id: int | None, resume_epoch: str | None) -> None:
+        api = self._api
+        settings = api.settings
+        connection = Connection(identity.user_id, identity.expires_at, self, api.read_events,
+                                api.metrics, settings.ws_queue_max_messages, settings.ws_queue_max_bytes)
+        self._connection = connection
+        if not await api.registry.register(connection):
+            self._close(RATE_LIMITED, "too many connections for this user")
+            return
+        head = await streams.read_head(api.db, identity.user_id)
+        if self._state != STARTING:
+            return
+        if head is None:
+            self._close(AUTH_FAILED, "user no longer exists")
+            return
+        recovered = (resume_id is not None and resume_epoch == head.epoch
+                     and head.trimmed_id <= resume_id <= head.last_id)
+        self.write(text_frame(orjson.dumps({
+            "type": "welcome", "user_id": identity.user_id, "epoch": head.epoch,
+            "last_event_id": head.last_id, "recovered": recovered,
+        })))
+        self._state = OPEN
+        self._bucket = TokenBucket(settings.ws_rate_limit, settings.ws_rate_burst)
+        self._timer = asyncio.get_running_loop().call_later(settings.ws_ping_interval, self._keepalive)
+        connection.set_expiry(identity.expires_at)
+        if recovered:
+            assert resume_id is not None
+            connection.start_at(resume_id, replay_to=head.last_id)
+        else:
+            connection.start_at(head.last_id)
+        early, self._early = self._early, None
+        for opcode, data in early or ():
+            if self._state != OPEN:
+                break
+            self._client_frame(opcode, data)
+
+    def _client_frame(self, opcode: Opcode, data: bytes) -> None:
+        assert self._bucket is not None
+        if not self._bucket.take():
+            self._close(RATE_LIMITED, "too many frames")
+            return
+        frame = self._parse(opcode, data)
+        if self._state != OPEN:
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "ping":
+            self.write(PONG)
+        elif kind == "refresh" and isinstance(frame, dict):
+            token = frame.get("token")
+            if not isinstance(token, str):
+                self._close(AUTH_FAILED, "refresh frame without a token")
+                return
+            self._spawn(self._refresh(token))
+        else:
+            self.write(BAD_FRAME)
+
+    async def _refresh(self, token: str) -> None:
+        connection = self._connection
+        assert connection is not None
+        try:
+            identity = await self._api.auth.authenticate(token)
+        except AuthError:
+            self._close(AUTH_FAILED, "invalid or expired token")
+            return
+        if self._state != OPEN:
+            return
+        if identity.user_id != connection.user_id:
+            self._close(FORBIDDEN, "token of another user")
+            return
+        connection.set_expiry(identity.expires_at)
+        self.write(text_frame(orjson.dumps({
+            "type": "refreshed", "expires_at": rfc3339(_utc(connection.expires_at)),
+        })))
+
+    # keepalive, closing
+
+    def _keepalive(self) -> None:
+        proto = self._proto
+        assert proto is not None
+        if self._pending_pong:  # no pong within a whole interval
+            self._finish()
+            self._state = CLOSING
+            proto.fail(INTERNAL, "keepalive ping timeout")
+            self._flush()
+            self._arm_abort(CLOSE_TIMEOUT)
+            return
+        self._pending_pong = True
+        proto.send_ping(b"hub")
+        self._flush()
+        self._timer = asyncio.get_running_loop().call_later(self._api.settings.ws_ping_interval,
+                                                            self._keepalive)
+
+    def _close(self, code: int, reason: str, *, count: bool = True) -> None:
+        """Start the closing handshake (the connection leaves the registry now); the transport
+        is dropped if the peer has not answered within the close timeout."""
+        if self._state >= CLOSING or self._proto is None:
+            return
+        if count:
+            self._api.metrics.connections_rejected.labels(str(code)).inc()
+        self._finish()
+        self._state = CLOSING
+        self._proto.send_close(code, reason)
+        self._flush()
+        self._arm_abort(self._api.close_timeout)
+
+    def _finish(self) -> None:
+        self._cancel_timer()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.stop()
+            # not now: this can run inside the registry's loop over the user's connections
+            asyncio.get_running_loop().call_soon(self._api.registry.unregister, connection)
+        tasks, self._tasks = self._tasks, None
+        current = asyncio.current_task()
+        for task in tasks or ():
+            if task is not current:
+                task.cancel()
+
+    def _flush(self) -> None:
+        proto, transport = self._proto, self._transport
+        assert proto is not None
+        assert transport is not None
+        eof = False
+        for chunk in proto.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:
+                eof = True
+        if eof:
+            if self._state < CLOSING:
+                self._finish()
+                self._state = CLOSING
+                self._arm_abort(CLOSE_TIMEOUT)
+            transport.close()
+
+    def _arm_abort(self, after: float) -> None:
+        self._cancel_timer()
+        transport = self._transport
+        assert transport is not None
+        self._timer = asyncio.get_running_loop().call_later(after, transport.abort)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("WebSocket connection failed")
+            self._close(INTERNAL, "internal error", count=False)
 
 
 def _utc(stamp: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(stamp, dt.UTC)
-
-
-async def _close(websocket: WebSocket, code: int, reason: str, within: float = CLOSE_TIMEOUT) -> None:
-    if websocket.application_state == WebSocketState.DISCONNECTED:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(within):
-            await websocket.close(code=code, reason=reason)
-

@@ -168,8 +168,9 @@ async def serve_hub(settings: Settings, port: int | None = None) -> AsyncIterato
     its address), stopped (gracefully) on exit."""
     port = port or free_port()
     options = uvicorn_options(settings)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on",
-                            access_log=False, **options)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", access_log=False,
+                            ws=app.state.websocket_protocol, **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(15):

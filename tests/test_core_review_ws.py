@@ -26,9 +26,9 @@ async def _metric(hub: RunningHub, name: str) -> float:
 
 async def test_a_peer_that_stops_reading_for_good_is_ended_as_a_slow_consumer(settings: Settings) -> None:
     """The peer's TCP stack stays alive but its application never reads again: the server's send
-    buffer fills, so the writer blocks in a send, and the keepalive cannot drop the peer either
-    (its close waits for that buffer to drain). Overflowing the queue must still end the
-    connection: unregistered, counted as a slow consumer, not held for as long as the peer lives."""
+    buffer fills and the keepalive cannot drop the peer either (its close waits for that buffer
+    to drain). Overflowing the outbound bound must still end the connection: unregistered,
+    counted as a slow consumer, not held for as long as the peer lives."""
     async with serve_hub(replace(settings, ws_ping_interval=30, ws_queue_max_messages=20)) as hub:
         ((user_id, token),) = await make_users(hub.settings, 1)
         stalled = await StalledReader.open(hub.ws_url, token)

@@ -1,0 +1,103 @@
+"""The hub's own WebSocket layer (`hub.ws.HubSocket`): handshake, frame encoding and parsing, and
+what an idle socket costs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+
+from hub.connection import event_frame, text_frame
+from tests.conftest import RunningHub
+from tests.wsutil import WAIT, connect, make_users, publish_to
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frames_parse_back_to_their_data_at_every_length_encoding(size: int) -> None:
+    data = b"x" * size
+    client = Protocol(Side.CLIENT, state=State.OPEN, max_size=None)
+    client.receive_data(text_frame(data))
+    (frame,) = client.events_received()
+    assert isinstance(frame, Frame)
+    assert (frame.opcode, frame.fin, bytes(frame.data)) == (Opcode.TEXT, True, data)
+
+
+def test_an_event_frame_carries_the_payload_under_type_event() -> None:
+    payload = b'{"id":7,"name":"n","data":{"a":1},"created_at":"2026-12-02T10:00:00.000Z"}'
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    client.receive_data(event_frame(payload))
+    (frame,) = client.events_received()
+    assert isinstance(frame, Frame)
+    assert json.loads(frame.data) == {"type": "event", **json.loads(payload)}
+
+
+async def test_a_handshake_on_another_path_is_refused_with_404(hub: RunningHub) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with asyncio.timeout(WAIT):
+            await websockets.connect(hub.ws_url.replace("/ws", "/elsewhere"))
+    assert refused.value.response.status_code == 404
+
+
+async def test_a_plain_http_get_of_ws_is_not_a_websocket(hub: RunningHub) -> None:
+    response = await hub.http.get("/ws")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+async def test_the_handshake_answer_names_no_server_software(hub: RunningHub) -> None:
+    async with asyncio.timeout(WAIT):
+        ws = await websockets.connect(hub.ws_url)
+    try:
+        assert ws.response is not None
+        assert "Server" not in ws.response.headers
+    finally:
+        await ws.close()
+
+
+async def test_a_fragmented_client_message_is_one_frame(hub: RunningHub) -> None:
+    ((_, token),) = await make_users(hub.settings, 1)
+    sock = await connect(hub.ws_url, token)
+    await sock.ws.send(iter(['{"type":', ' "pi', 'ng"}']))
+    assert await sock.next() == {"type": "pong"}
+    await sock.close()
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(hub: RunningHub) -> None:
+    ((_, token),) = await make_users(hub.settings, 1)
+    sock = await connect(hub.ws_url, token)
+    protocol = sock.ws.protocol
+    protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "\xff"}'))
+    sock.ws.transport.write(b"".join(protocol.data_to_send()))
+    assert await sock.closed() == 1007
+
+
+async def test_idle_sockets_hold_no_task_and_still_get_their_events(hub: RunningHub) -> None:
+    """The hub runs in this test's event loop: its tasks are counted here. 30 authenticated
+    sockets that idle add no task; the first event of each still arrives."""
+    users = await make_users(hub.settings, 30)
+    before = _server_tasks()
+    sockets = await asyncio.gather(*(connect(hub.ws_url, token) for _, token in users))
+    await asyncio.sleep(0.2)
+    assert _server_tasks() == before
+    await publish_to(hub, [user_id for user_id, _ in users])
+    for sock in sockets:
+        (frame,) = await sock.events(1)
+        assert frame["id"] == 1
+    await asyncio.gather(*(sock.close() for sock in sockets))
+
+
+def _server_tasks() -> int:
+    """Tasks running the hub's or uvicorn's code (not the test's websockets clients)."""
+    def server_code(task: asyncio.Task[object]) -> bool:
+        code = getattr(task.get_coro(), "cr_code", None)
+        return code is not None and ("/hub/" in code.co_filename or "/uvicorn/" in code.co_filename)
+    return sum(1 for task in asyncio.all_tasks() if server_code(task))
