@@ -87,7 +87,7 @@ class Sessions:
 class Database:
     """One engine and session factory for the process; open it once, close it at shutdown."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
         self.url = url
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
@@ -107,7 +107,8 @@ class Database:
 
     @property
     def readers(self) -> AsyncEngine:
-        """The engine for reads on a bare connection (on SQLite its transactions begin DEFERRED)."""
+        """The engine for one read on a bare connection: autocommit on PostgreSQL (no BEGIN and
+        COMMIT round trips), on SQLite a transaction that begins DEFERRED."""
         if self._readers is None:
             raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
         return self._readers
@@ -135,7 +136,10 @@ class Database:
             # Custom plans always: statements are prepared, and after five runs PostgreSQL may
             # switch to a generic plan that assumes a small array; the stream writes take
             # arrays of 1 to 10,000 user ids, and a plan for ten took seconds for ten thousand.
-            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size,
+            # No overflow: a connection opened past the pool is closed when it is returned, so a
+            # burst (thousands of sockets connecting at once) opened and closed one per query,
+            # a TLS handshake each; past the pool, a checkout waits for a connection instead.
+            kwargs.update(pool_size=self._pool_size, max_overflow=0,
                           connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}})
         else:
             kwargs.update(connect_args={"timeout": 30})
@@ -144,9 +148,9 @@ class Database:
         if self.dialect == "sqlite":
             _serialize_sqlite_writers(self._engine)
             readers = self._engine.execution_options(sqlite_begin="DEFERRED")
-        self._readers = readers
         self._single_statements = (self._engine.execution_options(isolation_level="AUTOCOMMIT")
-                            if self.dialect == "postgresql" else self._engine)
+                                   if self.dialect == "postgresql" else self._engine)
+        self._readers = self._single_statements if self.dialect == "postgresql" else readers
         self._sessions = Sessions(async_sessionmaker(self._engine, expire_on_commit=False),
                                   async_sessionmaker(readers, expire_on_commit=False))
 

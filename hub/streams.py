@@ -237,9 +237,10 @@ async def read_head(db: Database, user_id: int) -> StreamHead | None:
     return StreamHead(*found) if found else None
 
 
-async def read(session: AsyncSession, user_id: int, after: int, limit: int,
+async def read(session: AsyncSession | AsyncConnection, user_id: int, after: int, limit: int,
                up_to: int | None = None) -> list[StoredEvent]:
-    """Up to `limit` events with ids in (`after`, `up_to`], oldest first."""
+    """Up to `limit` events with ids in (`after`, `up_to`], oldest first (in a session, or on a
+    bare connection of `Database.readers`, as a socket's gap fill reads them)."""
     condition = and_(Event.user_id == user_id, Event.id > after)
     if up_to is not None:
         condition = and_(condition, Event.id <= up_to)

@@ -103,8 +103,8 @@ class WebSocketApi:
 
     async def read_events(self, user_id: int, after: int, limit: int,
                           up_to: int | None) -> list[StoredEvent]:
-        async with self.db.sessions() as session:
-            return await streams.read(session, user_id, after, limit, up_to)
+        async with self.db.readers.connect() as conn:
+            return await streams.read(conn, user_id, after, limit, up_to)
 
 
 class HubSocket(asyncio.Protocol):
