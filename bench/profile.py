@@ -28,7 +28,7 @@ from bench.services import pinned_command
 from bench.solo import running_hub
 from bench.targets import ROOT
 
-SCENARIOS = ("unicast", "fanout", "durable", "connect")
+SCENARIOS = ("unicast", "fanout", "durable", "connect", "storm")
 PROJECT = (" (hub/", " (auth/", " (chat/")
 ENTRY = (" (hub/__main__", " (hub/cli", " (hub/server")
 
@@ -90,7 +90,7 @@ async def main_async(args: argparse.Namespace) -> int:
     out = Path(args.out)
     chosen = args.scenario.split(",") if args.scenario else list(SCENARIOS)
     params = Params(step_seconds=args.seconds, durable_seconds=args.seconds, fanout_reps=1,
-                    ladder_users=args.users)
+                    ladder_users=args.users, storm_clients=args.users)
     async with running_hub(args.users + args.connect, params, out, log) as bench:
         fleet, server, users = bench.fleet, bench.server, bench.users
         spy_cpus = set(bench.results["loadgen_cpus"])
@@ -123,6 +123,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         log(f"  {len(batch)} connections in {seconds:.1f} s, {failures} failed")
                         await fleet.disconnect(batch)
                 await profiled(server.pid, spy_cpus, path, args.seconds, functools.partial(churn, fresh))
+            elif scenario == "storm":  # the users drop, miss 5 events each, resume at once
+                await profiled(server.pid, spy_cpus, path, args.seconds, bench.storm)
             print(summarize(path), flush=True)
     return 0
 

@@ -9,7 +9,7 @@ connection's catch-up task, so ordering lives in one place:
 - after the broker reconnects, `catch_up()` makes the task read everything new from the store;
 - while the task runs, live events wait in a queue bounded by count and bytes.
 What the socket has not sent yet is bounded the same way (frames written since its buffer was
-last empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
+last seen empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
 which the socket closes with 4009 (the client resumes and loses nothing).
 """
 
@@ -153,12 +153,14 @@ class Connection:
 
     def _send(self, frame: bytes) -> None:
         outlet = self._outlet
-        if outlet.buffered() == 0:
-            self._unsent = 0
         outlet.write(frame)
-        self._unsent += 1
-        if self._unsent > self._max_messages or outlet.buffered() > self._max_bytes:
-            self._end(SlowConsumer("slow consumer: reconnect and resume"))
+        buffered = outlet.buffered()
+        if buffered == 0:  # the socket took everything written so far
+            self._unsent = 0
+        else:
+            self._unsent += 1
+            if self._unsent > self._max_messages or buffered > self._max_bytes:
+                self._end(SlowConsumer("slow consumer: reconnect and resume"))
 
     def _pump(self) -> None:
         """Write queued events that are next in order; start the task for anything else."""
