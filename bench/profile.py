@@ -28,7 +28,7 @@ from bench.services import pinned_command
 from bench.solo import running_hub
 from bench.targets import ROOT
 
-SCENARIOS = ("unicast", "fanout", "durable", "connect", "storm")
+SCENARIOS = ("unicast", "fanout", "durable", "connect", "storm", "chat")
 PROJECT = (" (hub/", " (auth/", " (chat/")
 ENTRY = (" (hub/__main__", " (hub/cli", " (hub/server")
 
@@ -125,6 +125,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 await profiled(server.pid, spy_cpus, path, args.seconds, functools.partial(churn, fresh))
             elif scenario == "storm":  # the users drop, miss 5 events each, resume at once
                 await profiled(server.pid, spy_cpus, path, args.seconds, bench.storm)
+            elif scenario == "chat":  # a chat of the first `chat_members` users, at 20 msg/s, then flat out
+                await profiled(server.pid, spy_cpus, path, args.seconds,
+                               lambda: bench.chat(fleet.tokens))
             print(summarize(path), flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 """What every peer shares with the hub so that only the delivery design differs: the same JWT
 check (python-jose, HS256, `sub` = user id), the same first-frame auth, and uvicorn with the
-hub's own options (uvloop, httptools, websockets-sansio, 4096-byte frames, 20 s pings)."""
+hub's options (uvloop, httptools, 4096-byte frames, 20 s pings), with uvicorn's own
+`websockets-sansio` WebSocket layer behind ASGI (the hub has its own protocol under uvicorn)."""
 
 from __future__ import annotations
 
