@@ -17,7 +17,7 @@ from auth.tokens import ACCESS, REFRESH, TokenCodec
 from hub.db import Database, utcnow
 from hub.identity import AuthError, Identity
 from hub.models import User
-from hub.users import create_user, get_user
+from hub.users import create_user, user_exists
 
 log = logging.getLogger("auth")
 
@@ -99,9 +99,8 @@ class Accounts:
 
     async def authenticate(self, token: str) -> Identity:
         identity = self.verify(token)
-        async with self._db.sessions() as session:
-            if await get_user(session, identity.user_id) is None:
-                raise AuthError("the token's user no longer exists")
+        if not await user_exists(self._db, identity.user_id):
+            raise AuthError("the token's user no longer exists")
         return identity
 
     def verify(self, token: str) -> Identity:

@@ -29,10 +29,12 @@ class ChatRow:
 
 @dataclass(frozen=True, slots=True)
 class ChatHead:
-    """The position of a chat's newest message, read under the chat row's lock."""
+    """The position of a chat's newest message, read under the chat row's lock, and the name
+    of the member who took it."""
 
     message_count: int
     last_message_id: int | None
+    member_name: str
 
 
 def _is_member(chat_id: Any, user_id: int) -> Any:
@@ -43,12 +45,13 @@ async def lock_chat(session: AsyncSession, chat_id: int, member_id: int) -> Chat
     """Lock the chat row if `member_id` belongs to it (None otherwise, for members and
     strangers alike). Writers that change a chat's messages or members take this lock first."""
     row = (await session.execute(
-        select(Chat.message_count, Chat.last_message_id)
+        select(Chat.message_count, Chat.last_message_id, User.username)
+        .join(User, User.id == member_id)
         .where(Chat.id == chat_id, _is_member(Chat.id, member_id))
         # FOR NO KEY UPDATE: writers of this chat queue here, foreign-key checks do not.
         .with_for_update(of=Chat, key_share=True)
     )).first()
-    return ChatHead(row[0], row[1]) if row else None
+    return ChatHead(row[0], row[1], row[2]) if row else None
 
 
 async def is_member(session: AsyncSession, chat_id: int, user_id: int) -> bool:

@@ -21,7 +21,7 @@ from hub.db import Database, utcnow
 from hub.errors import Conflict, Invalid, NotFound
 from hub.events import EventBus
 from hub.idempotency import StoredAnswer
-from hub.users import existing_user_ids, usernames
+from hub.users import existing_user_ids
 
 
 def _no_chat(chat_id: int) -> NotFound:
@@ -110,9 +110,8 @@ class ChatService:
                     raise _no_chat(chat_id)
                 now = utcnow()
                 message_id = await queries.insert_message(session, chat_id, head, sender_id, text, now)
-                names = await usernames(session, [sender_id])
                 answer = StoredAnswer(201, orjson.dumps(
-                    message_json(message_id, chat_id, sender_id, names[sender_id], text, now)))
+                    message_json(message_id, chat_id, sender_id, head.member_name, text, now)))
                 if idempotency_key is not None:
                     await idempotency.remember(session, scope, idempotency_key, print_, answer)
                 member_ids = await queries.member_ids(session, chat_id)

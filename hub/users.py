@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.db import Database
 from hub.models import User
 from hub.streams import create_stream
 
@@ -22,6 +23,13 @@ async def create_user(session: AsyncSession, username: str) -> User:
 
 async def get_user(session: AsyncSession, user_id: int) -> User | None:
     return await session.get(User, user_id)
+
+
+async def user_exists(db: Database, user_id: int) -> bool:
+    """One query on a bare connection of `Database.readers` (autocommit on PostgreSQL): what
+    every authenticated call asks, without a session's BEGIN and ROLLBACK round trips."""
+    async with db.readers.connect() as conn:
+        return (await conn.execute(select(User.id).where(User.id == user_id))).first() is not None
 
 
 async def existing_user_ids(session: AsyncSession, user_ids: Iterable[int]) -> set[int]:
