@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 import websockets
@@ -101,3 +102,52 @@ def _server_tasks() -> int:
         code = getattr(task.get_coro(), "cr_code", None)
         return code is not None and ("/hub/" in code.co_filename or "/uvicorn/" in code.co_filename)
     return sum(1 for task in asyncio.all_tasks() if server_code(task))
+
+
+async def _raw_socket(hub: RunningHub) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection past the handshake, spoken to byte by byte."""
+    port = int(hub.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # RFC 6455's own example key and answer
+    return reader, writer
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00" * 64,                          # unmasked, reserved bits clear, opcode 0: protocol error
+    b"\xf1\x80abcd",                        # reserved bits set
+    b"\x89\xfeabcd" + b"x" * 200,           # a ping over 125 bytes
+    b"\x81\xff" + b"\x7f" * 8,              # a length of 2^63 - 1
+])
+async def test_garbage_after_the_handshake_closes_the_socket_and_logs_no_error(
+        hub: RunningHub, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    reader, writer = await _raw_socket(hub)
+    writer.write(garbage)
+    async with asyncio.timeout(WAIT):
+        rest = await reader.read()  # until the server closes the connection
+    assert rest[:1] == b"\x88"  # it said why in a close frame first
+    code = int.from_bytes(rest[2:4], "big")
+    assert code in (1002, 1009), rest
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_pings_before_the_auth_frame_are_answered_and_auth_still_works(hub: RunningHub) -> None:
+    ((user_id, token),) = await make_users(hub.settings, 1)
+    reader, writer = await _raw_socket(hub)
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    client.send_ping(b"early")
+    client.send_text(json.dumps({"type": "auth", "token": token}).encode())
+    writer.write(b"".join(client.data_to_send()))
+    frames: list[Frame] = []
+    async with asyncio.timeout(WAIT):
+        while len(frames) < 2:
+            client.receive_data(await reader.read(65536))
+            frames.extend(e for e in client.events_received() if isinstance(e, Frame))
+    assert (frames[0].opcode, bytes(frames[0].data)) == (Opcode.PONG, b"early")
+    assert json.loads(frames[1].data)["user_id"] == user_id
+    writer.close()
