@@ -105,9 +105,7 @@ class Connection:
         if self._ended or event_id <= self.delivered:
             return
         if self._task is None and self._started and event_id == self.delivered + 1:
-            self._send(frame)
-            self.delivered = event_id
-            self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
+            self._send(event_id, frame, created_at)
             return
         size = len(frame)
         if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
@@ -151,9 +149,12 @@ class Connection:
             self.stop()
             self._outlet.ended(reason)
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, event_id: int, frame: bytes, created_at: float) -> None:
+        """Write the next event's frame; end the connection if too much is left unsent."""
         outlet = self._outlet
         outlet.write(frame)
+        self.delivered = event_id
+        self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
         buffered = outlet.buffered()
         if buffered == 0:  # the socket took everything written so far
             self._unsent = 0
@@ -163,22 +164,8 @@ class Connection:
                 self._end(SlowConsumer("slow consumer: reconnect and resume"))
 
     def _pump(self) -> None:
-        """Write queued events that are next in order; start the task for anything else."""
-        queue = self._queue
-        if self._fill_to is None and not self._catch_up:
-            while queue and not self._ended:
-                event_id, frame, created_at = queue[0]
-                if event_id > self.delivered + 1:
-                    break
-                queue.popleft()
-                self._bytes -= len(frame)
-                if event_id == self.delivered + 1:
-                    self._send(frame)
-                    self.delivered = event_id
-                    self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
-            if not queue:
-                return
-        if not self._ended:
+        """Start the task for whatever is pending: queued events, a replay, a catch-up."""
+        if not self._ended and (self._queue or self._catch_up or self._fill_to is not None):
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-catch-up")
 
     async def _run(self) -> None:
@@ -215,9 +202,7 @@ class Connection:
                         continue
                     if event_id != self.delivered + 1:
                         raise StreamGap(f"events {self.delivered + 1}..{event_id - 1} are gone")
-                self._send(frame)
-                self.delivered = event_id
-                self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
+                self._send(event_id, frame, created_at)
             else:
                 return
 
@@ -233,9 +218,7 @@ class Connection:
                 if self._ended:
                     return
                 await self._outlet.drain()
-                self._send(event_frame(event.payload))
-                self.delivered = event.id
-                self._metrics.deliveries.observe(max(0.0, time.time() - event.created_at))
+                self._send(event.id, event_frame(event.payload), event.created_at)
             if len(events) < FILL_PAGE:
                 return
 

@@ -93,10 +93,9 @@ class WebSocketApi:
         # it as long as the keepalive gives a silent peer before dropping it
         self.close_timeout = max(CLOSE_TIMEOUT, 2 * settings.ws_ping_interval)
 
-    def protocol(self, config: Any = None, server_state: Any = None,
-                 app_state: Any = None) -> HubSocket:
+    def protocol(self, config: Any, server_state: Any, app_state: Any) -> HubSocket:
         """Called by uvicorn for each upgraded connection (its `ws` option)."""
-        return HubSocket(self, server_state.connections if server_state is not None else set())
+        return HubSocket(self, server_state.connections)
 
     def origin_allowed(self, origin: str | None) -> bool:
         return not self.origins or origin is None or normalize_origin(origin) in self.origins
@@ -389,11 +388,8 @@ class HubSocket(asyncio.Protocol):
         proto = self._proto
         assert proto is not None
         if self._pending_pong:  # no pong within a whole interval
-            self._finish()
-            self._state = CLOSING
-            proto.fail(INTERNAL, "keepalive ping timeout")
+            proto.fail(INTERNAL, "keepalive ping timeout")  # a close frame, then EOF: _flush ends it
             self._flush()
-            self._arm_abort(CLOSE_TIMEOUT)
             return
         self._pending_pong = True
         proto.send_ping(b"hub")
@@ -408,11 +404,9 @@ class HubSocket(asyncio.Protocol):
             return
         if count:
             self._api.metrics.connections_rejected.labels(str(code)).inc()
-        self._finish()
-        self._state = CLOSING
+        self._start_closing(self._api.close_timeout)
         self._proto.send_close(code, reason)
         self._flush()
-        self._arm_abort(self._api.close_timeout)
 
     def _finish(self) -> None:
         self._cancel_timer()
@@ -439,16 +433,17 @@ class HubSocket(asyncio.Protocol):
                 eof = True
         if eof:
             if self._state < CLOSING:
-                self._finish()
-                self._state = CLOSING
-                self._arm_abort(CLOSE_TIMEOUT)
+                self._start_closing(CLOSE_TIMEOUT)
             transport.close()
 
-    def _arm_abort(self, after: float) -> None:
-        self._cancel_timer()
+    def _start_closing(self, abort_after: float) -> None:
+        """Leave the open states for good: the connection leaves the registry now, and the
+        transport is dropped if it has not closed within `abort_after` seconds."""
+        self._finish()
+        self._state = CLOSING
         transport = self._transport
         assert transport is not None
-        self._timer = asyncio.get_running_loop().call_later(after, transport.abort)
+        self._timer = asyncio.get_running_loop().call_later(abort_after, transport.abort)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
