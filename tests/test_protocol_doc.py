@@ -142,7 +142,7 @@ def test_every_call_is_documented_and_every_documented_call_exists() -> None:
 
 def _type_names(tree: ast.Module) -> set[str]:
     """Names assigned from an expression that reads `<frame>.get("type")` (`kind = ...`)."""
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(_reads_type(n) for n in ast.walk(node.value)):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
@@ -158,7 +158,7 @@ def _reads_type(node: ast.AST) -> bool:
 def _compared_types(tree: ast.Module) -> set[str]:
     """String literals compared with a frame's `type` (`frame.get("type") != "auth"`, `kind == "ping"`)."""
     names = _type_names(tree)
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Compare):
             continue
@@ -204,8 +204,8 @@ def test_every_frame_type_is_documented_and_every_documented_type_exists() -> No
 # close codes
 
 
-def _is_close_code(value: object) -> bool:
-    return isinstance(value, int) and (1000 <= value <= 1015 or 3000 <= value <= 4999)
+def _is_close_code(value: int) -> bool:
+    return 1000 <= value <= 1015 or 3000 <= value <= 4999
 
 
 def _module_ints(tree: ast.Module) -> dict[str, int]:
@@ -260,7 +260,8 @@ def _client_close_codes() -> set[int]:
     """Every integer literal in a close code's range in hub/client.py, and the entries of the
     browser client's `CloseCode` table."""
     python = {node.value for node in ast.walk(_tree("hub/client.py"))
-              if isinstance(node, ast.Constant) and _is_close_code(node.value)}
+              if isinstance(node, ast.Constant) and isinstance(node.value, int)
+              and _is_close_code(node.value)}
     js = _source("hub/static/hub-client.js")
     table = re.search(r"CloseCode = Object\.freeze\(\{(.*?)\}\)", js, re.DOTALL)
     assert table is not None, "hub-client.js: the CloseCode table moved; update this test"
