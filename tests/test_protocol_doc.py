@@ -43,15 +43,11 @@ README = ROOT / "README.md"
 PENDING_CALLS = frozenset({
     ("POST", "/api/v1/auth/logout"),
     ("POST", "/api/v1/auth/password"),
-    ("DELETE", "/api/v1/chats/{}/members/me"),
-    ("POST", "/api/v1/blocks"),
-    ("DELETE", "/api/v1/blocks/{}"),
-    ("GET", "/api/v1/blocks"),
 })
-PENDING_EVENTS = frozenset({"chat.member_left"})
+PENDING_EVENTS: frozenset[str] = frozenset()
 PENDING_SETTINGS = frozenset({
     "AUTH_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW",
-    "CHAT_MAX_MEMBERS", "CHAT_POST_RATE", "CHAT_POST_BURST", "PARSE_MAX_PENDING",
+    "PARSE_MAX_PENDING",
 })
 
 CALL_ROW = re.compile(r"^\|\s*`(GET|POST|PUT|PATCH|DELETE) (/[^`?\s]*)[^`]*`", re.MULTILINE)
