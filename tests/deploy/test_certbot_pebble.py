@@ -39,7 +39,7 @@ from tests.wsutil import connect
 pytestmark = pytest.mark.slow
 
 CERTIFICATES = REPO / "certbot" / "certificates.sh"
-PLACEHOLDER = REPO / "certbot" / "placeholder_certificate.py"
+SERVED_CERTIFICATE = REPO / "certbot" / "served_certificate.py"
 
 
 @dataclass
@@ -105,6 +105,7 @@ def certificates(command: list[str], nginx: Nginx, test_ca: ThrowawayCA, pebble:
         "CERTBOT_LOGS_DIR": str(nginx.root / "certbot-logs"),
         "CERTBOT_WEBROOT": str(nginx.root / "webroot"),
         "REQUESTS_CA_BUNDLE": str(test_ca.ca_file),  # pebble's ACME endpoint's own certificate
+        "PYTHON": sys.executable,  # the certbot image's python3, with cryptography
     }
     done = subprocess.run(["sh", str(CERTIFICATES), *command], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
@@ -146,7 +147,8 @@ def acme_nginx(deploy_root: Path, deploy_hub: HubProcess, pebble: tuple[Pebble, 
     https_port = free_port()
     env = nginx_env(root, domain=DOMAIN, upstream=f"127.0.0.1:{deploy_hub.port}", http_port=pebble[1],
                     https_port=https_port)
-    made = subprocess.run([sys.executable, str(PLACEHOLDER)], capture_output=True, text=True, timeout=30,
+    made = subprocess.run([sys.executable, str(SERVED_CERTIFICATE), "placeholder"], capture_output=True,
+                          text=True, timeout=30,
                           env={**env, "CERTBOT_CONFIG_DIR": env["NGINX_CERTS_DIR"]}, check=False)
     assert made.returncode == 0, made.stderr
     with running_nginx(Nginx(root, env, pebble[1], https_port)) as nginx:
@@ -160,9 +162,9 @@ def acme_nginx(deploy_root: Path, deploy_hub: HubProcess, pebble: tuple[Pebble, 
 async def test_certbot_issues_by_http01_and_a_forced_renewal_keeps_open_websockets(
         acme_nginx: Nginx, pebble: tuple[Pebble, int], test_ca: ThrowawayCA, deploy_hub: HubProcess) -> None:
     nginx, (ca, _) = acme_nginx, pebble
-    live = nginx.root / "letsencrypt" / "live" / DOMAIN
+    served = nginx.root / "letsencrypt" / "served" / DOMAIN
     placeholder = await served_certificate(nginx)
-    assert (live / ".placeholder").exists()
+    assert served.resolve() == (nginx.root / "letsencrypt" / "placeholder" / DOMAIN).resolve()
     assert placeholder.issuer == placeholder.subject  # self-signed
     assert nginx.reloads() == 0
 

@@ -32,7 +32,7 @@ def proxy(deploy_root: Path, deploy_hub: HubProcess, test_ca: ThrowawayCA) -> It
     http_port, https_port = free_port(), free_port()
     env = nginx_env(root, domain=DOMAIN, upstream=f"127.0.0.1:{deploy_hub.port}", http_port=http_port,
                     https_port=https_port, NGINX_WS_READ_TIMEOUT=f"{WS_READ_TIMEOUT:g}s")
-    live = root / "letsencrypt" / "live" / DOMAIN
+    live = root / "letsencrypt" / "served" / DOMAIN
     test_ca.issue([DOMAIN], live / "fullchain.pem", live / "privkey.pem")
     with running_nginx(Nginx(root, env, http_port, https_port)) as nginx:
         yield nginx
