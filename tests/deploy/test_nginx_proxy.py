@@ -300,7 +300,8 @@ async def test_nginx_own_error_pages_carry_nosniff(proxy: Nginx, tls: ssl.SSLCon
     assert unavailable.headers["strict-transport-security"] == "max-age=63072000"
 
 
-async def test_text_assets_are_compressed_but_token_answers_are_not(proxy: Nginx, tls: ssl.SSLContext) -> None:
+async def test_text_assets_are_compressed_but_token_answers_are_not(proxy: Nginx,
+                                                                    tls: ssl.SSLContext) -> None:
     async with public_client(proxy.https_port, tls) as http:
         http.headers["Accept-Encoding"] = "gzip"
         for path, media_type in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css"),
@@ -313,9 +314,10 @@ async def test_text_assets_are_compressed_but_token_answers_are_not(proxy: Nginx
                 assert answer.headers.get("content-encoding") == "gzip", path
                 assert "Accept-Encoding" in answer.headers.get("vary", ""), path
         name = f"gz_{secrets.token_hex(4)}"
-        created = await http.post("/api/v1/auth/register", json={"username": name, "password": "long enough pw"})
+        credentials = {"username": name, "password": "long enough pw"}
+        created = await http.post("/api/v1/auth/register", json=credentials)
         assert created.status_code == 201
-        tokens = await http.post("/api/v1/auth/login", json={"username": name, "password": "long enough pw"})
+        tokens = await http.post("/api/v1/auth/login", json=credentials)
     assert tokens.status_code == 200
     assert len(tokens.content) >= 512  # large enough that gzip would have applied
     assert "content-encoding" not in tokens.headers  # BREACH: secrets are never compressed
