@@ -45,7 +45,7 @@ def deploy_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
     a database of its own: its background loops (parse dispatch, timeouts) must not take the rows
     of the hubs that other tests start."""
     with private_database("deploy") as database_url:
-        hub = HubProcess(free_port(), _hub_env(database_url, redis_url), deploy_root / "hub.log")
+        hub = HubProcess(free_port(), hub_env(database_url, redis_url), deploy_root / "hub.log")
         hub.start(workers=2)
         try:
             yield hub
@@ -53,7 +53,7 @@ def deploy_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
             hub.stop()
 
 
-def _hub_env(database_url: str, redis_url: str) -> dict[str, str]:
+def hub_env(database_url: str, redis_url: str) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")},
         "HUB_ENV": "production",

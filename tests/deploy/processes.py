@@ -226,10 +226,11 @@ class HubProcess:
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, workers: int) -> None:
         hub = str(Path(sys.executable).with_name("hub"))
@@ -240,7 +241,7 @@ class HubProcess:
             raise RuntimeError(f"hub migrate failed:\n{tail(self.log)}")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [hub, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
+                [hub, "serve", "--host", self.host, "--port", str(self.port), "--workers", str(workers)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
