@@ -9,36 +9,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.deploy.compose import TOOLS, compose_config, compose_project, run
 from tests.deploy.processes import REPO, entrypoint_env, nginx_binary, render_templates
-
-TOOLS = Path(sys.executable).parent
-
-
-def run(command: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
-
-
-def compose_project(tmp_path: Path, env_text: str) -> Path:
-    """A copy of the compose file with .env made from `env_text`, as an operator would have it."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "docker-compose.yml", tmp_path / "docker-compose.yml")
-    (tmp_path / ".env").write_text(env_text)
-    return tmp_path
-
-
-def compose_config(project: Path) -> dict[str, Any]:
-    done = run([str(TOOLS / "docker-compose"), "config", "--quiet"], cwd=project)
-    assert done.returncode == 0, done.stderr
-    done = run([str(TOOLS / "docker-compose"), "config", "--format", "json"], cwd=project)
-    assert done.returncode == 0, done.stderr
-    config: dict[str, Any] = json.loads(done.stdout)
-    return config
 
 
 def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
