@@ -60,6 +60,7 @@ class Settings:
     stream_retention_seconds: int = 7 * 24 * 3600
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     log_level: str = "INFO"
+    tls_certificate_file: str | None = None  # the served chain, for the certificate expiry metric
 
     @property
     def production(self) -> bool:
@@ -120,6 +121,7 @@ class Settings:
             stream_retention_seconds=r.integer("STREAM_RETENTION_SECONDS", 7 * 24 * 3600, minimum=1),
             trusted_proxies=r.csv("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
         )
 
 

@@ -46,6 +46,7 @@ EVERY_VARIABLE = {
     "STREAM_RETENTION_SECONDS": "3600",
     "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
     "LOG_LEVEL": "WARNING",
+    "TLS_CERTIFICATE_FILE": "/run/hub-tls/fullchain.pem",
 }
 
 EXPECTED = {
@@ -77,6 +78,7 @@ EXPECTED = {
     "stream_retention_seconds": 3600,
     "trusted_proxies": ("10.0.0.1", "10.0.0.2"),
     "log_level": "WARNING",
+    "tls_certificate_file": "/run/hub-tls/fullchain.pem",
 }
 
 

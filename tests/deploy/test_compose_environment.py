@@ -7,11 +7,15 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import websockets
+from cryptography import x509
 
 from tests.conftest import RUN_ID, private_database, register
 from tests.deploy.compose import compose_config, compose_project
@@ -40,10 +44,20 @@ def compose_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
     rendered = compose_config(compose_project(deploy_root / "compose-project", operator_env_file()))
     env = {name: str(value) for name, value in rendered["services"]["hub"]["environment"].items()
            if name not in CONTAINER_ONLY}
+    # The tls-public volume: what the certificate-placeholder one-shot writes into it.
+    public_dir = deploy_root / "compose-tls-public"
+    one_shot_env = {"DOMAIN": DOMAIN, "CERTBOT_CONFIG_DIR": str(deploy_root / "compose-letsencrypt"),
+                    "CERTBOT_PUBLIC_DIR": str(public_dir)}
+    made = subprocess.run([sys.executable, str(REPO / "certbot" / "served_certificate.py"), "placeholder"],
+                          env=one_shot_env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert made.returncode == 0, made.stderr
+    assert rendered["services"]["hub"]["environment"]["TLS_CERTIFICATE_FILE"] == "/run/hub-tls/fullchain.pem"
     with private_database("compose") as database_url:
         env.update({name: value for name, value in os.environ.items() if name in ("PATH", "HOME", "LANG")})
         env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "TRUSTED_PROXIES": "127.0.0.1",
-                    "REDIS_CHANNEL_PREFIX": f"compose{RUN_ID}:"})
+                    "REDIS_CHANNEL_PREFIX": f"compose{RUN_ID}:",
+                    "TLS_CERTIFICATE_FILE": str(public_dir / "fullchain.pem")})
         hub = HubProcess(free_port(), env, deploy_root / "hub-compose.log")
         hub.start(workers=1)
         try:
@@ -83,3 +97,14 @@ async def test_the_sites_own_origin_opens_ws_on_a_fresh_install(compose_hub: Hub
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(ws_url(port), origin="https://evil.example.test", **ws_options(port, tls))
     assert refused.value.response.status_code == 403
+
+
+async def test_metrics_expose_the_served_certificates_expiry(compose_hub: HubProcess) -> None:
+    """Let's Encrypt sends no expiry e-mails: the hub's /metrics (scraped on the compose network)
+    carries notAfter of the certificate nginx serves, here the placeholder the one-shot wrote."""
+    served = x509.load_pem_x509_certificate(Path(compose_hub.env["TLS_CERTIFICATE_FILE"]).read_bytes())
+    async with httpx.AsyncClient(base_url=compose_hub.base_url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    found = re.search(r"^hub_tls_certificate_expiry_timestamp_seconds (\S+)$", text, flags=re.MULTILINE)
+    assert found, text
+    assert float(found.group(1)) == served.not_valid_after_utc.timestamp()
