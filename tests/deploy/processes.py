@@ -259,6 +259,14 @@ class HubProcess:
         if self.process is not None:
             stop(self.process, signal.SIGTERM, timeout=40)
 
+    @contextlib.contextmanager
+    def running(self, workers: int) -> Iterator[HubProcess]:
+        self.start(workers)
+        try:
+            yield self
+        finally:
+            self.stop()
+
 
 def start_watcher(nginx: Nginx, interval: float, log: Path) -> subprocess.Popen[bytes]:
     """nginx/reload-on-cert-change.sh for this nginx, polling every `interval` seconds."""

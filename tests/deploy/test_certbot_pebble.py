@@ -17,7 +17,6 @@ from tests.deploy.acme import (
     Pebble,
     certificates,
     running_acme_nginx,
-    running_challenge_dns,
     running_pebble,
     served_certificate,
     wait_for_new_certificate,
@@ -28,12 +27,6 @@ from tests.deploy.tls_ca import ThrowawayCA
 from tests.wsutil import connect
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def challenge_dns(deploy_root: Path) -> Iterator[ChallengeDns]:
-    with running_challenge_dns(deploy_root / "challenge-dns") as dns:
-        yield dns
 
 
 @pytest.fixture(scope="module")

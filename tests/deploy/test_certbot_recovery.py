@@ -21,7 +21,6 @@ from tests.deploy.acme import (
     certificates,
     certificates_env,
     running_acme_nginx,
-    running_challenge_dns,
     running_pebble,
     served_certificate,
     wait_for_new_certificate,
@@ -31,12 +30,6 @@ from tests.deploy.processes import HubProcess, die_with_parent, free_port, stop
 from tests.deploy.tls_ca import ThrowawayCA
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def challenge_dns(deploy_root: Path) -> Iterator[ChallengeDns]:
-    with running_challenge_dns(deploy_root / "recovery-dns") as dns:
-        yield dns
 
 
 @pytest.fixture(scope="module")

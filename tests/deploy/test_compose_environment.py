@@ -49,8 +49,7 @@ def compose_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
     one_shot_env = {"DOMAIN": DOMAIN, "CERTBOT_CONFIG_DIR": str(deploy_root / "compose-letsencrypt"),
                     "CERTBOT_PUBLIC_DIR": str(public_dir)}
     made = subprocess.run([sys.executable, str(REPO / "certbot" / "served_certificate.py"), "placeholder"],
-                          env=one_shot_env,
-                          capture_output=True, text=True, timeout=30, check=False)
+                          env=one_shot_env, capture_output=True, text=True, timeout=30, check=False)
     assert made.returncode == 0, made.stderr
     assert rendered["services"]["hub"]["environment"]["TLS_CERTIFICATE_FILE"] == "/run/hub-tls/fullchain.pem"
     with private_database("compose") as database_url:
@@ -58,12 +57,8 @@ def compose_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
         env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "TRUSTED_PROXIES": "127.0.0.1",
                     "REDIS_CHANNEL_PREFIX": f"compose{RUN_ID}:",
                     "TLS_CERTIFICATE_FILE": str(public_dir / "fullchain.pem")})
-        hub = HubProcess(free_port(), env, deploy_root / "hub-compose.log")
-        hub.start(workers=1)
-        try:
+        with HubProcess(free_port(), env, deploy_root / "hub-compose.log").running(1) as hub:
             yield hub
-        finally:
-            hub.stop()
 
 
 @pytest.fixture(scope="module")

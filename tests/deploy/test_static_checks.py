@@ -191,7 +191,7 @@ def test_scripts_pass_shellcheck(strict: bool) -> None:
     assert shellcheck, "shellcheck is missing: scripts/services installs it"
     if strict:
         scripts = [*REPO.glob("certbot/*.sh"), *REPO.glob("nginx/*.sh"),
-                   *REPO.glob("nginx/entrypoint.d/*.sh")]
+                   *REPO.glob("nginx/entrypoint.d/*.sh"), *REPO.glob("nginx/entrypoint.d/*.envsh")]
         options = ["--shell=sh"]
     else:
         scripts = [path for path in (REPO / "scripts").iterdir() if path.is_file()] + [REPO / ".ci" / "run"]
