@@ -14,6 +14,7 @@ from hub.db import Database
 from hub.errors import Conflict, Unauthorized
 from hub.http import api, read_json, read_query
 from hub.identity import AuthError, authenticate_request
+from hub.ratelimit import Limit, RateLimiter, client_address
 from hub.responses import json_response
 from hub.users import get_user, search_users
 
@@ -64,11 +65,18 @@ class UserList(BaseModel):
 
 
 class AuthApi:
-    """Routes of §3, over the `Accounts` service."""
+    """Routes of §3, over the `Accounts` service. Register, login and refresh take one token of
+    `attempts` per client address before anything else (a malformed body counts too); a login
+    also holds one of `failures` for its username while the password is checked, given back
+    when the password was right, so that only failures use the username's budget."""
 
-    def __init__(self, accounts: Accounts, db: Database) -> None:
+    def __init__(self, accounts: Accounts, db: Database, limiter: RateLimiter, attempts: Limit,
+                 failures: Limit) -> None:
         self._accounts = accounts
         self._db = db
+        self._limiter = limiter
+        self._attempts = attempts
+        self._failures = failures
 
     def routes(self) -> list[Route]:
         return [
@@ -80,8 +88,9 @@ class AuthApi:
         ]
 
     @api(summary="Create an account", tag="auth", body=Credentials, response=UserOut,
-         status=201, errors=(409, 413, 415, 422))
+         status=201, errors=(409, 413, 415, 422, 429))
     async def register(self, request: Request) -> Response:
+        await self._attempt(request)
         body = await read_json(request, Credentials)
         try:
             user = await self._accounts.register(body.username, body.password)
@@ -90,18 +99,24 @@ class AuthApi:
         return json_response(UserOut(id=user.id, username=user.username).model_dump(), 201)
 
     @api(summary="Log in with username and password", tag="auth", body=LoginBody,
-         response=TokensOut, errors=(401, 413, 415, 422))
+         response=TokensOut, errors=(401, 413, 415, 422, 429))
     async def login(self, request: Request) -> Response:
+        await self._attempt(request)
         body = await read_json(request, LoginBody)
+        account = body.username.lower()
+        await self._limiter.enforce(self._failures, account,
+                                    "too many failed logins for this username")
         try:
             pair = await self._accounts.login(body.username, body.password)
         except AuthError:
             raise Unauthorized("wrong username or password") from None
+        await self._limiter.give_back(self._failures, account)
         return _tokens(pair.access_token, pair.refresh_token, pair.expires_in)
 
     @api(summary="Exchange a refresh token for a new pair (each refresh token works once)",
-         tag="auth", body=RefreshBody, response=TokensOut, errors=(401, 413, 415, 422))
+         tag="auth", body=RefreshBody, response=TokensOut, errors=(401, 413, 415, 422, 429))
     async def refresh(self, request: Request) -> Response:
+        await self._attempt(request)
         body = await read_json(request, RefreshBody)
         try:
             pair = await self._accounts.refresh(body.refresh_token)
@@ -126,6 +141,10 @@ class AuthApi:
         async with self._db.sessions() as session:
             found = await search_users(session, query.q, limit=20)
         return json_response({"items": [{"id": u.id, "username": u.username} for u in found]})
+
+    async def _attempt(self, request: Request) -> None:
+        await self._limiter.enforce(self._attempts, client_address(request),
+                                    "too many sign-in attempts from this address")
 
     async def _identity(self, request: Request) -> int:
         return (await authenticate_request(request, self._accounts)).user_id

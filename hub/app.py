@@ -36,6 +36,7 @@ from hub.openapi import build_openapi
 from hub.ops import OpsApi
 from hub.publish_api import PublishApi
 from hub.publisher import Publisher
+from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> Starlette:
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
                         settings.ws_max_connections_per_user)
     events = EventBus(db, publisher.publish)
+    limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix)
     accounts = Accounts(
         db,
         TokenCodec(settings.jwt_secret, settings.jwt_algorithm,
@@ -81,7 +83,10 @@ def create_app(settings: Settings) -> Starlette:
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
-        Feature(routes=AuthApi(accounts, db).routes()),
+        Feature(routes=AuthApi(
+            accounts, db, limiter, auth_attempts(settings.auth_rate_limit),
+            Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
+        ).routes()),
         parser_bridge_feature(settings, db, events, accounts),
         chat_feature(db, events, accounts),
     ]
@@ -101,6 +106,7 @@ def create_app(settings: Settings) -> Starlette:
             if settings.uses_sqlite:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync)
+            stack.push_async_callback(limiter.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)
             tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
