@@ -1,11 +1,13 @@
 """JWT access and refresh tokens. The only module that imports python-jose.
 
-The algorithm is pinned to the configured one, and `exp`, `iat`, `sub`, `jti` and `type` are
+A token must be the compact form, three unpadded base64url segments, before jose sees it; the
+algorithm is pinned to the configured one, and `exp`, `iat`, `sub`, `jti` and `type` are
 required; every jose error becomes `AuthError`.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,6 +20,10 @@ from hub.identity import AuthError
 ACCESS = "access"
 REFRESH = "refresh"
 MAX_USER_ID = 2**31 - 1  # users.id is a 32-bit integer column
+MAX_TOKEN_LENGTH = 4096
+# Exactly header.payload.signature in unpadded base64url: jose alone lets `=` padding, other
+# characters and whitespace through, so that many strings verify as one token.
+COMPACT_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +59,9 @@ class TokenCodec:
 
     def verify(self, token: str, token_type: str) -> Claims:
         """The claims of a valid, unexpired token of `token_type`; raises AuthError otherwise."""
-        if not isinstance(token, str) or len(token) > 4096:
+        if (not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH
+                or COMPACT_JWT.fullmatch(token) is None
+                or any(len(part) % 4 == 1 for part in token.split("."))):
             raise AuthError("malformed token")
         try:
             header = jwt.get_unverified_header(token)
