@@ -9,11 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from auth.service import Accounts, UsernameTaken
+from auth.service import Accounts, TokenPair, UsernameTaken
 from hub.db import Database
-from hub.errors import Conflict, Unauthorized
-from hub.http import api, read_json, read_query
-from hub.identity import AuthError, authenticate_request
+from hub.errors import Conflict, Forbidden, Unauthorized
+from hub.http import api, has_body, read_json, read_query
+from hub.identity import AuthError, Identity, authenticate_request
 from hub.ratelimit import Limit, RateLimiter, client_address
 from hub.responses import json_response
 from hub.users import get_user, search_users
@@ -39,6 +39,20 @@ class LoginBody(BaseModel):
 class RefreshBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class LogoutBody(BaseModel):
+    """Optional: a refresh token of the caller whose session ends too (e.g. when the access
+    token was minted before sessions existed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    refresh_token: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: Annotated[str, Field(min_length=1, max_length=128)]
+    new_password: Password
 
 
 class UserOut(BaseModel):
@@ -83,6 +97,8 @@ class AuthApi:
             Route("/api/v1/auth/register", self.register, methods=["POST"]),
             Route("/api/v1/auth/login", self.login, methods=["POST"]),
             Route("/api/v1/auth/refresh", self.refresh, methods=["POST"]),
+            Route("/api/v1/auth/logout", self.logout, methods=["POST"]),
+            Route("/api/v1/auth/password", self.password, methods=["POST"]),
             Route("/api/v1/auth/me", self.me, methods=["GET"]),
             Route("/api/v1/users", self.users, methods=["GET"]),
         ]
@@ -123,6 +139,44 @@ class AuthApi:
         except AuthError:
             raise Unauthorized("refresh token is invalid, expired or already used") from None
         return _tokens(pair.access_token, pair.refresh_token, pair.expires_in)
+
+    @api(summary="Log out: revoke the caller's session (its refresh tokens and, within a "
+                 "second on every process, its access tokens and open sockets)",
+         tag="auth", body=LogoutBody, body_required=False, status=204, auth="user",
+         errors=(401, 413, 415, 422))
+    async def logout(self, request: Request) -> Response:
+        identity = await authenticate_request(request, self._accounts)
+        body = await read_json(request, LogoutBody) if has_body(request) else LogoutBody()
+        try:
+            await self._accounts.logout(identity, body.refresh_token)
+        except AuthError as exc:
+            raise Unauthorized(str(exc)) from None
+        return Response(status_code=204)
+
+    @api(summary="Change the password: every session of the user is revoked and a fresh "
+                 "token pair of a new session returned",
+         tag="auth", body=PasswordChange, response=TokensOut, auth="user",
+         errors=(401, 403, 413, 415, 422, 429))
+    async def password(self, request: Request) -> Response:
+        identity = await authenticate_request(request, self._accounts)
+        await self._attempt(request)
+        body = await read_json(request, PasswordChange)
+        pair = await self._with_failure_budget(identity, body.current_password, body.new_password)
+        return _tokens(pair.access_token, pair.refresh_token, pair.expires_in)
+
+    async def _with_failure_budget(self, identity: Identity, current: str, new: str) -> TokenPair:
+        """A wrong current password spends the username's failed-login budget, as at login."""
+        username = await self._accounts.username(identity.user_id)
+        if username is None:
+            raise Unauthorized("the token's user no longer exists")
+        await self._limiter.enforce(self._failures, username.lower(),
+                                    "too many failed logins for this username")
+        try:
+            pair = await self._accounts.change_password(identity.user_id, current, new)
+        except AuthError:
+            raise Forbidden("the current password is wrong") from None
+        await self._limiter.give_back(self._failures, username.lower())
+        return pair
 
     @api(summary="The signed-in user", tag="auth", response=UserOut, auth="user", errors=(401,))
     async def me(self, request: Request) -> Response:

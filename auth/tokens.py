@@ -32,7 +32,7 @@ class Claims:
     type: str
     jti: str
     expires_at: int
-    family: str | None
+    family: str | None  # the session: `fam` of a refresh token, `sid` of an access token
 
 
 class TokenCodec:
@@ -54,7 +54,7 @@ class TokenCodec:
             "jti": claims.jti, "type": token_type,
         }
         if family is not None:
-            payload["fam"] = family
+            payload["fam" if token_type == REFRESH else "sid"] = family
         return jwt.encode(payload, self._secret, algorithm=self._algorithm), claims
 
     def verify(self, token: str, token_type: str) -> Claims:
@@ -76,11 +76,14 @@ class TokenCodec:
             raise AuthError(f"invalid token: {exc}") from None
         if payload.get("type") != token_type:
             raise AuthError(f"not an {token_type} token")
-        sub, jti, exp, fam = payload.get("sub"), payload.get("jti"), payload.get("exp"), payload.get("fam")
+        sub, jti, exp = payload.get("sub"), payload.get("jti"), payload.get("exp")
+        fam = payload.get("fam" if token_type == REFRESH else "sid")
         if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and 0 < int(sub) <= MAX_USER_ID):
             raise AuthError("token subject is not a user id")
         if not isinstance(jti, str) or not jti or not isinstance(exp, int):
             raise AuthError("token lacks jti or exp")
         if token_type == REFRESH and not isinstance(fam, str):
             raise AuthError("refresh token lacks its family")
+        if fam is not None and not (isinstance(fam, str) and 0 < len(fam) <= 32):
+            raise AuthError("token session is not a session id")
         return Claims(int(sub), token_type, jti, exp, fam if isinstance(fam, str) else None)

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from auth.passwords import Passwords
 from auth.routes import AuthApi
 from auth.service import Accounts
+from auth.sessions import CHECK_SECONDS, RevocationWatch
 from auth.tokens import TokenCodec
 from chat import chat_feature
 from hub import migrate
@@ -67,11 +68,13 @@ def create_app(settings: Settings) -> Starlette:
                         settings.ws_max_connections_per_user)
     events = EventBus(db, publisher.publish)
     limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix)
+    revocations = RevocationWatch(db, settings.access_token_ttl, registry.close_sessions)
     accounts = Accounts(
         db,
         TokenCodec(settings.jwt_secret, settings.jwt_algorithm,
                    settings.access_token_ttl, settings.refresh_token_ttl),
         Passwords(),
+        revocations,
     )
     websockets = WebSocketApi(settings, db, registry, accounts, metrics)
     features: list[Feature] = [
@@ -80,6 +83,7 @@ def create_app(settings: Settings) -> Starlette:
             Loop("relay", publisher.relay, 1.0),
             Loop("retention", Retention(db, metrics, settings.stream_retention_events,
                                         settings.stream_retention_seconds).step, 60.0),
+            Loop("session revocations", revocations.step, CHECK_SECONDS),
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
