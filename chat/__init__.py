@@ -8,9 +8,12 @@ from hub.db import Database
 from hub.events import EventBus
 from hub.feature import Feature
 from hub.identity import Authenticator
+from hub.ratelimit import Limit, RateLimiter
 
 
-def chat_feature(db: Database, events: EventBus, authenticator: Authenticator) -> Feature:
+def chat_feature(db: Database, events: EventBus, authenticator: Authenticator,
+                 limiter: RateLimiter, post_limit: Limit) -> Feature:
     """The chat's routes, for the composition root. (Expired idempotency keys are removed by
     the core's retention loop.)"""
-    return Feature(routes=ChatApi(ChatService(db, events), authenticator).routes())
+    return Feature(routes=ChatApi(ChatService(db, events), authenticator, limiter,
+                                  post_limit).routes())

@@ -15,6 +15,7 @@ from hub import idempotency
 from hub.errors import NotFound
 from hub.http import api, read_json, read_query
 from hub.identity import Authenticator, authenticate_request
+from hub.ratelimit import Limit, RateLimiter
 from hub.responses import json_response
 
 MAX_INT32 = 2**31 - 1
@@ -110,9 +111,12 @@ class MessagePage(BaseModel):
 class ChatApi:
     """Routes of §6. User tokens are checked by the `Authenticator` the composition root hands in."""
 
-    def __init__(self, service: ChatService, authenticator: Authenticator) -> None:
+    def __init__(self, service: ChatService, authenticator: Authenticator, limiter: RateLimiter,
+                 post_limit: Limit) -> None:
         self._service = service
         self._authenticator = authenticator
+        self._limiter = limiter
+        self._post_limit = post_limit  # per user: CHAT_POST_RATE a second, bursts of CHAT_POST_BURST
 
     def routes(self) -> list[Route]:
         return [
@@ -157,9 +161,10 @@ class ChatApi:
     @api(summary="Post a message; emits chat.message to every member. A retry with the same "
                  "Idempotency-Key within 24 h returns the first answer", tag="chat",
          body=NewMessage, response=MessageOut, status=201, auth="user",
-         errors=(401, 404, 409, 413, 415, 422), headers=("Idempotency-Key",))
+         errors=(401, 404, 409, 413, 415, 422, 429), headers=("Idempotency-Key",))
     async def post_message(self, request: Request) -> Response:
         user_id = await self._user(request)
+        await self._limiter.enforce(self._post_limit, str(user_id), "too many messages")
         chat_id = _chat_id(request)
         key = idempotency.check_key(request.headers.get("idempotency-key"))
         body = await read_json(request, NewMessage)

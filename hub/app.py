@@ -92,7 +92,8 @@ def create_app(settings: Settings) -> Starlette:
             Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
         ).routes()),
         parser_bridge_feature(settings, db, events, accounts),
-        chat_feature(db, events, accounts),
+        chat_feature(db, events, accounts, limiter,
+                     Limit("chat_post", settings.chat_post_rate, settings.chat_post_burst)),
     ]
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))

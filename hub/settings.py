@@ -66,6 +66,8 @@ class Settings:
     auth_rate_limit: int = 20  # register, login, refresh... per client address per minute
     login_failure_limit: int = 10  # failed logins per username per window
     login_failure_window: int = 15 * 60
+    chat_post_rate: float = 5.0  # messages a user posts per second on average
+    chat_post_burst: int = 20
     log_level: str = "INFO"
 
     @property
@@ -119,6 +121,8 @@ class Settings:
             auth_rate_limit=r.integer("AUTH_RATE_LIMIT", 20, minimum=1),
             login_failure_limit=r.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1),
             login_failure_window=r.integer("LOGIN_FAILURE_WINDOW", 15 * 60, minimum=1),
+            chat_post_rate=r.number("CHAT_POST_RATE", 5.0, minimum=0.001),
+            chat_post_burst=r.integer("CHAT_POST_BURST", 20, minimum=1),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 

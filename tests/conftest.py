@@ -148,7 +148,7 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> Settings:
     base = Settings(env="dev", jwt_secret=TEST_SECRET, hub_api_key="test-hub-api-key",
                     parser_service_token="test-parser-token", exchange_service_token="test-exchange-token",
                     redis_channel_prefix=f"test{RUN_ID}:", log_level="DEBUG",
-                    auth_rate_limit=TEST_AUTH_RATE_LIMIT)
+                    auth_rate_limit=TEST_AUTH_RATE_LIMIT, chat_post_burst=TEST_AUTH_RATE_LIMIT)
     if backend == "sqlite":
         return replace(base, database_url=_sqlite_copy(request))
     return replace(base, database_url=request.getfixturevalue("postgres_url"),

@@ -206,3 +206,29 @@ async def test_limits_hold_across_two_hub_processes(settings: Settings) -> None:
         assert statuses == [401] * 4
         for base in (first, second):
             _assert_rate_limited(await http.post(base + REFRESH, json=JUNK_REFRESH), 16)
+
+
+# -- chat posting per user ----------------------------------------------------------------------
+
+async def test_chat_posting_per_user_rate_and_burst(settings: Settings) -> None:
+    async with serve_hub(_limited(settings, chat_post_rate=2.0, chat_post_burst=3)) as hub, \
+            asyncio.timeout(60):
+        poster, other = await register(hub.http), await register(hub.http)
+        created = await hub.http.post("/api/v1/chats", headers=poster.headers,
+                                      json={"title": "limits", "member_ids": [other.id]})
+        assert created.status_code == 201, created.text
+        messages = f"/api/v1/chats/{created.json()['id']}/messages"
+        for n in range(3):
+            posted = await hub.http.post(messages, headers=poster.headers, json={"text": f"m{n}"})
+            assert posted.status_code == 201, posted.text
+        refused = await hub.http.post(messages, headers=poster.headers, json={"text": "one too many"})
+        retry_after = _assert_rate_limited(refused, 0.5)  # 2 a second: one back within 0.5 s
+        answer = await hub.http.post(messages, headers=other.headers, json={"text": "mine"})
+        assert answer.status_code == 201  # the limit is the poster's own
+        await asyncio.sleep(retry_after)
+        later = await hub.http.post(messages, headers=poster.headers, json={"text": "later"})
+        assert later.status_code == 201
+        page = await hub.http.get(messages, headers=poster.headers)
+        assert [m["text"] for m in page.json()["items"]] == ["later", "mine", "m2", "m1", "m0"]
+        metrics = (await hub.http.get("/metrics")).text
+        assert 'hub_rate_limited_total{limit="chat_post"} 1.0' in metrics

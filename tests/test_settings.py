@@ -50,6 +50,8 @@ EVERY_VARIABLE = {
     "AUTH_RATE_LIMIT": "30",
     "LOGIN_FAILURE_LIMIT": "5",
     "LOGIN_FAILURE_WINDOW": "600",
+    "CHAT_POST_RATE": "2.5",
+    "CHAT_POST_BURST": "8",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -84,6 +86,8 @@ EXPECTED = {
     "auth_rate_limit": 30,
     "login_failure_limit": 5,
     "login_failure_window": 600,
+    "chat_post_rate": 2.5,
+    "chat_post_burst": 8,
     "log_level": "WARNING",
 }
 
@@ -120,6 +124,7 @@ def test_defaults_are_the_embedded_dev_mode() -> None:
     assert settings.trusted_proxies == ("127.0.0.1", "::1")
     assert settings.jwt_algorithm == "HS256"
     assert settings.auth_rate_limit == 20
+    assert (settings.chat_post_rate, settings.chat_post_burst) == (5.0, 20)
     assert (settings.login_failure_limit, settings.login_failure_window) == (10, 900)
 
 
@@ -215,6 +220,8 @@ def test_production_accepts_generated_secrets(good: str) -> None:
     ("AUTH_RATE_LIMIT", "0"),
     ("LOGIN_FAILURE_LIMIT", "ten"),
     ("LOGIN_FAILURE_WINDOW", "0"),
+    ("CHAT_POST_RATE", "0"),
+    ("CHAT_POST_BURST", "many"),
     ("ALLOWED_ORIGINS", "https://chat.example/app"),
     ("ALLOWED_ORIGINS", "chat.example"),
     ("ALLOWED_ORIGINS", "https://chat.example, null"),
