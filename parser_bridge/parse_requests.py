@@ -135,17 +135,37 @@ class ParseRequests:
             return
         found = await self._queue.take_results(pending)  # QueueUnavailable: the loop backs off
         applied: list[int] = []
+        trouble: Exception | None = None
         for request_id, raw in found.items():
             try:
-                result = ParseResult.model_validate_json(raw)
-            except ValidationError as exc:
-                log.warning("parser result for request %d is malformed: %s", request_id,
-                            exc.errors(include_url=False, include_input=False)[:3])
-                result = ParseResult.failure("the parser sent a malformed result")
-            with contextlib.suppress(UnknownRequest, AlreadyFinal):  # another path won
-                await self.complete(request_id, result)
+                await self._apply(request_id, raw)
+            except Exception as exc:  # kept for the next pass; the others go on
+                log.exception("could not apply the parser result of request %d", request_id)
+                trouble = exc
+                continue
             applied.append(request_id)
         await self._queue.discard_results(applied)
+        if trouble is not None:
+            raise trouble  # after every other result was applied: the loop backs off
+
+    async def _apply(self, request_id: int, raw: bytes) -> None:
+        """Apply one raw result; one that cannot be read or stored finalizes the request as a
+        failure, so a bad result never blocks the others (nor comes back every pass)."""
+        try:
+            result = ParseResult.from_queue(raw)
+        except ValueError as exc:
+            details = exc.errors(include_url=False, include_input=False)[:3] \
+                if isinstance(exc, ValidationError) else str(exc)
+            log.warning("parser result for request %d is malformed: %s", request_id, details)
+            result = ParseResult.failure("the parser sent a malformed result")
+        try:
+            with contextlib.suppress(UnknownRequest, AlreadyFinal):  # another path won
+                await self.complete(request_id, result)
+            return
+        except Exception:  # the fallback below is stored, or its error goes up
+            log.exception("could not store the parser result of request %d; failing it", request_id)
+        with contextlib.suppress(UnknownRequest, AlreadyFinal):
+            await self.complete(request_id, ParseResult.failure("the parser's result could not be stored"))
 
     async def dispatch_unqueued(self) -> None:
         """Loop step: push pending requests whose push after commit failed (or never ran)."""

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hub.storable_text import StorableText, clean, clean_json, loads_allowing_surrogates
+
 MAX_TITLE_CHARS = 1000
 MAX_ERROR_CHARS = 1000
 MAX_HTML_CHARS = 5 * 1024 * 1024
@@ -39,14 +41,17 @@ class ParseJob(BaseModel):
 
 class ParseResult(BaseModel):
     """A parser's answer. Long titles and errors are cut, not refused: the user still gets one.
-    A `success` needs `html` (it may be empty); a `failure` needs `error`."""
+    A `success` needs `html` (it may be empty); a `failure` needs `error`.
+
+    Validated as is (REST), text the database cannot store is refused (422); `success`,
+    `failure` and `from_queue` clean it instead, for the page came from a third party."""
 
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["success", "failure"]
-    title: str | None = None
-    html: Annotated[str | None, Field(max_length=MAX_HTML_CHARS)] = None
-    error: str | None = None
+    title: StorableText | None = None
+    html: Annotated[StorableText | None, Field(max_length=MAX_HTML_CHARS)] = None
+    error: StorableText | None = None
 
     @field_validator("title")
     @classmethod
@@ -73,11 +78,21 @@ class ParseResult(BaseModel):
 
     @classmethod
     def success(cls, title: str | None, html: str) -> ParseResult:
-        return cls(status="success", title=title, html=html)
+        return cls(status="success", title=None if title is None else clean(title), html=clean(html))
 
     @classmethod
     def failure(cls, error: str) -> ParseResult:
-        return cls(status="failure", error=error)
+        return cls(status="failure", error=clean(error))
+
+    @classmethod
+    def from_queue(cls, raw: bytes) -> ParseResult:
+        """A result as a parser stored it in `parser:results:{id}`, its text cleaned (a
+        parser written in Python spells a lone surrogate of a page as `\\ud800`); raises
+        ValueError (a pydantic ValidationError among them) when it is not a result."""
+        try:
+            return cls.model_validate(clean_json(loads_allowing_surrogates(raw)))
+        except RecursionError:
+            raise ValueError("the result is nested too deeply") from None
 
     def encode(self) -> bytes:
         if self.status == "success":
