@@ -1,6 +1,7 @@
 """The wire format between the hub and a parser (protocol §7, compatible with seed 001).
 
-Jobs: `LPUSH {prefix}parser:tasks {"id": <request_id>, "url": "..."}`.
+Jobs: `LPUSH {prefix}parser:tasks {"id": <request_id>, "url": "...", "user_id": <user>}`
+(`user_id` is this hub's addition, for fairness between users; seed 001's parser ignores it).
 Results: `SET {prefix}parser:results:{id} {"status": "success", "title", "html"}` or
 `{"status": "failure", "error"}`, or the same object in `PUT /api/v1/parse/{id}/result`.
 `prefix` is `REDIS_CHANNEL_PREFIX` (empty in production), so test runs do not share keys.
@@ -28,15 +29,17 @@ def result_key(prefix: str, request_id: int) -> str:
     return f"{prefix}parser:results:{request_id}"
 
 
-def encode_job(request_id: int, url: str) -> bytes:
-    return orjson.dumps({"id": request_id, "url": url})
+def encode_job(request_id: int, url: str, user_id: int) -> bytes:
+    return orjson.dumps({"id": request_id, "url": url, "user_id": user_id})
 
 
 class ParseJob(BaseModel):
-    """One job as the hub pushes it; unknown fields are ignored for compatibility."""
+    """One job as the hub pushes it; unknown fields are ignored for compatibility, and a job
+    without `user_id` (an older hub's) is nobody's in particular."""
 
     id: int
     url: Annotated[str, Field(min_length=1, max_length=2048)]
+    user_id: int | None = None
 
 
 class ParseResult(BaseModel):
