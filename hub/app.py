@@ -40,6 +40,7 @@ from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
 from hub.supervise import supervise
+from hub.token_buckets import TokenBuckets
 from hub.web import WebFront
 from hub.ws import WebSocketApi
 from parser_bridge.feature import parser_bridge_feature
@@ -83,7 +84,8 @@ def create_app(settings: Settings) -> Starlette:
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
         Feature(routes=AuthApi(accounts, db).routes()),
         parser_bridge_feature(settings, db, events, accounts),
-        chat_feature(db, events, accounts),
+        chat_feature(db, events, accounts, max_members=settings.chat_max_members,
+                     post_allowed=TokenBuckets(settings.chat_post_rate, settings.chat_post_burst).allow),
     ]
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
