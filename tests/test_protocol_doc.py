@@ -47,7 +47,6 @@ PENDING_CALLS = frozenset({
 PENDING_EVENTS: frozenset[str] = frozenset()
 PENDING_SETTINGS = frozenset({
     "AUTH_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW",
-    "PARSE_MAX_PENDING",
 })
 
 CALL_ROW = re.compile(r"^\|\s*`(GET|POST|PUT|PATCH|DELETE) (/[^`?\s]*)[^`]*`", re.MULTILINE)
