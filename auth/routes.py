@@ -15,11 +15,10 @@ from hub.errors import Conflict, Unauthorized
 from hub.http import api, read_json, read_query
 from hub.identity import AuthError, authenticate_request
 from hub.responses import json_response
-from hub.storable_text import StorableText
 from hub.users import get_user, search_users
 
 Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
-Password = Annotated[StorableText, Field(min_length=8, max_length=128)]
+Password = Annotated[str, Field(min_length=8, max_length=128)]
 
 
 class Credentials(BaseModel):
