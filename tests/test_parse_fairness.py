@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from hub.settings import Settings
 from parser_bridge.fair_queue import FairQueue, QueueFull
@@ -166,3 +168,21 @@ async def test_one_users_slow_pages_do_not_delay_another_users_page(
         assert {r["status"] for r in results.values()} == {"success"}, results  # none timed out
         await other_socket.close()
         await greedy_socket.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_the_worker_still_serves_jobs_without_a_user(fair_settings: Settings,
+                                                          pages: PageServer) -> None:
+    """Seed 001's job shape, as an older hub pushes it: `{"id", "url"}` and nothing else."""
+    async with serve_hub(fair_settings) as hub, _parser(hub):
+        prefix = hub.settings.redis_channel_prefix
+        redis = aioredis.from_url(str(hub.settings.redis_url))
+        try:
+            job = orjson.dumps({"id": 987654, "url": pages.url("/page")})
+            await redis.lpush(f"{prefix}parser:tasks", job)
+            async with asyncio.timeout(15):
+                while (raw := await redis.get(f"{prefix}parser:results:987654")) is None:
+                    await asyncio.sleep(0.05)
+        finally:
+            await redis.aclose()
+        assert orjson.loads(raw)["title"] == TITLE
