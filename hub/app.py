@@ -60,7 +60,7 @@ def make_broker(settings: Settings) -> Broker:
 def create_app(settings: Settings) -> Starlette:
     """Build the hub from validated settings. Nothing connects until the lifespan starts."""
     db = Database(settings.database_url)
-    metrics = Metrics()
+    metrics = Metrics(settings.tls_certificate_file)
     broker = make_broker(settings)
     publisher = Publisher(db, broker, metrics, settings.redis_channel_prefix)
     registry = Registry(broker, metrics, settings.redis_channel_prefix,

@@ -64,6 +64,7 @@ class Settings:
     chat_post_burst: int = 20
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     log_level: str = "INFO"
+    tls_certificate_file: str | None = None  # the served chain, for the certificate expiry metric
 
     @property
     def production(self) -> bool:
@@ -128,6 +129,7 @@ class Settings:
             chat_post_burst=r.integer("CHAT_POST_BURST", 20, minimum=1),
             trusted_proxies=r.csv("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
         )
 
 

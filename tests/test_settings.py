@@ -50,6 +50,7 @@ EVERY_VARIABLE = {
     "CHAT_POST_BURST": "3",
     "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
     "LOG_LEVEL": "WARNING",
+    "TLS_CERTIFICATE_FILE": "/run/hub-tls/fullchain.pem",
 }
 
 EXPECTED = {
@@ -85,6 +86,7 @@ EXPECTED = {
     "chat_post_burst": 3,
     "trusted_proxies": ("10.0.0.1", "10.0.0.2"),
     "log_level": "WARNING",
+    "tls_certificate_file": "/run/hub-tls/fullchain.pem",
 }
 
 
