@@ -15,7 +15,7 @@ from hub.connection import Connection, ConnectionEnded, SessionRevoked
 from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.streams import StoredEvent
-from tests.test_connection import Outlet, payload
+from tests.in_memory import Outlet, payload
 
 PREFIX = "test:"
 WAIT = 5.0
