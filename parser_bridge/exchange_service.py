@@ -42,7 +42,7 @@ from hub.errors import TooLarge
 from hub.http import bearer_token, invalid_from, read_body
 from hub.responses import json_response
 from hub.supervise import backoff_delay
-from parser_bridge import exchange_money as money
+from parser_bridge.exchange import money
 
 log = logging.getLogger("parser_bridge.exchange_service")
 MAX_JOBS = 1000

@@ -41,10 +41,10 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from hub.supervise import backoff_delay
-from parser_bridge.address_policy import Network, parse_networks
-from parser_bridge.fair_queue import FairQueue
-from parser_bridge.fetch import PageFetcher
-from parser_bridge.parse_result import ParseJob, result_key, tasks_key
+from parser_bridge.parse.address_policy import Network, parse_networks
+from parser_bridge.parse.fair_queue import FairQueue
+from parser_bridge.parse.fetch import PageFetcher
+from parser_bridge.parse.result import ParseJob, result_key, tasks_key
 
 log = logging.getLogger("parser_bridge.worker")
 TAKE_TIMEOUT = 1  # seconds a consumer blocks on BLMOVE before it looks at the stop flag

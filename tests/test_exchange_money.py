@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from parser_bridge import exchange_money as money
+from parser_bridge.exchange import money
 from parser_bridge.exchange_service import ConfigError, parse_delay
 
 
