@@ -10,7 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from hub.settings import ConfigError, Settings
+from hub.env import ConfigError
+from hub.settings import Settings
 
 GRACEFUL_SECONDS = 20
 GC_THRESHOLDS = (50_000, 20, 20)
