@@ -12,7 +12,8 @@
      └─ Unavailable          503
 
 Anything else that escapes an endpoint is logged with its traceback and answered with a bare
-500 `internal`; the client never sees the trace.
+500 `internal`; the client never sees the trace. A client that goes away while its request is
+read (starlette's `ClientDisconnect`) is nobody's error: counted as 499, answered to nobody.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from hub.responses import json_response
 
 log = logging.getLogger("hub.errors")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 
 
 class ApiError(Exception):
@@ -118,6 +120,12 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return json_response({"error": "internal", "detail": "internal server error"}, 500)
+
+
+async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientDisconnect)
+    log.debug("client left during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def database_error_handler(request: Request, exc: Exception) -> Response:
