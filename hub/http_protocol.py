@@ -31,7 +31,7 @@ def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; a request's head is bounded in time and bytes. The byte
     bound is checked per read, so a head may overshoot it by less than one read before it is
-    refused, and a pipelined request that starts within a read counts from the next one."""
+    refused (a pipelined request's head that starts within a read counts from the next one)."""
 
     header_timeout = 10.0
     max_header_bytes = 32 * 1024
@@ -66,10 +66,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._head_bytes is None:  # the next request on a kept-alive connection
+        if self._head_bytes is None:
             self._head_bytes = 0
-        if self._head_timer is None:
+        if self._head_timer is None:  # the first byte of a next request on a kept-alive connection
             self._arm_head_timer()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_bytes = 0  # whatever comes next starts the next request's head
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
