@@ -138,7 +138,10 @@ class HubSocket(asyncio.Protocol):
             if isinstance(frame, Frame):
                 self._frame(frame)
         if admitted < len(data):
-            self._close(RATE_LIMITED, "too many frames")
+            if budget.too_fragmented:
+                self._close(TOO_BIG, "a message in too many fragments")
+            else:
+                self._close(RATE_LIMITED, "too many frames")
 
     def eof_received(self) -> bool | None:
         if self._proto is not None:
@@ -229,7 +232,7 @@ class HubSocket(asyncio.Protocol):
             return
         self._proto = Protocol(Side.SERVER, state=State.OPEN, max_size=settings.ws_max_message_bytes,
                                logger=_frames_log)
-        self._budget = FrameBudget(settings.ws_rate_limit, settings.ws_rate_burst)
+        self._budget = FrameBudget(settings.ws_rate_limit, settings.ws_rate_burst, settings.ws_max_fragments)
         self._state = AUTH
         self._timer = asyncio.get_running_loop().call_later(
             settings.ws_auth_timeout, self._close, AUTH_FAILED, "no auth frame within the time limit")
@@ -247,11 +250,7 @@ class HubSocket(asyncio.Protocol):
             else:
                 self._fragments = (opcode, [bytes(frame.data)])
         elif opcode is Opcode.CONT and self._fragments is not None:
-            parts = self._fragments[1]
-            if len(parts) >= self._api.settings.ws_max_fragments:
-                self._close(TOO_BIG, "message in too many fragments")
-                return
-            parts.append(bytes(frame.data))
+            self._fragments[1].append(bytes(frame.data))  # as many as FrameBudget lets through
             if frame.fin:
                 (opcode, parts), self._fragments = self._fragments, None
                 self._message(opcode, b"".join(parts))

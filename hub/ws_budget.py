@@ -1,9 +1,10 @@
-"""What a WebSocket client may send: every frame it sends, of any kind, costs one token.
+"""What a WebSocket client may send: every frame it sends, of any kind, costs one token, and a
+fragmented message has a bounded number of fragments.
 
 `FrameBudget` finds where each client frame starts in the raw byte stream, from the frame headers
 alone, so that a frame is counted before anything parses it: a flood of tiny frames (pings,
 empty continuations, anything) costs the hub a few bytes of arithmetic per frame up to the
-budget, and nothing after it, instead of a parse and an answer per frame.
+bound, and nothing after it, instead of a parse and an answer per frame.
 """
 
 from __future__ import annotations
@@ -33,18 +34,24 @@ class TokenBucket:
 
 
 class FrameBudget:
-    """Counts the frames of one client's byte stream (RFC 6455 §5.2 headers) against a bucket."""
+    """Counts the frames of one client's byte stream (RFC 6455 §5.2 headers) against a bucket,
+    and the fragments of the message in progress against `max_fragments`."""
 
-    __slots__ = ("_bucket", "_head", "_left")
+    __slots__ = ("_bucket", "_fragments", "_head", "_left", "_max_fragments", "too_fragmented")
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, max_fragments: int) -> None:
         self._bucket = TokenBucket(rate, burst)
+        self._max_fragments = max_fragments
+        self._fragments = 0  # frames of the fragmented message in progress
         self._head = b""  # the start of a frame header split across reads
         self._left = 0  # bytes of the current frame still to come
+        self.too_fragmented = False  # why `admit` stopped: else the frame rate
 
     def admit(self, data: bytes) -> int:
-        """How many leading bytes of `data` fit the budget: `len(data)`, or the offset of the
-        first frame over it (everything from there on must be dropped, the socket closed)."""
+        """How many leading bytes of `data` are within bounds: `len(data)`, or the offset of
+        the first frame over the rate or the fragment bound (everything from there on must be
+        dropped, the socket closed). The start of a header split across reads is let through
+        before that frame is judged: at most 13 bytes that never make a frame."""
         size = len(data)
         at = 0
         while at < size:
@@ -58,11 +65,24 @@ class FrameBudget:
             if length is None:  # the header is not all here yet: the next read completes it
                 self._head = head
                 return size
-            if not self._bucket.take():
+            if not self._count_fragment(head[0]) or not self._bucket.take():
                 return max(0, at - len(self._head))
             self._left = length - len(self._head)
             self._head = b""
         return size
+
+    def _count_fragment(self, first: int) -> bool:
+        """Follow the fragmented message in progress given a frame's first byte (FIN, opcode);
+        False when this frame is one fragment too many."""
+        fin, opcode = first & 0x80, first & 0x0F
+        if opcode in (0x1, 0x2):  # text, binary: a message starts
+            self._fragments = 0 if fin else 1
+        elif opcode == 0x0 and self._fragments:  # a continuation of it
+            if self._fragments == self._max_fragments:
+                self.too_fragmented = True
+                return False
+            self._fragments = 0 if fin else self._fragments + 1
+        return True
 
 
 def _frame_length(head: bytes) -> int | None:

@@ -105,11 +105,15 @@ async def test_a_flood_of_empty_continuations_is_closed_at_the_fragment_bound(se
     generous = replace(settings, ws_rate_limit=1e6, ws_rate_burst=1_000_000)  # only the fragment bound
     async with serve_hub(generous) as hub:
         reader, writer = await raw_socket(hub)
-        empty = client_frame(CONT, fin=False)
-        flooding = asyncio.create_task(_flood(writer, client_frame(TEXT, b"{", fin=False) + empty * 200_000,
-                                              seconds=5))
+        # a ping after each fragment (control frames may come between fragments): its pong shows
+        # how far the hub parsed
+        empty_then_ping = client_frame(CONT, fin=False) + client_frame(PING, b"k")
+        writer.write(client_frame(TEXT, b"{", fin=False))
+        flooding = asyncio.create_task(_flood(writer, empty_then_ping * 100_000, seconds=5))
         frames = await _server_frames(reader)
         assert _close_code(frames) == 1009
+        pongs = [f for f in frames if f.opcode is Opcode.PONG]
+        assert len(pongs) <= hub.settings.ws_max_fragments  # nothing kept or parsed past the bound
         flooding.cancel()
         writer.close()
 
