@@ -31,6 +31,7 @@ class ApiSpec:
     summary: str
     tag: str
     body: type[BaseModel] | None = None
+    body_required: bool = True
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
@@ -42,15 +43,17 @@ class ApiSpec:
 
 
 def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
-        query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
-        status: int = 200, auth: str | None = None, errors: Sequence[int] = (),
-        headers: Sequence[str] = (), content_type: str = "application/json") -> Callable[[E], E]:
+        body_required: bool = True, query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None, status: int = 200, auth: str | None = None,
+        errors: Sequence[int] = (), headers: Sequence[str] = (),
+        content_type: str = "application/json") -> Callable[[E], E]:
     """Attach an `ApiSpec` to an endpoint (a function or a method); `hub.openapi` reads it.
 
     `body` and `query` must be the models the endpoint passes to `read_json`/`read_query`."""
     if auth is not None and auth not in AUTH_SCHEMES:
         raise ValueError(f"api(auth={auth!r}): use one of {', '.join(AUTH_SCHEMES)}")
-    spec = ApiSpec(summary=summary, tag=tag, body=body, query=query, response=response,
+    spec = ApiSpec(summary=summary, tag=tag, body=body, body_required=body_required,
+                   query=query, response=response,
                    status=status, auth=auth, errors=tuple(errors), headers=tuple(headers),
                    content_type=content_type)
 
@@ -74,6 +77,12 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
             raise TooLarge(f"request body is over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def has_body(request: Request) -> bool:
+    """Whether the request carries a body at all (for calls whose body is optional)."""
+    return ("transfer-encoding" in request.headers
+            or request.headers.get("content-length", "0").strip() not in ("", "0"))
 
 
 def is_json_content_type(value: str | None) -> bool:

@@ -18,7 +18,7 @@ _SECURITY = {
 }
 _ERROR_TEXT = {
     400: "Bad request", 401: "Missing, expired or invalid access token",
-    403: "Missing or wrong service credential", 404: "Not found", 409: "Conflict",
+    403: "Forbidden (a missing or wrong service credential, or a block)", 404: "Not found", 409: "Conflict",
     413: "Body too large", 415: "Body is not JSON", 422: "Validation failed (fields named)",
     429: "Rate limited", 503: "A dependency is down",
 }
@@ -61,7 +61,7 @@ def build_openapi(routes: list[BaseRoute], title: str, version: str) -> dict[str
         if params:
             operation["parameters"] = params
         if spec.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
+            operation["requestBody"] = {"required": spec.body_required, "content": {"application/json": {
                 "schema": {"$ref": keys[(spec.body, "validation")]["$ref"]}}}}
         ok: dict[str, Any] = {"description": "Success"}
         if spec.response is not None:

@@ -30,11 +30,11 @@ from websockets.server import ServerProtocol
 
 from hub import streams
 from hub.connection import (
+    AuthEnded,
     Connection,
     ConnectionEnded,
     SlowConsumer,
     StreamGap,
-    TokenExpired,
     text_frame,
 )
 from hub.db import Database, rfc3339
@@ -195,7 +195,7 @@ class HubSocket(asyncio.Protocol):
             self._close(SLOW_CONSUMER, str(reason))
         elif isinstance(reason, StreamGap):
             self._close(SLOW_CONSUMER, "missed events are no longer retained: reconnect")
-        elif isinstance(reason, TokenExpired):
+        elif isinstance(reason, AuthEnded):
             self._close(AUTH_FAILED, str(reason))
         else:
             self._close(INTERNAL, "internal error")
@@ -311,7 +311,8 @@ class HubSocket(asyncio.Protocol):
         api = self._api
         settings = api.settings
         connection = Connection(identity.user_id, identity.expires_at, self, api.read_events,
-                                api.metrics, settings.ws_queue_max_messages, settings.ws_queue_max_bytes)
+                                api.metrics, settings.ws_queue_max_messages, settings.ws_queue_max_bytes,
+                                identity.session_id)
         self._connection = connection
         if not await api.registry.register(connection):
             self._close(RATE_LIMITED, "too many connections for this user")
@@ -371,6 +372,7 @@ class HubSocket(asyncio.Protocol):
         if identity.user_id != connection.user_id:
             self._close(FORBIDDEN, "token of another user")
             return
+        connection.session_id = identity.session_id
         connection.set_expiry(identity.expires_at)
         self.write(text_frame(orjson.dumps({
             "type": "refreshed", "expires_at": rfc3339(_utc(connection.expires_at)),
