@@ -16,15 +16,16 @@ from hub.errors import NotFound
 from hub.http import api, read_json, read_query
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
+from hub.storable_text import StorableText
 
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
 MAX_TEXT = 4000
 MAX_TITLE = 100
 MAX_NEW_MEMBERS = 1000
-# C0 and C1 controls, DEL, and lone surrogates (which no database can store as UTF-8).
-_TEXT_REFUSED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-_TITLE_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 and C1 controls and DEL; text no database can store is StorableText's to refuse.
+_TEXT_REFUSED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_TITLE_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _trimmed(limit: int, refused: re.Pattern[str], allowed: str) -> AfterValidator:
@@ -42,8 +43,8 @@ def _trimmed(limit: int, refused: re.Pattern[str], allowed: str) -> AfterValidat
     return AfterValidator(check)
 
 
-MessageText = Annotated[str, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab")]
-Title = Annotated[str, _trimmed(MAX_TITLE, _TITLE_REFUSED, "")]
+MessageText = Annotated[StorableText, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab")]
+Title = Annotated[StorableText, _trimmed(MAX_TITLE, _TITLE_REFUSED, "")]
 UserId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT32)]
 MessageId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT64)]
 

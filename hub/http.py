@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.errors import Forbidden, Invalid, TooLarge, UnsupportedMediaType
+from hub.storable_text import loads_allowing_surrogates, may_spell_surrogates, unstorable_json_path
 
 MAX_BODY_BYTES = 1024 * 1024
 AUTH_SCHEMES = ("user", "hub_api_key", "parser_token", "exchange_token")
@@ -94,7 +95,8 @@ def is_json_content_type(value: str | None) -> bool:
 
 async def read_json(request: Request, model: type[M]) -> M:
     """Validate the JSON body as `model`: 415 without a JSON content type, 413 over 1 MiB,
-    422 for malformed JSON or any bad field (each one named)."""
+    422 for malformed JSON or any bad field (each one named, a lone surrogate in any string
+    included: see `hub.storable_text`)."""
     return (await read_json_and_body(request, model))[0]
 
 
@@ -106,7 +108,19 @@ async def read_json_and_body(request: Request, model: type[M]) -> tuple[M, bytes
     try:
         return model.model_validate_json(body), body
     except ValidationError as exc:
-        raise invalid_from(exc) from None
+        raise _unstorable_field(body) or invalid_from(exc) from None
+
+
+def _unstorable_field(body: bytes) -> Invalid | None:
+    """The parser refuses a JSON string with a lone surrogate as "not valid JSON"; name the
+    field instead, so the client learns which text cannot be stored."""
+    if not may_spell_surrogates(body):
+        return None
+    try:
+        found = unstorable_json_path(loads_allowing_surrogates(body))
+    except ValueError:
+        return None
+    return None if found is None else Invalid({found[0]: found[1]})
 
 
 def read_query(request: Request, model: type[M]) -> M:

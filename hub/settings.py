@@ -62,6 +62,7 @@ class Settings:
     exchange_service_token: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     parse_timeout: float = 30.0
+    parse_max_pending: int = 10  # pending parse requests per user; more is 429
     parser_allow_private: bool = False  # the embedded parser (no REDIS_URL) may fetch private addresses
     exchange_retry_window: float = 60.0  # seconds of failed hand-overs before an exchange fails
     stream_retention_events: int = 10_000
@@ -123,6 +124,7 @@ class Settings:
             exchange_service_token=r.secret("EXCHANGE_SERVICE_TOKEN", env),
             allowed_origins=r.origins("ALLOWED_ORIGINS"),
             parse_timeout=r.number("PARSE_TIMEOUT", 30.0, minimum=0.1),
+            parse_max_pending=r.integer("PARSE_MAX_PENDING", 10, minimum=1),
             parser_allow_private=r.choice("PARSER_ALLOW_PRIVATE", "0", ("0", "1")) == "1",
             exchange_retry_window=r.number("EXCHANGE_RETRY_WINDOW", 60.0, minimum=0.1),
             stream_retention_events=r.integer("STREAM_RETENTION_EVENTS", 10_000, minimum=1),

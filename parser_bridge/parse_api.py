@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub.errors import Conflict, NotFound
+from hub.errors import Conflict, NotFound, RateLimited
 from hub.http import api, read_json, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
-from parser_bridge.parse_requests import AlreadyFinal, ParseRequests, UnknownRequest
+from parser_bridge.parse_requests import AlreadyFinal, ParseRequests, TooManyPending, UnknownRequest
 from parser_bridge.parse_result import ParseResult
 
 
@@ -72,11 +72,14 @@ class ParseApi:
 
     @api(summary="Ask for a page to be fetched; parse.completed follows", tag="parser",
          body=ParseBody, response=ParseAccepted, status=202, auth="user",
-         errors=(401, 413, 415, 422))
+         errors=(401, 413, 415, 422, 429))
     async def submit(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
         body = await read_json(request, ParseBody)
-        view = await self._requests.submit(identity.user_id, body.url)
+        try:
+            view = await self._requests.submit(identity.user_id, body.url)
+        except TooManyPending as exc:
+            raise RateLimited(f"{exc}: wait for a result (PARSE_MAX_PENDING)", exc.retry_after) from None
         return json_response({"request_id": view.request_id, "status": view.status}, 202)
 
     @api(summary="One of your parse requests", tag="parser", response=ParseOut, auth="user",

@@ -56,7 +56,7 @@ async def test_json_content_type_variants_are_accepted(hub: RunningHub, content_
 
 @pytest.mark.parametrize("body", [
     b"", b"{", b"not json", b'{"username": "abc",}', b"{'username': 'abc'}", b"\xff\xfe\x00",
-    b'{"username": "\\ud800", "password": "12345678"}', b"[" * 10_000 + b"]" * 10_000,
+    b"[" * 10_000 + b"]" * 10_000, b'{"a": "\\ud800", "b": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
     b'{"username": "abc", "password": "12345678"} trailing', b"NaN",
 ])
 async def test_422_for_a_body_that_is_not_json(hub: RunningHub, body: bytes) -> None:
@@ -64,6 +64,14 @@ async def test_422_for_a_body_that_is_not_json(hub: RunningHub, body: bytes) -> 
         response = await hub.http.post(REGISTER, content=body, headers={"Content-Type": "application/json"})
     answer = assert_error(response, 422, "invalid")
     assert "body" in answer["detail"]
+
+
+async def test_422_names_the_field_whose_text_is_a_lone_surrogate(hub: RunningHub) -> None:
+    body = b'{"username": "\\ud800", "password": "12345678"}'
+    async with asyncio.timeout(30):
+        response = await hub.http.post(REGISTER, content=body, headers={"Content-Type": "application/json"})
+    answer = assert_error(response, 422, "invalid")
+    assert answer["fields"] == {"username": "must not contain lone surrogates (U+D800 to U+DFFF)"}
 
 
 @pytest.mark.parametrize("body", [b"[]", b'"a string"', b"42", b"null", b"true",

@@ -42,9 +42,7 @@ README = ROOT / "README.md"
 # branches. The coordinator empties these sets (and removes the marks) after merging that work.
 PENDING_CALLS: frozenset[tuple[str, str]] = frozenset()
 PENDING_EVENTS: frozenset[str] = frozenset()
-PENDING_SETTINGS = frozenset({
-    "PARSE_MAX_PENDING",
-})
+PENDING_SETTINGS: frozenset[str] = frozenset()
 
 CALL_ROW = re.compile(r"^\|\s*`(GET|POST|PUT|PATCH|DELETE) (/[^`?\s]*)[^`]*`", re.MULTILINE)
 LANDING_CELL = re.compile(r"^\|\s*`([^`]+)`\s*\*\(landing\)\*\s*\|", re.MULTILINE)
