@@ -5,8 +5,10 @@
      ├─ Unauthorized         401
      ├─ Forbidden            403
      ├─ NotFound             404
+     ├─ RequestTimeout       408 `timeout`, a request head too slow (answered by hub.http_protocol)
      ├─ Conflict             409
      ├─ TooLarge             413
+     │   └─ HeadersTooLarge  431 `too_large`, a request head too big (hub.http_protocol)
      ├─ UnsupportedMediaType 415
      ├─ RateLimited          429
      └─ Unavailable          503
@@ -70,12 +72,20 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(ApiError):
+    status, code = 408, "timeout"
+
+
 class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
 class TooLarge(ApiError):
     status, code = 413, "too_large"
+
+
+class HeadersTooLarge(TooLarge):
+    status = 431
 
 
 class UnsupportedMediaType(ApiError):

@@ -15,8 +15,9 @@ import asyncio
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from hub.errors import ApiError, HeadersTooLarge, RequestTimeout
 from hub.settings import Settings
 
 
@@ -60,7 +61,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             return
         super().data_received(data[:room])  # what may still be the end of the head
         if self._head_bytes is not None:
-            self._refuse(431, "too_large", f"request headers are over {self.max_header_bytes} bytes")
+            self._refuse(HeadersTooLarge(f"request headers are over {self.max_header_bytes} bytes"))
         elif self.transport.get_protocol() is self and not self.transport.is_closing():
             super().data_received(data[room:])
 
@@ -93,16 +94,15 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._head_bytes:
-            self._refuse(408, "timeout", f"request headers took over {self.header_timeout:g} s")
+            self._refuse(RequestTimeout(f"request headers took over {self.header_timeout:g} s"))
         else:  # nothing was asked: nobody to answer
             self.transport.close()
 
-    def _refuse(self, status: int, code: str, detail: str) -> None:
+    def _refuse(self, error: ApiError) -> None:
         """Answer in the contract's error shape and close; nothing more of the request is read."""
         self._cancel_head_timer()
         self._head_bytes = None
-        body = orjson.dumps({"error": code, "detail": detail})
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+        body = orjson.dumps(error.body())
+        self.transport.write(STATUS_LINE[error.status] + b"content-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()
