@@ -50,6 +50,10 @@ class Settings:
     ws_queue_max_bytes: int = 4 * 1024 * 1024
     ws_rate_limit: float = 20.0
     ws_rate_burst: int = 40
+    ws_max_message_bytes: int = 4096
+    ws_max_fragments: int = 16
+    http_header_timeout: float = 10.0
+    http_max_header_bytes: int = 32 * 1024
     hub_api_key: str | None = field(default=None, repr=False)
     parser_service_token: str | None = field(default=None, repr=False)
     exchange_service_url: str | None = None
@@ -108,6 +112,10 @@ class Settings:
             ws_queue_max_bytes=r.integer("WS_QUEUE_MAX_BYTES", 4 * 1024 * 1024, minimum=1024),
             ws_rate_limit=r.number("WS_RATE_LIMIT", 20.0, minimum=0.1),
             ws_rate_burst=r.integer("WS_RATE_BURST", 40, minimum=1),
+            ws_max_message_bytes=r.integer("WS_MAX_MESSAGE_BYTES", 4096, minimum=125),
+            ws_max_fragments=r.integer("WS_MAX_FRAGMENTS", 16, minimum=1),
+            http_header_timeout=r.number("HTTP_HEADER_TIMEOUT", 10.0, minimum=0.1),
+            http_max_header_bytes=r.integer("HTTP_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
             hub_api_key=r.secret("HUB_API_KEY", env),
             parser_service_token=r.secret("PARSER_SERVICE_TOKEN", env),
             exchange_service_url=r.optional_url("EXCHANGE_SERVICE_URL", HTTP_URL_SCHEMES),
