@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
 from auth.passwords import Passwords
@@ -26,6 +27,7 @@ from hub.db import Database
 from hub.errors import (
     ApiError,
     api_error_handler,
+    client_disconnect_handler,
     database_error_handler,
     http_exception_handler,
     internal_error_handler,
@@ -127,6 +129,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_exception_handler,
+            ClientDisconnect: client_disconnect_handler,
             DBAPIError: database_error_handler,
             Exception: internal_error_handler,
         },
