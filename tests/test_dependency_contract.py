@@ -8,6 +8,9 @@ changed and the hub's code that relies on it: adapt that code (and this file), t
   its `ws` option): called as `ws(config=, server_state=, app_state=)`, given the transport, the
   request replayed as bytes, then the transport's later bytes; registered in
   `server_state.connections`, it is asked to `shutdown()` at a graceful stop.
+- uvicorn's httptools protocol, which hub/http_protocol.py subclasses (its `http` option): the
+  parser's callbacks `on_message_begin`, `on_headers_complete`, `on_message_complete` called in
+  that order, `self.loop` and `self.transport`, and `STATUS_LINE` for the 408 and 431 answers.
 - uvicorn-worker's `UvicornWorker._serve` builds its server from `self.config` at call time, so
   hub/server.py's `HubWorker._serve` sets `config.ws` there; `callback_notify` is its override hook.
 - gunicorn takes every setting hub/server.py's `HubApplication.load_config` sets, the worker as a class.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -28,7 +32,7 @@ import os
 import signal
 import socket
 import tomllib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -36,17 +40,22 @@ from typing import Any
 import pytest
 import uvicorn
 from packaging.requirements import Requirement
+from uvicorn.protocols.http import httptools_impl
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 
+from hub.http_protocol import http_protocol
 from hub.server import uvicorn_options
 from hub.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = ("uvicorn", "uvicorn-worker", "gunicorn", "websockets")
-HTTP_IMPLEMENTATIONS = ["h11", "httptools"]  # what uvicorn's "auto", the hub's choice, picks from
+HTTP_PROTOCOLS: dict[str, Callable[[], object]] = {  # uvicorn's `http` option: the hub's own
+    "hub": lambda: http_protocol(Settings()),           # (hub/http_protocol.py), and its base
+    "httptools": lambda: "httptools",
+}
 MAX_SIZE = 4096
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
 WAIT = 10.0
@@ -144,8 +153,9 @@ def _check_hand_off(handed: Handed, config: uvicorn.Config, user: str) -> None:
     connections = getattr(handed.kwargs["server_state"], "connections", None)
     assert isinstance(connections, set), broken(pkg, "`server_state.connections` (a set)", user, connections)
     transport = handed.transport
-    missing = [name for name in ("write", "get_write_buffer_size", "close", "abort", "is_closing")
-               if not callable(getattr(transport, name, None))]
+    missing = [name for name in ("write", "get_write_buffer_size", "close", "abort", "is_closing",
+                                 "can_write_eof", "write_eof", "is_reading", "pause_reading",
+                                 "get_extra_info") if not callable(getattr(transport, name, None))]
     assert transport is not None and not missing, broken(
         pkg, "the transport given to the `ws` protocol's connection_made", user, f"missing {missing}")
     # the request is replayed as bytes the hub's own handshake (websockets' ServerProtocol) accepts
@@ -159,37 +169,47 @@ def _check_hand_off(handed: Handed, config: uvicorn.Config, user: str) -> None:
         pkg, "the request it replays (not a valid WebSocket handshake any more)", user, handed.received[:300])
 
 
-@pytest.mark.parametrize("http", HTTP_IMPLEMENTATIONS)
-async def test_uvicorn_hands_an_upgrade_to_the_ws_protocol_and_shuts_it_down(http: str) -> None:
-    user = "hub/ws.py (WebSocketApi.protocol, HubSocket) and hub/server.py (uvicorn.run(ws=...))"
-    Handed.instances.clear()
+@contextlib.asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """A uvicorn server of `_app` on a free port of 127.0.0.1, stopped gracefully on exit."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(_app, host="127.0.0.1", port=port, ws=Handed, http=http, lifespan="off",
-                            log_config=None, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(_app, host="127.0.0.1", port=port, lifespan="off", log_config=None,
+                            timeout_graceful_shutdown=5, **options)
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    writer: asyncio.StreamWriter | None = None
+    task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(WAIT):
             while not server.started:
-                assert not serving.done(), serving
+                assert not task.done(), task
                 await asyncio.sleep(0.01)
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(_upgrade_request())
-            while not Handed.instances or b"\r\n\r\n" not in Handed.instances[0].received:
-                await asyncio.sleep(0.01)
-        (handed,) = Handed.instances
-        _check_hand_off(handed, config, user)
-        assert handed in set[object](server.server_state.connections)
-        # the transport now feeds the hub's protocol, not uvicorn's HTTP parser
-        writer.write(b"\x81\x85after")
-        await handed.until(lambda: handed.received.endswith(b"\x81\x85after"))
+        yield server, port
     finally:
         server.should_exit = True
         async with asyncio.timeout(WAIT):
-            await serving
+            await task
+
+
+@pytest.mark.parametrize("http", HTTP_PROTOCOLS)
+async def test_uvicorn_hands_an_upgrade_to_the_ws_protocol_and_shuts_it_down(http: str) -> None:
+    user = "hub/ws.py (WebSocketApi.protocol, HubSocket) and hub/server.py (uvicorn's ws option)"
+    Handed.instances.clear()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with serving(ws=Handed, http=HTTP_PROTOCOLS[http]()) as (server, port):
+            async with asyncio.timeout(WAIT):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(_upgrade_request())
+                while not Handed.instances or b"\r\n\r\n" not in Handed.instances[0].received:
+                    await asyncio.sleep(0.01)
+            (handed,) = Handed.instances
+            _check_hand_off(handed, server.config, user)
+            assert handed in set[object](server.server_state.connections)
+            # the transport now feeds the hub's protocol, not uvicorn's HTTP parser
+            writer.write(b"\x81\x85after")
+            await handed.until(lambda: handed.received.endswith(b"\x81\x85after"))
+    finally:
         if writer is not None:
             writer.close()
     assert handed.shut_down, broken("uvicorn", "its graceful shutdown (`shutdown()` of each of "
@@ -197,13 +217,54 @@ async def test_uvicorn_hands_an_upgrade_to_the_ws_protocol_and_shuts_it_down(htt
                                     "shutdown() was not called")
 
 
+async def test_uvicorn_httptools_protocol_calls_the_hooks_hub_http_protocol_overrides() -> None:
+    user = "hub/http_protocol.py (BoundedHeadProtocol: request heads bounded in time and size)"
+    calls: list[str] = []
+    seen: dict[str, object] = {}
+
+    class Recording(httptools_impl.HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            seen.update(loop=getattr(self, "loop", None), transport=getattr(self, "transport", None))
+
+        def on_message_begin(self) -> None:
+            calls.append("begin")
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            calls.append("headers")
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            calls.append("complete")
+            super().on_message_complete()
+
+    async with serving(http=Recording) as (_server, port):
+        async with asyncio.timeout(WAIT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), broken("uvicorn", "HttpToolsProtocol (serving a request)",
+                                                      user, answer[:200])
+    assert calls == ["begin", "headers", "complete"], broken(
+        "uvicorn", "the parser callbacks of HttpToolsProtocol (on_message_begin, on_headers_complete, "
+        "on_message_complete)", user, calls)
+    assert isinstance(seen["loop"], asyncio.AbstractEventLoop) and seen["transport"] is not None, broken(
+        "uvicorn", "HttpToolsProtocol's `loop` and `transport` attributes", user, seen)
+    for status in (408, 431):
+        line = httptools_impl.STATUS_LINE.get(status)
+        assert isinstance(line, bytes) and line.startswith(b"HTTP/1.1 %d " % status) and line.endswith(
+            b"\r\n"), broken("uvicorn", "httptools_impl.STATUS_LINE (status -> status line)", user, line)
+
+
 def test_uvicorn_takes_every_option_the_hub_passes() -> None:
     options = {**uvicorn_options(Settings()), "ws": Handed, "host": "127.0.0.1", "port": 8000}
-    worker_options = {"loop": "auto", "http": "auto", "timeout_notify": 2.0}
-    for name, target, extra in (("uvicorn.run", uvicorn.run, {}),
-                                ("uvicorn.Config", uvicorn.Config, worker_options)):
+    worker_options = {"loop": "auto", "http": "auto", "timeout_notify": 2.0, **options}  # HubWorker's
+    for name, target, passed in (("uvicorn.run", uvicorn.run, options),
+                                 ("uvicorn.Config", uvicorn.Config, worker_options)):
         try:
-            inspect.signature(target).bind(_app, **options, **extra)
+            inspect.signature(target).bind(_app, **passed)
         except TypeError as exc:
             pytest.fail(broken("uvicorn", f"the parameters of {name}", "hub/server.py (uvicorn_options, "
                                "HubWorker.CONFIG_KWARGS)", exc))
