@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chat.live import ChatLive
 from chat.service import ChatService
 from hub import idempotency
 from hub.errors import NotFound
@@ -117,11 +118,17 @@ class BlockList(BaseModel):
     items: list[MemberOut]
 
 
-class ChatApi:
-    """Routes of §6. User tokens are checked by the `Authenticator` the composition root hands in."""
+class PresenceOut(BaseModel):
+    online: list[int] = Field(description="members online, ascending")
 
-    def __init__(self, service: ChatService, authenticator: Authenticator) -> None:
+
+class ChatApi:
+    """Routes of §6 and §11. User tokens are checked by the `Authenticator` the composition root
+    hands in."""
+
+    def __init__(self, service: ChatService, live: ChatLive, authenticator: Authenticator) -> None:
         self._service = service
+        self._live = live
         self._authenticator = authenticator
 
     def routes(self) -> list[Route]:
@@ -134,6 +141,8 @@ class ChatApi:
             Route("/api/v1/chats/{chat_id:int}/messages", self.post_message, methods=["POST"]),
             Route("/api/v1/chats/{chat_id:int}/messages", self.list_messages, methods=["GET"]),
             Route("/api/v1/chats/{chat_id:int}/read", self.mark_read, methods=["POST"]),
+            Route("/api/v1/chats/{chat_id:int}/presence", self.presence, methods=["GET"]),
+            Route("/api/v1/chats/{chat_id:int}/typing", self.typing, methods=["POST"]),
             Route("/api/v1/blocks", self.block, methods=["POST"]),
             Route("/api/v1/blocks", self.list_blocks, methods=["GET"]),
             Route("/api/v1/blocks/{user_id:int}", self.unblock, methods=["DELETE"]),
@@ -208,6 +217,20 @@ class ChatApi:
         chat_id = _chat_id(request)
         body = await read_json(request, ReadMark)
         await self._service.mark_read(user_id, chat_id, body.message_id)
+        return Response(status_code=204)
+
+    @api(summary="The chat's members online now (a connection open on any process)", tag="chat",
+         response=PresenceOut, auth="user", errors=(401, 404))
+    async def presence(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        return json_response({"online": await self._live.online(user_id, _chat_id(request))})
+
+    @api(summary="Tell the other members the caller is typing (a typing signal, never stored); "
+                 "at most one per user and chat per CHAT_TYPING_INTERVAL seconds is forwarded, "
+                 "the rest are dropped", tag="chat", status=204, auth="user", errors=(401, 404))
+    async def typing(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        await self._live.typing(user_id, _chat_id(request))
         return Response(status_code=204)
 
     @api(summary="Block a user (again: no change): they cannot add the caller to a chat. 422 "

@@ -1,11 +1,14 @@
-"""What a feature hands the composition root: its routes and its background loops."""
+"""What a feature hands the composition root: its routes, its background loops and the client
+frames it answers on the WebSocket."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from starlette.routing import BaseRoute
+
+from hub.signals import FrameHandler
 
 
 @dataclass(frozen=True)
@@ -21,3 +24,4 @@ class Loop:
 class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
+    client_frames: Mapping[str, FrameHandler] = field(default_factory=dict)

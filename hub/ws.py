@@ -19,7 +19,7 @@ import fcntl
 import logging
 import struct
 import termios
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, cast
 
 import orjson
@@ -42,6 +42,7 @@ from hub.identity import Authenticator, AuthError, Identity
 from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.settings import Settings, normalize_origin
+from hub.signals import FrameHandler
 from hub.streams import StoredEvent
 from hub.ws_budget import FrameBudget
 
@@ -67,8 +68,10 @@ class WebSocketApi:
     """What every socket of this process shares; `protocol` is uvicorn's `ws` factory."""
 
     def __init__(self, settings: Settings, db: Database, registry: Registry,
-                 authenticator: Authenticator, metrics: Metrics) -> None:
+                 authenticator: Authenticator, metrics: Metrics,
+                 client_frames: Mapping[str, FrameHandler] | None = None) -> None:
         self.settings = settings
+        self.client_frames = dict(client_frames or {})  # features' frames (`typing`)
         self.db = db
         self.registry = registry
         self.auth = authenticator
@@ -356,8 +359,19 @@ class HubSocket(asyncio.Protocol):
                 self._close(AUTH_FAILED, "refresh frame without a token")
                 return
             self._spawn(self._refresh(token))
+        elif isinstance(kind, str) and kind in self._api.client_frames:
+            assert isinstance(frame, dict)
+            self._spawn(self._feature_frame(self._api.client_frames[kind], frame))
         else:
             self.write(BAD_FRAME)
+
+    async def _feature_frame(self, handler: FrameHandler, frame: dict[str, Any]) -> None:
+        connection = self._connection
+        assert connection is not None
+        error = await handler(connection.user_id, frame)
+        if error is not None and self._state == OPEN:
+            self.write(text_frame(orjson.dumps({"type": "error", "code": error[0],
+                                                "detail": error[1]})))
 
     async def _refresh(self, token: str) -> None:
         connection = self._connection
