@@ -58,6 +58,10 @@ EVERY_VARIABLE = {
     "LOGIN_FAILURE_WINDOW": "600",
     "CHAT_POST_RATE": "2.5",
     "CHAT_POST_BURST": "8",
+    "CHAT_TYPING_INTERVAL": "3",
+    "PRESENCE_HEARTBEAT": "2",
+    "PRESENCE_TTL": "10",
+    "PRESENCE_OFFLINE_GRACE": "0.5",
     "LOG_LEVEL": "WARNING",
     "TLS_CERTIFICATE_FILE": "/run/hub-tls/fullchain.pem",
 }
@@ -101,6 +105,10 @@ EXPECTED = {
     "login_failure_window": 600,
     "chat_post_rate": 2.5,
     "chat_post_burst": 8,
+    "chat_typing_interval": 3.0,
+    "presence_heartbeat": 2.0,
+    "presence_ttl": 10.0,
+    "presence_offline_grace": 0.5,
     "log_level": "WARNING",
     "tls_certificate_file": "/run/hub-tls/fullchain.pem",
 }
@@ -246,6 +254,11 @@ def test_production_accepts_generated_secrets(good: str) -> None:
     ("LOGIN_FAILURE_LIMIT", "ten"),
     ("LOGIN_FAILURE_WINDOW", "0"),
     ("CHAT_POST_BURST", "many"),
+    ("CHAT_TYPING_INTERVAL", "0"),
+    ("PRESENCE_HEARTBEAT", "20"),
+    ("PRESENCE_TTL", "29"),
+    ("PRESENCE_TTL", "6"),  # less than twice the default heartbeat
+    ("PRESENCE_OFFLINE_GRACE", "5"),
     ("ALLOWED_ORIGINS", "https://chat.example/app"),
     ("ALLOWED_ORIGINS", "chat.example"),
     ("ALLOWED_ORIGINS", "https://chat.example, null"),
