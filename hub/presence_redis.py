@@ -140,6 +140,8 @@ class RedisPresence(PresenceStore):
             for user_id in local_users:
                 if await self.arrive(user_id):
                     again.append(user_id)
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                count = int(await self._redis.hlen(self._count))
         return offline, again, count
 
     async def close(self) -> list[int]:
