@@ -106,6 +106,7 @@ class Presence:
         self._work: asyncio.Queue[tuple[bool, int]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._settling: dict[int, asyncio.Task[None]] = {}  # user -> its grace
+        self._closed = False
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(user_id, online)` on every announced change."""
@@ -126,6 +127,8 @@ class Presence:
         self._queue(False, user_id)
 
     def _queue(self, arriving: bool, user_id: int) -> None:
+        if self._closed:  # shutting down: `close` withdraws every user of this process at once
+            return
         self._work.put_nowait((arriving, user_id))
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")

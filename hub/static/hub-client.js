@@ -17,12 +17,16 @@
 //   becomes visible; a ping every 25 s notices a dead socket;
 // - refreshes the access token before it expires (REST refresh, then the `refresh` frame);
 // - close codes are "reconnect" (1006, 1011, 1012, 4008, 4009, ...) or "terminal": 4003, and 4001
-//   once a token refresh has failed too; terminal ends the session ("signed-out").
+//   once a token refresh has failed too; terminal ends the session ("signed-out");
+// - signals (§11), live only and never replayed: "presence" `{chat_id, user_id, online}` and
+//   "typing" `{chat_id, user_id}`; `typing(chatId)` tells a chat's other members the user types
+//   (at most once per chat every 2 s). After each "welcome" the page re-reads presence over REST.
 
 const ACCESS_LEAD_MAX_MS = 60_000; // refresh this long before expiry at most...
 const ACCESS_LEAD_FRACTION = 0.2; // ...or this part of the token's life, whichever is less
 const WELCOME_TIMEOUT_MS = 15_000;
 const MAX_AUTH_FAILURES = 2; // 4001 closes in a row, each after a successful refresh
+const TYPING_EVERY_MS = 2_000; // the hub forwards one typing signal per user and chat per 2 s
 
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
@@ -130,6 +134,7 @@ export class HubClient extends Emitter {
   #lastEventId = 0;
   #epoch = null;
   #listening = false;
+  #typingSent = new Map(); // chat id -> when the last typing frame went out
 
   /**
    * @param {object} [options]
@@ -396,6 +401,8 @@ export class HubClient extends Emitter {
       case "event": return this.#onEvent(frame);
       case "refreshed": return this.emit("refreshed", frame);
       case "error": return this.emit("error", frame);
+      case "presence": return this.emit("presence", frame);
+      case "typing": return this.emit("typing", frame);
       default: return undefined; // pong, or a frame type this version does not know
     }
   }
@@ -479,6 +486,18 @@ export class HubClient extends Emitter {
     if (ws !== this.#ws) return;
     this.#closeSocket(CloseCode.CLIENT_TIMEOUT, reason);
     this.#retryLater();
+  }
+
+  /** Tell the other members of `chatId` that the user is typing; sent at most once per chat
+   * every 2 s (more would be dropped by the hub). True when a frame went out. */
+  typing(chatId) {
+    const now = Date.now();
+    if (!this.#ws || !this.#welcomed || now - (this.#typingSent.get(chatId) ?? -Infinity) < TYPING_EVERY_MS) {
+      return false;
+    }
+    this.#typingSent.set(chatId, now);
+    this.#send({ type: "typing", chat_id: chatId });
+    return true;
   }
 
   #send(frame) {
