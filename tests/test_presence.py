@@ -7,12 +7,15 @@ tests/test_presence_processes.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import httpx
 
+from hub.client import Event, HubClient, Reset, Signal
 from tests.conftest import RunningHub
-from tests.wsutil import Socket, connect, make_users, publish_to
+from tests.wsutil import connect, make_users, publish_to
 
 CHATS = "/api/v1/chats"
 
@@ -27,22 +30,6 @@ async def make_chat(http: httpx.AsyncClient, token: str, member_ids: list[int]) 
     assert response.status_code == 201, response.text
     chat_id: int = response.json()["id"]
     return chat_id
-
-
-async def frames_until(sock: Socket, last: dict[str, Any], timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Every frame up to and including one that has all of `last`'s items."""
-    seen = []
-    while True:
-        frame = await sock.next(timeout)
-        seen.append(frame)
-        if all(frame.get(key) == value for key, value in last.items()):
-            return seen
-
-
-async def drain_events(sock: Socket) -> None:
-    """Skip the chat.created event a new chat brings."""
-    frame = await sock.next()
-    assert frame["type"] == "event" and frame["name"] == "chat.created", frame
 
 
 async def test_members_see_each_other_come_online_type_and_go_offline(hub: RunningHub) -> None:
@@ -122,11 +109,15 @@ async def test_signals_take_no_stream_id_and_a_resume_replays_only_events(hub: R
     for _ in range(30):  # a typing flood: one is forwarded, the rest dropped, nothing else lost
         await sock_a.send({"type": "typing", "chat_id": chat})
     await publish_to(hub, [b], "test.two", {"n": 2})
-    frames = await frames_until(sock_b, {"name": "test.two"})
+    frames: list[dict[str, Any]] = []
+    while not {"presence", "typing", "test.two"} <= {f.get("name", f["type"]) for f in frames}:
+        frames.append(await sock_b.next())  # signals and events take separate paths: any order
+    await sock_b.silent(0.5)
     signals = [frame for frame in frames if frame["type"] != "event"]
     events = [frame for frame in frames if frame["type"] == "event"]
-    assert signals == [{"type": "presence", "chat_id": chat, "user_id": a, "online": True},
-                       {"type": "typing", "chat_id": chat, "user_id": a}]
+    assert sorted(signals, key=lambda frame: frame["type"]) == [
+        {"type": "presence", "chat_id": chat, "user_id": a, "online": True},
+        {"type": "typing", "chat_id": chat, "user_id": a}]
     assert [event["id"] for event in events] == [start + 1, start + 2]  # consecutive: no id taken
     assert [event["name"] for event in events] == ["test.one", "test.two"]
 
@@ -145,3 +136,43 @@ async def test_signals_take_no_stream_id_and_a_resume_replays_only_events(hub: R
     await resumed.silent(0.3)  # no signal replayed
     await resumed.close()
     await sock_a.close()
+
+
+async def test_the_python_client_yields_signals_between_events_and_sends_typing(
+        hub: RunningHub) -> None:
+    (a, a_token), (b, b_token) = await make_users(hub.settings, 2)
+    chat = await make_chat(hub.http, a_token, [b])
+    listener = HubClient(hub.ws_url, b_token, signals=True)
+    typist = HubClient(hub.ws_url, a_token)
+    received: list[Event | Reset | Signal] = []
+
+    async def listen() -> None:
+        async with contextlib.aclosing(listener.events()) as items:
+            async for item in items:
+                received.append(item)
+                if isinstance(item, Event) and item.name == "test.done":
+                    return
+
+    async def type_once() -> None:
+        async with contextlib.aclosing(typist.events()) as items:
+            async for item in items:
+                if isinstance(item, Reset):  # connected
+                    assert await typist.typing(chat) is True
+                    assert await typist.typing(chat) is False  # throttled in the client
+                    while not any(isinstance(seen, Signal) and seen.type == "typing"
+                                  for seen in received):
+                        await asyncio.sleep(0.02)
+                    await publish_to(hub, [b], "test.done")
+
+    async with asyncio.timeout(20):
+        listening = asyncio.create_task(listen())
+        while listener.connects == 0:
+            await asyncio.sleep(0.02)
+        typing = asyncio.create_task(type_once())
+        await listening
+        await typist.close()
+        await typing
+    await listener.close()
+    assert [type(item) for item in received] == [Reset, Signal, Signal, Event]
+    assert received[1] == Signal("presence", {"chat_id": chat, "user_id": a, "online": True})
+    assert received[2] == Signal("typing", {"chat_id": chat, "user_id": a})
