@@ -12,7 +12,7 @@ from typing import Any
 
 from chat import queries
 from hub.db import Database
-from hub.errors import NotFound
+from hub.errors import NotFound, RateLimited
 from hub.presence import Presence
 from hub.ratelimit import Limit, RateLimiter
 from hub.signals import Signals
@@ -50,10 +50,9 @@ class ChatLive:
             members = await queries.member_ids(session, chat_id)
         if user_id not in members:
             raise _no_chat(chat_id)
-        limit = self._typing_limit
-        decision = await self._limiter.hit(f"{limit.name}:{user_id}:{chat_id}", limit.rate,
-                                           limit.burst)
-        if not decision.allowed:
+        try:  # a dropped one is counted in hub_rate_limited_total{limit="chat_typing"}
+            await self._limiter.enforce(self._typing_limit, f"{user_id}:{chat_id}", "typing")
+        except RateLimited:
             return False
         others = [member for member in members if member != user_id]
         await self._signals.send(others, {"type": "typing", "chat_id": chat_id,
