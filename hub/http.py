@@ -8,7 +8,7 @@ document cannot drift from what the server accepts.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from hub.errors import Forbidden, Invalid, TooLarge, UnsupportedMediaType
+from hub.errors import Forbidden, Invalid, NotFound, TooLarge, UnsupportedMediaType
 
 MAX_BODY_BYTES = 1024 * 1024
 AUTH_SCHEMES = ("user", "hub_api_key", "parser_token", "exchange_token")
@@ -32,27 +32,33 @@ class ApiSpec:
     tag: str
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    path: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
     auth: str | None = None  # "user", "hub_api_key", "parser_token", "exchange_token"
     errors: Sequence[int] = ()
-    headers: Sequence[str] = ()
+    headers: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     content_type: str = "application/json"
-    extra: dict[str, Any] = field(default_factory=dict)
+    links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
-        query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
-        status: int = 200, auth: str | None = None, errors: Sequence[int] = (),
-        headers: Sequence[str] = (), content_type: str = "application/json") -> Callable[[E], E]:
+        query: type[BaseModel] | None = None, path: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None, status: int = 200, auth: str | None = None,
+        errors: Sequence[int] = (), headers: Mapping[str, dict[str, Any]] | None = None,
+        content_type: str = "application/json",
+        links: Mapping[str, dict[str, Any]] | None = None) -> Callable[[E], E]:
     """Attach an `ApiSpec` to an endpoint (a function or a method); `hub.openapi` reads it.
 
-    `body` and `query` must be the models the endpoint passes to `read_json`/`read_query`."""
+    `body`, `query` and `path` must be the models the endpoint passes to `read_json`,
+    `read_query` and `read_path`; `headers` maps each optional request header to the JSON
+    schema of the values the endpoint accepts; `links` are OpenAPI link objects of the success
+    answer (what a client can call next with the ids it got)."""
     if auth is not None and auth not in AUTH_SCHEMES:
         raise ValueError(f"api(auth={auth!r}): use one of {', '.join(AUTH_SCHEMES)}")
-    spec = ApiSpec(summary=summary, tag=tag, body=body, query=query, response=response,
-                   status=status, auth=auth, errors=tuple(errors), headers=tuple(headers),
-                   content_type=content_type)
+    spec = ApiSpec(summary=summary, tag=tag, body=body, query=query, path=path,
+                   response=response, status=status, auth=auth, errors=tuple(errors),
+                   headers=dict(headers or {}), content_type=content_type, links=dict(links or {}))
 
     def attach(endpoint: E) -> E:
         endpoint.__api__ = spec  # type: ignore[attr-defined]
@@ -106,6 +112,15 @@ def read_query(request: Request, model: type[M]) -> M:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
         raise invalid_from(exc) from None
+
+
+def read_path(request: Request, model: type[M]) -> M:
+    """Validate the path parameters as `model`. An id outside the model's range names no
+    resource (and would overflow the database's integer), so it is a 404, like an unknown id."""
+    try:
+        return model.model_validate(request.path_params)
+    except ValidationError:
+        raise NotFound(f"no such resource: {request.url.path}") from None
 
 
 def invalid_from(exc: ValidationError) -> Invalid:

@@ -20,6 +20,12 @@ from hub.models import IdempotencyKey
 
 TTL = dt.timedelta(hours=24)
 MAX_KEY_LENGTH = 255
+HEADER = "Idempotency-Key"
+# What `check_key` accepts, for the OpenAPI document (the HTTP layer drops surrounding spaces,
+# so a key needs one visible character).
+KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+              "pattern": "^[ -~]*[!-~][ -~]*$",
+              "description": "a retry with the same key within 24 h returns the first answer"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,13 @@ class ParseResult(BaseModel):
     """A parser's answer. Long titles and errors are cut, not refused: the user still gets one.
     A `success` needs `html` (it may be empty); a `failure` needs `error`."""
 
-    model_config = ConfigDict(extra="ignore")
+    # What `_complete` requires, for the OpenAPI document.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {"status": {"const": "success"}, "html": {"type": "string"}},
+         "required": ["html"]},
+        {"properties": {"status": {"const": "failure"}, "error": {"type": "string", "minLength": 1}},
+         "required": ["error"]},
+    ]})
 
     status: Literal["success", "failure"]
     title: str | None = None
