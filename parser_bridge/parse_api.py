@@ -97,7 +97,8 @@ class ParseApi:
     @api(summary="Ask for a page to be fetched; parse.completed follows", tag="parser",
          body=ParseBody, response=ParseAccepted, status=202, auth="user",
          errors=(401, 413, 415, 422),
-         links={"GetParse": link("GET", _PARSE, _FROM_ACCEPTED)})
+         links={"GetParse": link("GET", _PARSE, _FROM_ACCEPTED),
+                "PutResult": link("PUT", _PARSE + "/result", _FROM_ACCEPTED)})
     async def submit(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
         body = await read_json(request, ParseBody)
