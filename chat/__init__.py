@@ -8,9 +8,13 @@ from hub.db import Database
 from hub.events import EventBus
 from hub.feature import Feature
 from hub.identity import Authenticator
+from hub.token_buckets import Allow
 
 
-def chat_feature(db: Database, events: EventBus, authenticator: Authenticator) -> Feature:
-    """The chat's routes, for the composition root. (Expired idempotency keys are removed by
-    the core's retention loop.)"""
-    return Feature(routes=ChatApi(ChatService(db, events), authenticator).routes())
+def chat_feature(db: Database, events: EventBus, authenticator: Authenticator, *,
+                 max_members: int, post_allowed: Allow) -> Feature:
+    """The chat's routes, for the composition root. `post_allowed` limits posting per user
+    (keys `chat.post:{user_id}`, one unit per new message). (Expired idempotency keys are
+    removed by the core's retention loop.)"""
+    service = ChatService(db, events, max_members=max_members, post_allowed=post_allowed)
+    return Feature(routes=ChatApi(service, authenticator).routes())

@@ -1,4 +1,5 @@
-"""Tables of the chat feature: chats, their members (with each one's read marker) and messages.
+"""Tables of the chat feature: chats, their members (with each one's read marker), messages, and
+the blocks between users.
 
 Counters kept on the rows make the hot reads constant-time at any history size:
 `chats.message_count` is the `seq` of the chat's newest message (messages are numbered 1, 2, ...
@@ -67,3 +68,17 @@ class Message(Base):
         Index("uq_messages_chat_id_seq", "chat_id", "seq", unique=True),
         Index("ix_messages_sender_id", "sender_id"),
     )
+
+
+class Block(Base):
+    """`blocker_id` blocks `blocked_id`: the blocked user cannot add the blocker to a chat."""
+
+    __tablename__ = "user_blocks"
+
+    blocker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    blocked_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # The primary key serves "whom do I block"; this one serves "who blocks me" and the
+    # cascade when a user is deleted.
+    __table_args__ = (Index("ix_user_blocks_blocked_id", "blocked_id"),)

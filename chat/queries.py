@@ -9,10 +9,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, insert, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chat.models import Chat, ChatMember, Message
+from chat.models import Block, Chat, ChatMember, Message
 from hub.db import rfc3339
 from hub.models import User
 
@@ -62,6 +63,11 @@ async def member_ids(session: AsyncSession, chat_id: int) -> list[int]:
     rows = await session.scalars(
         select(ChatMember.user_id).where(ChatMember.chat_id == chat_id).order_by(ChatMember.user_id))
     return list(rows)
+
+
+async def member_count(session: AsyncSession, chat_id: int) -> int:
+    return int(await session.scalar(
+        select(func.count()).select_from(ChatMember).where(ChatMember.chat_id == chat_id)) or 0)
 
 
 async def members_of(session: AsyncSession, chat_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
@@ -123,6 +129,19 @@ async def insert_member(session: AsyncSession, chat_id: int, user_id: int, head:
         last_read_message_id=head.last_message_id or 0, last_read_seq=head.message_count))
 
 
+async def delete_member(session: AsyncSession, chat_id: int, user_id: int) -> None:
+    """Remove the membership, and with it the member's read marker."""
+    await session.execute(
+        delete(ChatMember).where(ChatMember.chat_id == chat_id, ChatMember.user_id == user_id)
+        .execution_options(synchronize_session=False))
+
+
+async def delete_chat(session: AsyncSession, chat_id: int) -> None:
+    """Delete the chat; its members and messages go with it (ON DELETE CASCADE)."""
+    await session.execute(
+        delete(Chat).where(Chat.id == chat_id).execution_options(synchronize_session=False))
+
+
 async def insert_message(session: AsyncSession, chat_id: int, head: ChatHead, sender_id: int,
                          text: str, now: dt.datetime) -> int:
     """Append a message after `head` (read under the chat's lock), move the chat's counters and
@@ -182,6 +201,41 @@ async def message_page(session: AsyncSession, chat_id: int, before_id: int | Non
     rows = await session.execute(query)
     return [message_json(message_id, chat_id, sender_id, username, text, created_at)
             for message_id, sender_id, username, text, created_at in rows]
+
+
+async def blockers_among(session: AsyncSession, user_ids: Iterable[int], blocked_id: int) -> list[int]:
+    """Which of `user_ids` block `blocked_id`, ascending."""
+    wanted = sorted(set(user_ids))
+    found: list[int] = []
+    for start in range(0, len(wanted), 1000):
+        found.extend(await session.scalars(
+            select(Block.blocker_id)
+            .where(Block.blocked_id == blocked_id, Block.blocker_id.in_(wanted[start:start + 1000]))
+            .order_by(Block.blocker_id)))
+    return found
+
+
+async def insert_block(session: AsyncSession, blocker_id: int, blocked_id: int,
+                       now: dt.datetime) -> None:
+    """Record the block; nothing happens if it is already there (also under a concurrent twin)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    await session.execute(
+        dialect.insert(Block).values(blocker_id=blocker_id, blocked_id=blocked_id, created_at=now)
+        .on_conflict_do_nothing())
+
+
+async def delete_block(session: AsyncSession, blocker_id: int, blocked_id: int) -> None:
+    await session.execute(
+        delete(Block).where(Block.blocker_id == blocker_id, Block.blocked_id == blocked_id)
+        .execution_options(synchronize_session=False))
+
+
+async def blocks_of(session: AsyncSession, blocker_id: int) -> list[dict[str, Any]]:
+    """`[{"user_id", "username"}, ...]` of the users `blocker_id` blocks, in user-id order."""
+    rows = await session.execute(
+        select(User.id, User.username).join(Block, Block.blocked_id == User.id)
+        .where(Block.blocker_id == blocker_id).order_by(User.id))
+    return [{"user_id": user_id, "username": username} for user_id, username in rows]
 
 
 def message_json(message_id: int, chat_id: int, sender_id: int, sender_username: str, text: str,

@@ -1,4 +1,4 @@
-"""REST calls of the chat (protocol §6), over `ChatService`."""
+"""REST calls of the chat (protocol §6), blocks included, over `ChatService`."""
 
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ class ChatPath(BaseModel):
     chat_id: ChatId
 
 
+class UserPath(BaseModel):
+    user_id: Annotated[int, Field(ge=1, le=MAX_INT32)]
+
+
 class MemberOut(BaseModel):
     user_id: int
     username: str
@@ -129,6 +133,15 @@ class MessagePage(BaseModel):
     next_before_id: int | None
 
 
+class NewBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+
+
+class BlockList(BaseModel):
+    items: list[MemberOut]
+
+
 _CHAT = "/api/v1/chats/{chat_id:int}"
 _FROM_CHAT = {"chat_id": "$response.body#/id"}
 _FROM_MESSAGE = {"chat_id": "$response.body#/chat_id"}
@@ -157,13 +170,18 @@ class ChatApi:
             Route("/api/v1/chats", self.list_chats, methods=["GET"]),
             Route(_CHAT, self.get_chat, methods=["GET"]),
             Route(_CHAT + "/members", self.add_member, methods=["POST"]),
+            Route(_CHAT + "/members/me", self.leave, methods=["DELETE"]),
             Route(_CHAT + "/messages", self.post_message, methods=["POST"]),
             Route(_CHAT + "/messages", self.list_messages, methods=["GET"]),
             Route(_CHAT + "/read", self.mark_read, methods=["POST"]),
+            Route("/api/v1/blocks", self.block, methods=["POST"]),
+            Route("/api/v1/blocks", self.list_blocks, methods=["GET"]),
+            Route("/api/v1/blocks/{user_id:int}", self.unblock, methods=["DELETE"]),
         ]
 
-    @api(summary="Create a chat (the creator is a member); emits chat.created", tag="chat",
-         body=NewChat, response=ChatOut, status=201, auth="user", errors=(401, 413, 415, 422),
+    @api(summary="Create a chat (the creator is a member); emits chat.created. 403 if a member "
+                 "blocks the creator; 422 beyond CHAT_MAX_MEMBERS members", tag="chat",
+         body=NewChat, response=ChatOut, status=201, auth="user", errors=(401, 403, 413, 415, 422),
          links=CHAT_LINKS)
     async def create_chat(self, request: Request) -> Response:
         user_id = await self._user(request)
@@ -183,19 +201,29 @@ class ChatApi:
         user_id = await self._user(request)
         return json_response(await self._service.get_chat(user_id, _chat_id(request)))
 
-    @api(summary="Add a member; emits chat.member_added to every member, the new one too",
+    @api(summary="Add a member; emits chat.member_added to every member, the new one too. 403 "
+                 "if they block the caller; 422 when the chat has CHAT_MAX_MEMBERS members",
          tag="chat", body=NewMember, path=ChatPath, response=ChatOut, status=201, auth="user",
-         errors=(401, 404, 409, 413, 415, 422))
+         errors=(401, 403, 404, 409, 413, 415, 422))
     async def add_member(self, request: Request) -> Response:
         user_id = await self._user(request)
         chat_id = _chat_id(request)
         body = await read_json(request, NewMember)
         return json_response(await self._service.add_member(user_id, chat_id, body.user_id), 201)
 
+    @api(summary="Leave a chat; emits chat.member_left to the remaining members. The leaver "
+                 "gets nothing more of it; the last member to leave deletes it", tag="chat",
+         path=ChatPath, status=204, auth="user", errors=(401, 404))
+    async def leave(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        await self._service.leave(user_id, _chat_id(request))
+        return Response(status_code=204)
+
     @api(summary="Post a message; emits chat.message to every member. A retry with the same "
-                 "Idempotency-Key within 24 h returns the first answer", tag="chat",
+                 "Idempotency-Key within 24 h returns the first answer. 429 with Retry-After "
+                 "beyond CHAT_POST_RATE per second (bursts of CHAT_POST_BURST)", tag="chat",
          body=NewMessage, path=ChatPath, response=MessageOut, status=201, auth="user",
-         errors=(401, 404, 409, 413, 415, 422),
+         errors=(401, 404, 409, 413, 415, 422, 429),
          headers={idempotency.HEADER: idempotency.KEY_SCHEMA}, links=MESSAGE_LINKS)
     async def post_message(self, request: Request) -> Response:
         user_id = await self._user(request)
@@ -225,6 +253,29 @@ class ChatApi:
         chat_id = _chat_id(request)
         body = await read_json(request, ReadMark)
         await self._service.mark_read(user_id, chat_id, body.message_id)
+        return Response(status_code=204)
+
+    @api(summary="Block a user (again: no change): they cannot add the caller to a chat. 422 "
+                 "for oneself or an unknown user", tag="chat", body=NewBlock, status=204,
+         auth="user", errors=(401, 413, 415, 422))
+    async def block(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        body = await read_json(request, NewBlock)
+        await self._service.block(user_id, body.user_id)
+        return Response(status_code=204)
+
+    @api(summary="The users the caller blocks, in user-id order", tag="chat", response=BlockList,
+         auth="user", errors=(401,))
+    async def list_blocks(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        return json_response({"items": await self._service.blocks(user_id)})
+
+    @api(summary="Unblock a user (not blocked: no change); 404 for an unknown user", tag="chat",
+         path=UserPath, status=204, auth="user", errors=(401, 404))
+    async def unblock(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        blocked_id = read_path(request, UserPath).user_id
+        await self._service.unblock(user_id, blocked_id)
         return Response(status_code=204)
 
     async def _user(self, request: Request) -> int:

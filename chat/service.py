@@ -4,6 +4,9 @@ Events (protocol §5) are emitted inside the transaction that makes the change, 
 with it and are published after the commit. Writers that touch a chat's messages or members
 lock the chat row first (`queries.lock_chat`), then the members' streams (inside `tx.emit`), so
 concurrent writers queue instead of deadlocking and every member sees events in commit order.
+
+Abuse limits (protocol §6): a chat has at most `max_members` members; a user who blocks another
+cannot be added to a chat by them; posts go through the `Allow` handed in (a limiter per user).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from chat import queries
 from chat.queries import ChatRow, chat_json, message_json
 from hub import idempotency
 from hub.db import Database, utcnow
-from hub.errors import Conflict, Invalid, NotFound
+from hub.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
 from hub.events import EventBus
 from hub.idempotency import StoredAnswer
+from hub.token_buckets import Allow, retry_after_header
 from hub.users import existing_user_ids
 
 
@@ -29,20 +33,37 @@ def _no_chat(chat_id: int) -> NotFound:
     return NotFound(f"no chat {chat_id} among yours")
 
 
+def _blocked_by(blockers: Sequence[int]) -> Forbidden:
+    listed = ", ".join(map(str, blockers))
+    return Forbidden(f"user {listed} blocks you: you cannot add them to a chat" if len(blockers) == 1
+                     else f"users {listed} block you: you cannot add them to a chat")
+
+
 class ChatService:
-    def __init__(self, db: Database, events: EventBus) -> None:
+    def __init__(self, db: Database, events: EventBus, *, max_members: int,
+                 post_allowed: Allow) -> None:
         self._db = db
         self._events = events
+        self._max_members = max_members
+        self._post_allowed = post_allowed
 
     async def create_chat(self, creator_id: int, title: str, member_ids: Sequence[int]) -> dict[str, Any]:
-        """Create a chat of the creator and `member_ids`; emits `chat.created` to every member."""
+        """Create a chat of the creator and `member_ids`; emits `chat.created` to every member.
+        422 for unknown users or more than `max_members` members, 403 if one of them blocks the
+        creator."""
         everyone = sorted(set(member_ids) | {creator_id})
+        if len(everyone) > self._max_members:
+            raise Invalid({"member_ids": f"a chat has at most {self._max_members} members, the "
+                                         f"creator included; this one would have {len(everyone)}"})
         async with self._events.transaction() as tx:
             known = await existing_user_ids(tx.session, everyone)
             unknown = sorted(set(member_ids) - known)
             if unknown:
                 listed = ", ".join(map(str, unknown))
                 raise Invalid({"member_ids": f"unknown user ids: {listed}"})
+            blockers = await queries.blockers_among(tx.session, member_ids, creator_id)
+            if blockers:
+                raise _blocked_by(blockers)
             now = utcnow()
             chat_id = await queries.insert_chat(tx.session, title, creator_id, everyone, now)
             members = (await queries.members_of(tx.session, [chat_id]))[chat_id]
@@ -67,7 +88,8 @@ class ChatService:
 
     async def add_member(self, caller_id: int, chat_id: int, user_id: int) -> dict[str, Any]:
         """Add `user_id` to a chat of the caller; emits `chat.member_added` to every member,
-        the new one included. Returns the chat as the caller sees it."""
+        the new one included. Returns the chat as the caller sees it. 403 if `user_id` blocks
+        the caller, 422 when the chat already has `max_members` members."""
         async with self._events.transaction() as tx:
             session = tx.session
             head = await queries.lock_chat(session, chat_id, caller_id)
@@ -77,6 +99,11 @@ class ChatService:
                 raise Invalid({"user_id": f"unknown user id {user_id}"})
             if await queries.is_member(session, chat_id, user_id):
                 raise Conflict(f"user {user_id} is already a member of chat {chat_id}")
+            if await queries.blockers_among(session, [user_id], caller_id):
+                raise _blocked_by([user_id])
+            if await queries.member_count(session, chat_id) >= self._max_members:
+                raise Invalid({"user_id": f"chat {chat_id} is full: a chat has at most "
+                                          f"{self._max_members} members"})
             await queries.insert_member(session, chat_id, user_id, head, utcnow())
             member_ids = await queries.member_ids(session, chat_id)
             await tx.emit(member_ids, "chat.member_added", {"chat_id": chat_id, "user_id": user_id})
@@ -84,6 +111,24 @@ class ChatService:
             members = await queries.members_of(session, [chat_id])
         assert row is not None  # the caller's membership is held by the chat lock
         return chat_json(row, members[chat_id])
+
+    async def leave(self, user_id: int, chat_id: int) -> None:
+        """Remove the caller from the chat, read marker and all; emits `chat.member_left` to the
+        remaining members, none to the leaver, who from then on is a stranger to the chat (404,
+        no events) unless added again, as a newcomer. The last member to leave deletes the
+        chat with its messages: nobody could reach it again."""
+        async with self._events.transaction() as tx:
+            session = tx.session
+            # The chat lock orders the leave with posts and adds: a post that commits after
+            # this one no longer counts the leaver among its recipients.
+            if await queries.lock_chat(session, chat_id, user_id) is None:
+                raise _no_chat(chat_id)
+            await queries.delete_member(session, chat_id, user_id)
+            remaining = await queries.member_ids(session, chat_id)
+            if remaining:
+                await tx.emit(remaining, "chat.member_left", {"chat_id": chat_id, "user_id": user_id})
+            else:
+                await queries.delete_chat(session, chat_id)
 
     async def post_message(self, sender_id: int, chat_id: int, text: str,
                            idempotency_key: str | None = None) -> tuple[StoredAnswer, bool]:
@@ -94,7 +139,11 @@ class ChatService:
         With an `idempotency_key` the sender already used on this call within 24 h, the first
         answer comes back and nothing is written or published (409 if the key came with another
         chat or text); a concurrent duplicate loses on the key's primary key and answers with
-        the winner's stored answer. Returns the answer and whether it is a replay."""
+        the winner's stored answer. Returns the answer and whether it is a replay.
+
+        A new post (not a replay) spends one unit of the sender's posting allowance first; with
+        none left it is 429 with the seconds until the next post is accepted, and nothing is
+        written (no message, no event, no idempotency key)."""
         scope = f"chat:{sender_id}"
         print_ = idempotency.fingerprint(f"{chat_id}\n{text}".encode())
         if idempotency_key is not None:
@@ -102,6 +151,11 @@ class ChatService:
                 stored = await idempotency.lookup(session, scope, idempotency_key, print_)
             if stored is not None:
                 return stored, True
+        wait = await self._post_allowed(f"chat.post:{sender_id}")
+        if wait is not None:
+            retry_after = retry_after_header(wait)
+            raise RateLimited(f"posting too fast: the next message is accepted in {retry_after} s",
+                              retry_after)
         try:
             async with self._events.transaction() as tx:
                 session = tx.session
@@ -151,3 +205,25 @@ class ChatService:
                 others = [uid for uid in await queries.member_ids(session, chat_id) if uid != user_id]
                 await tx.emit(others, "chat.read",
                               {"chat_id": chat_id, "user_id": user_id, "message_id": message_id})
+
+    async def block(self, blocker_id: int, blocked_id: int) -> None:
+        """`blocker_id` blocks `blocked_id` (again is no change). 422 for oneself or an unknown
+        user. Chats they already share stay as they are: either may leave."""
+        if blocker_id == blocked_id:
+            raise Invalid({"user_id": "you cannot block yourself"})
+        async with self._db.sessions.begin() as session:
+            if not await existing_user_ids(session, [blocked_id]):
+                raise Invalid({"user_id": f"unknown user id {blocked_id}"})
+            await queries.insert_block(session, blocker_id, blocked_id, utcnow())
+
+    async def unblock(self, blocker_id: int, blocked_id: int) -> None:
+        """Lift the block if there is one; 404 for an unknown user."""
+        async with self._db.sessions.begin() as session:
+            if not await existing_user_ids(session, [blocked_id]):
+                raise NotFound(f"no user {blocked_id}")
+            await queries.delete_block(session, blocker_id, blocked_id)
+
+    async def blocks(self, blocker_id: int) -> list[dict[str, Any]]:
+        """The users `blocker_id` blocks, in user-id order."""
+        async with self._db.sessions() as session:
+            return await queries.blocks_of(session, blocker_id)

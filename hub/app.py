@@ -40,6 +40,7 @@ from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
 from hub.supervise import supervise
+from hub.token_buckets import TokenBuckets
 from hub.web import WebFront
 from hub.ws import WebSocketApi
 from parser_bridge.feature import parser_bridge_feature
@@ -59,7 +60,7 @@ def make_broker(settings: Settings) -> Broker:
 def create_app(settings: Settings) -> Starlette:
     """Build the hub from validated settings. Nothing connects until the lifespan starts."""
     db = Database(settings.database_url)
-    metrics = Metrics()
+    metrics = Metrics(settings.tls_certificate_file)
     broker = make_broker(settings)
     publisher = Publisher(db, broker, metrics, settings.redis_channel_prefix)
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
@@ -83,7 +84,8 @@ def create_app(settings: Settings) -> Starlette:
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
         Feature(routes=AuthApi(accounts, db).routes()),
         parser_bridge_feature(settings, db, events, accounts),
-        chat_feature(db, events, accounts),
+        chat_feature(db, events, accounts, max_members=settings.chat_max_members,
+                     post_allowed=TokenBuckets(settings.chat_post_rate, settings.chat_post_burst).allow),
     ]
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))

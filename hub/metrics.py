@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections.abc import Iterator
+from pathlib import Path
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+log = logging.getLogger(__name__)
+
 
 class Metrics:
-    def __init__(self) -> None:
+    """`tls_certificate_file` (TLS_CERTIFICATE_FILE), when given, adds the expiry of the
+    certificate the deployment serves (see CertificateExpiry)."""
+
+    def __init__(self, tls_certificate_file: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        if tls_certificate_file is not None:
+            r.register(CertificateExpiry(Path(tls_certificate_file)))
         self.connections = Gauge("hub_connections", "Open authenticated WebSocket connections",
                                  registry=r)
         self.events_published = Counter("hub_events_published_total",
@@ -74,6 +84,30 @@ class Deliveries(Collector):
                                         "From commit to the send of the event frame")
         latency.add_metric([], buckets, self._sum)
         yield latency
+
+
+class CertificateExpiry(Collector):
+    """`hub_tls_certificate_expiry_timestamp_seconds`: notAfter of the first certificate in a PEM
+    file (the chain nginx serves, copied there by certbot/served_certificate.py), read at every
+    scrape, so a renewal shows at the next one. No sample while the file is missing or unreadable
+    (alert on its absence too); the scrape itself never fails because of it."""
+
+    NAME = "hub_tls_certificate_expiry_timestamp_seconds"
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, "Unix time at which the served TLS certificate expires")
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            certificate = x509.load_pem_x509_certificate(self._path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("TLS_CERTIFICATE_FILE %s is unreadable: %s", self._path, exc)
+            return
+        yield GaugeMetricFamily(self.NAME, "Unix time at which the served TLS certificate expires",
+                                value=certificate.not_valid_after_utc.timestamp())
 
 
 class HttpMetricsMiddleware:

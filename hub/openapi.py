@@ -23,7 +23,7 @@ _ERROR_HEADERS = {
 }
 _ERROR_TEXT = {
     400: "Bad request", 401: "Missing, expired or invalid access token",
-    403: "Missing or wrong service credential", 404: "Not found", 409: "Conflict",
+    403: "Forbidden (a missing or wrong service credential, or a block)", 404: "Not found", 409: "Conflict",
     413: "Body too large", 415: "Body is not JSON", 422: "Validation failed (fields named)",
     429: "Rate limited", 503: "A dependency is down",
 }

@@ -58,8 +58,12 @@ class Settings:
     exchange_retry_window: float = 60.0  # seconds of failed hand-overs before an exchange fails
     stream_retention_events: int = 10_000
     stream_retention_seconds: int = 7 * 24 * 3600
+    chat_max_members: int = 1000
+    chat_post_rate: float = 5.0  # messages per second per user, on average
+    chat_post_burst: int = 20
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     log_level: str = "INFO"
+    tls_certificate_file: str | None = None  # the served chain, for the certificate expiry metric
 
     @property
     def production(self) -> bool:
@@ -118,8 +122,12 @@ class Settings:
             exchange_retry_window=r.number("EXCHANGE_RETRY_WINDOW", 60.0, minimum=0.1),
             stream_retention_events=r.integer("STREAM_RETENTION_EVENTS", 10_000, minimum=1),
             stream_retention_seconds=r.integer("STREAM_RETENTION_SECONDS", 7 * 24 * 3600, minimum=1),
+            chat_max_members=r.integer("CHAT_MAX_MEMBERS", 1000, minimum=2),
+            chat_post_rate=r.number("CHAT_POST_RATE", 5.0, minimum=0.01),
+            chat_post_burst=r.integer("CHAT_POST_BURST", 20, minimum=1),
             trusted_proxies=r.csv("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
         )
 
 
@@ -171,7 +179,7 @@ class _Reader:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
         if not value >= minimum or value == float("inf"):
             raise ConfigError(f"{name}={raw} must be a finite number of at least {minimum}")
         return value

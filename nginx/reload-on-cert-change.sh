@@ -12,7 +12,7 @@
 set -eu
 
 : "${DOMAIN:?DOMAIN must name the certificate to watch}"
-live="${NGINX_CERTS_DIR:-/etc/letsencrypt}/live/${DOMAIN}"
+served="${NGINX_CERTS_DIR:-/etc/letsencrypt}/served/${DOMAIN}"
 interval="${CERT_WATCH_INTERVAL:-60}"
 nginx_bin="${NGINX_BIN:-nginx}"
 nginx_args="${NGINX_ARGS:-}"
@@ -21,11 +21,11 @@ log() { echo "reload-on-cert-change: $*" >&2; }
 
 fingerprint() {
   # cksum is POSIX (busybox and coreutils alike); it detects change, it does not authenticate.
-  cat "$live/fullchain.pem" "$live/privkey.pem" 2>/dev/null | cksum
+  cat "$served/fullchain.pem" "$served/privkey.pem" 2>/dev/null | cksum
 }
 
 loaded=$(fingerprint)
-log "watching $live every ${interval}s"
+log "watching $served every ${interval}s"
 while sleep "$interval"; do
   current=$(fingerprint)
   [ "$current" != "$loaded" ] || continue

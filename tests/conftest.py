@@ -144,7 +144,9 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> Settings:
     """The `settings` fixture's value, for fixtures of a wider scope (e.g. one hub per module)."""
     base = Settings(env="dev", jwt_secret=TEST_SECRET, hub_api_key="test-hub-api-key",
                     parser_service_token="test-parser-token", exchange_service_token="test-exchange-token",
-                    redis_channel_prefix=f"test{RUN_ID}:", log_level="DEBUG")
+                    redis_channel_prefix=f"test{RUN_ID}:", log_level="DEBUG",
+                    # tests post faster than a person; test_chat_limits.py sets its own limits
+                    chat_post_rate=1000.0, chat_post_burst=1000)
     if backend == "sqlite":
         return replace(base, database_url=_sqlite_copy(request))
     return replace(base, database_url=request.getfixturevalue("postgres_url"),

@@ -449,6 +449,12 @@ async def test_openapi_lists_every_chat_call(hub: RunningHub) -> None:
     assert set(paths[CHATS + "/{chat_id}/members"]) == {"post"}
     assert set(paths[CHATS + "/{chat_id}/messages"]) == {"get", "post"}
     assert set(paths[CHATS + "/{chat_id}/read"]) == {"post"}
+    assert set(paths[CHATS + "/{chat_id}/members/me"]) == {"delete"}
+    assert set(paths["/api/v1/blocks"]) == {"get", "post"}
+    assert set(paths["/api/v1/blocks/{user_id}"]) == {"delete"}
+    assert "429" in paths[CHATS + "/{chat_id}/messages"]["post"]["responses"]
+    for path in (CHATS, CHATS + "/{chat_id}/members"):
+        assert "403" in paths[path]["post"]["responses"]
     post_message = paths[CHATS + "/{chat_id}/messages"]["post"]
     assert "201" in post_message["responses"]
     assert "404" in post_message["responses"]

@@ -157,3 +157,31 @@ async def test_messages_arrive_in_order_under_concurrent_posting(hub: RunningHub
         history = (await hub.http.get(f"{CHATS}/{cid}/messages", params={"limit": 100},
                                       headers=owner.headers)).json()["items"]
         assert [m["id"] for m in history] == posted[::-1]
+
+
+async def test_a_leaver_gets_nothing_more_of_the_chat(hub: RunningHub) -> None:
+    async with asyncio.timeout(60):
+        alice, bob, carol = [await register(hub.http) for _ in range(3)]
+        everyone = [alice, bob, carol]
+        cid = (await hub.http.post(CHATS, json={"title": "leaving", "member_ids": [bob.id, carol.id]},
+                                   headers=alice.headers)).json()["id"]
+        async with contextlib.AsyncExitStack() as stack:
+            ws = {"alice": await stack.enter_async_context(listening(hub, alice)),
+                  "bob": await stack.enter_async_context(listening(hub, bob)),
+                  "bob2": await stack.enter_async_context(listening(hub, bob)),
+                  "carol": await stack.enter_async_context(listening(hub, carol))}
+
+            left = await hub.http.delete(f"{CHATS}/{cid}/members/me", headers=bob.headers)
+            assert left.status_code == 204, left.text
+            event = ("chat.member_left", {"chat_id": cid, "user_id": bob.id})
+            got = await received(hub, ws, everyone, "test.barrier1")
+            assert got == {"alice": [event], "bob": [], "bob2": [], "carol": [event]}
+
+            posted = await hub.http.post(f"{CHATS}/{cid}/messages", json={"text": "after"},
+                                         headers=carol.headers)
+            assert posted.status_code == 201
+            message = ("chat.message", posted.json())
+            got = await received(hub, ws, everyone, "test.barrier2")
+            assert got == {"alice": [message], "bob": [], "bob2": [], "carol": [message]}
+            gone = await hub.http.get(f"{CHATS}/{cid}", headers=bob.headers)
+            assert gone.status_code == 404

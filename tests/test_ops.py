@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.migrate import upgrade
 from hub.settings import Settings
 from tests.conftest import RunningHub, _pg_admin, free_port, private_database, register, serve_hub
+from tests.deploy.tls_ca import ThrowawayCA
 from tests.wsutil import connect, make_users, publish_to
 
 
@@ -194,3 +196,18 @@ async def test_database_connections_dying_cost_a_503_at_most_never_a_500(setting
         assert answers[0].status_code == 503
         assert answers[0].json() == {"error": "unavailable",
                                      "detail": "the database connection was lost; retry"}
+
+
+def test_certificate_expiry_is_read_at_each_scrape_and_absent_while_unreadable(tmp_path: Path) -> None:
+    """TLS_CERTIFICATE_FILE: the metric follows the file (a renewal shows at the next scrape), and
+    a missing or broken file leaves the metric out without failing the scrape."""
+    chain = tmp_path / "fullchain.pem"
+    metrics = Metrics(str(chain))
+    assert "hub_tls_certificate_expiry_timestamp_seconds " not in metrics.render().decode()
+    chain.write_text("not a certificate")
+    assert "hub_tls_certificate_expiry_timestamp_seconds " not in metrics.render().decode()
+    issued = ThrowawayCA.create(tmp_path / "ca").issue(["hub.test"], chain, tmp_path / "key.pem")
+    samples = _samples(metrics.render().decode())
+    assert samples[("hub_tls_certificate_expiry_timestamp_seconds", ())] == \
+        issued.not_valid_after_utc.timestamp()
+    assert "hub_tls_certificate" not in Metrics().render().decode()

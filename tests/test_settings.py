@@ -44,8 +44,12 @@ EVERY_VARIABLE = {
     "EXCHANGE_RETRY_WINDOW": "90",
     "STREAM_RETENTION_EVENTS": "500",
     "STREAM_RETENTION_SECONDS": "3600",
+    "CHAT_MAX_MEMBERS": "50",
+    "CHAT_POST_RATE": "0.5",
+    "CHAT_POST_BURST": "3",
     "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
     "LOG_LEVEL": "WARNING",
+    "TLS_CERTIFICATE_FILE": "/run/hub-tls/fullchain.pem",
 }
 
 EXPECTED = {
@@ -75,8 +79,12 @@ EXPECTED = {
     "exchange_retry_window": 90.0,
     "stream_retention_events": 500,
     "stream_retention_seconds": 3600,
+    "chat_max_members": 50,
+    "chat_post_rate": 0.5,
+    "chat_post_burst": 3,
     "trusted_proxies": ("10.0.0.1", "10.0.0.2"),
     "log_level": "WARNING",
+    "tls_certificate_file": "/run/hub-tls/fullchain.pem",
 }
 
 
@@ -111,6 +119,7 @@ def test_defaults_are_the_embedded_dev_mode() -> None:
     assert settings.exchange_service_token is None
     assert settings.trusted_proxies == ("127.0.0.1", "::1")
     assert settings.jwt_algorithm == "HS256"
+    assert (settings.chat_max_members, settings.chat_post_rate, settings.chat_post_burst) == (1000, 5.0, 20)
 
 
 def test_dev_mode_generates_a_secret_and_says_so() -> None:
@@ -180,6 +189,10 @@ def test_production_refuses_placeholder_service_tokens() -> None:
     ("EXCHANGE_RETRY_WINDOW", "0"),
     ("STREAM_RETENTION_EVENTS", "0"),
     ("STREAM_RETENTION_SECONDS", "1d"),
+    ("CHAT_MAX_MEMBERS", "1"),
+    ("CHAT_POST_RATE", "0"),
+    ("CHAT_POST_RATE", "fast"),
+    ("CHAT_POST_BURST", "0"),
     ("LOG_LEVEL", "verbose"),
     ("ALLOWED_ORIGINS", "https://chat.example/app"),
     ("ALLOWED_ORIGINS", "chat.example"),

@@ -1,6 +1,6 @@
 // The chat part of the page: the chat list (latest activity first, unread badges), finding people
 // to start a chat with, and the open conversation (older messages on scroll, live messages, read
-// markers). State comes from REST (protocol §6) and is kept current by the hub's events (§5).
+// markers, leaving it). State comes from REST (protocol §6) and is kept current by the hub's events (§5).
 
 import { byTestId, debounce, describeError, el, formatTime, randomKey, say } from "./dom.js";
 
@@ -30,11 +30,13 @@ export class ChatView {
       messages: byTestId("message-list"), older: byTestId("loading-older"),
       receipt: byTestId("read-receipt"), composer: byTestId("composer"),
       input: byTestId("message-input"), send: byTestId("send"), sendError: byTestId("send-error"),
+      leave: byTestId("leave-chat"),
     };
     this.#wire();
     client.on("chat.message", (event) => this.#onMessage(event.data));
     client.on("chat.created", (event) => this.#onChat(event.data, true));
     client.on("chat.member_added", (event) => this.#refreshChat(event.data.chat_id));
+    client.on("chat.member_left", (event) => this.#refreshChat(event.data.chat_id));
     client.on("chat.read", (event) => this.#onRead(event.data));
   }
 
@@ -85,6 +87,8 @@ export class ChatView {
     this.#renderHeader();
     this.#renderList();
     this.#ui.input.disabled = this.#ui.send.disabled = false;
+    this.#disarmLeave();
+    this.#ui.leave.hidden = false;
     this.#onOpen(chatId);
     this.#ui.input.focus();
     try {
@@ -103,6 +107,7 @@ export class ChatView {
     this.#ui.members.textContent = "";
     say(this.#ui.receipt, "");
     this.#ui.input.disabled = this.#ui.send.disabled = true;
+    this.#ui.leave.hidden = true;
     this.#renderList();
     this.#onOpen(null);
   }
@@ -243,6 +248,31 @@ export class ChatView {
         await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
       }
     }
+  }
+
+  /** The first click arms the button, the second leaves: a member cannot undo a leave alone. */
+  async #leave() {
+    const open = this.#open;
+    const button = this.#ui.leave;
+    if (!open) return;
+    if (button.dataset.armed !== "true") {
+      button.dataset.armed = "true";
+      button.textContent = "Click again to leave";
+      return;
+    }
+    this.#disarmLeave();
+    try {
+      await this.#client.api("DELETE", `/api/v1/chats/${open.id}/members/me`);
+      this.#forget(open.id);
+    } catch (error) {
+      if (error.status === 404) this.#forget(open.id); // already gone
+      else say(this.#ui.sendError, describeError(error));
+    }
+  }
+
+  #disarmLeave() {
+    delete this.#ui.leave.dataset.armed;
+    this.#ui.leave.textContent = "Leave chat";
   }
 
   async #search(query) {
@@ -400,6 +430,8 @@ export class ChatView {
       else return;
       key.preventDefault();
     });
+    ui.leave.addEventListener("click", () => this.#leave());
+    ui.leave.addEventListener("blur", () => this.#disarmLeave());
     ui.scroller.addEventListener("scroll", () => {
       if (ui.scroller.scrollTop < NEAR_EDGE_PX) this.#loadOlder();
       if (this.#nearBottom()) this.#markRead();

@@ -85,6 +85,41 @@ async def test_markup_in_a_message_is_shown_as_text(hub: RunningHub, pages: Page
     assert await bob.by("chat-list").locator("img").count() == 0
 
 
+async def test_leaving_a_chat(hub: RunningHub, pages: Pages) -> None:
+    """Leave asks for a second click; the chat leaves the leaver's page and the remaining
+    member's header drops them live (chat.member_left)."""
+    alice_name, bob_name, carol_name = unique_name("alice"), unique_name("bob"), unique_name("carol")
+    alice = ChatPage(await pages.open(), hub.base_url)
+    bob = ChatPage(await pages.open(PHONE), hub.base_url)
+    await alice.register(alice_name)
+    await bob.register(bob_name)
+    carol = await register(hub.http, carol_name)
+    bob_id = (await hub.http.get("/api/v1/users", params={"q": bob_name},
+                                 headers=carol.headers)).json()["items"][0]["id"]
+    created = await hub.http.post("/api/v1/chats", headers=carol.headers,
+                                  json={"title": "to leave", "member_ids": [bob_id]})
+    assert created.status_code == 201, created.text
+    await alice.start_chat_with(bob_name)
+    title = f"{alice_name} & {bob_name}"
+    await expect(alice.by("leave-chat")).to_be_visible()
+    await alice.send("see you")
+
+    await bob.open_chat(title)
+    await expect(bob.message("see you")).to_have_count(1)
+    leave = bob.by("leave-chat")
+    await leave.click()
+    await expect(leave).to_have_text("Click again to leave")
+    await expect(bob.chat_item(title)).to_have_count(1)  # one click does not leave
+    await leave.click()
+    await expect(bob.chat_item(title)).to_have_count(0)
+    await expect(bob.chat_item("to leave")).to_have_count(1)  # the other chat stays
+    await expect(bob.by("chat-title")).to_have_text("No chat open")
+    await expect(leave).to_be_hidden()
+
+    await expect(alice.by("chat-members")).to_have_text(alice_name)
+    await alice.send("still here")
+
+
 async def test_older_messages_load_when_scrolling_up(hub: RunningHub, pages: Pages) -> None:
     alice = await register(hub.http)
     bob = await register(hub.http)

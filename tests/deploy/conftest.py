@@ -44,16 +44,22 @@ def deploy_hub(deploy_root: Path, redis_url: str) -> Iterator[HubProcess]:
     trusting forwarded headers from 127.0.0.1 (nginx) only, pinging sockets every second. It has
     a database of its own: its background loops (parse dispatch, timeouts) must not take the rows
     of the hubs that other tests start."""
-    with private_database("deploy") as database_url:
-        hub = HubProcess(free_port(), _hub_env(database_url, redis_url), deploy_root / "hub.log")
-        hub.start(workers=2)
-        try:
-            yield hub
-        finally:
-            hub.stop()
+    log = deploy_root / "hub.log"
+    with private_database("deploy") as database_url, \
+            HubProcess(free_port(), hub_env(database_url, redis_url), log).running(workers=2) as hub:
+        yield hub
 
 
-def _hub_env(database_url: str, redis_url: str) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def challenge_dns(deploy_root: Path) -> Iterator[Any]:
+    """pebble-challtestsrv: the DNS every pebble of the session resolves names with."""
+    from tests.deploy.acme import running_challenge_dns  # acme imports this module
+
+    with running_challenge_dns(deploy_root / "challenge-dns") as dns:
+        yield dns
+
+
+def hub_env(database_url: str, redis_url: str) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")},
         "HUB_ENV": "production",

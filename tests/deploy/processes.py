@@ -22,6 +22,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "nginx" / "templates"
 WATCHER = REPO / "nginx" / "reload-on-cert-change.sh"
+# Sourced by the official image's entrypoint before the templates are rendered.
+ENTRYPOINT_ENV_SCRIPTS = sorted((REPO / "nginx" / "entrypoint.d").glob("*.envsh"))
 # The filter docker-compose.yml gives the official image (NGINX_ENVSUBST_FILTER).
 ENVSUBST_FILTER = "^(DOMAIN|NGINX_)"
 
@@ -41,9 +43,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def entrypoint_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` after the project's *.envsh scripts, sourced as the official image's entrypoint does."""
+    script = "".join(f'. "{path}"\n' for path in ENTRYPOINT_ENV_SCRIPTS) + "env -0\n"
+    done = subprocess.run(["sh", "-eu", "-c", script], env=dict(env), capture_output=True, check=True,
+                          timeout=10)
+    pairs = (item.split(b"=", 1) for item in done.stdout.split(b"\0") if b"=" in item)
+    return {name.decode(): value.decode() for name, value in pairs}
+
+
+def ipv6_loopback() -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        return True
+    return False
+
+
 def render_templates(output_dir: Path, env: Mapping[str, str], template_dir: Path = TEMPLATES) -> list[Path]:
-    """What the official image's 20-envsubst-on-templates.sh does: envsubst every *.template with
-    only the variables that are set and match the filter, keeping the relative path."""
+    """What the official image's entrypoint does: source nginx/entrypoint.d/*.envsh, then
+    (20-envsubst-on-templates.sh) envsubst every *.template with only the variables that are set
+    and match the filter, keeping the relative path."""
+    env = entrypoint_env(env)
     names = [name for name in env if re.search(ENVSUBST_FILTER, name)]
     shell_format = " ".join(f"${{{name}}}" for name in names)
     rendered = []
@@ -145,7 +165,12 @@ class Nginx:
 
 def nginx_env(root: Path, *, domain: str, upstream: str, http_port: int, https_port: int,
               **overrides: str) -> dict[str, str]:
-    """The template variables for a loopback deployment under `root` (see .env.example)."""
+    """The template variables for a loopback deployment under `root` (see .env.example). The
+    IPv6 listeners take ::1 where the machine has it, else a Unix socket (nginx needs some address)."""
+    if ipv6_loopback():
+        http6, https6 = f"[::1]:{http_port}", f"[::1]:{https_port}"
+    else:
+        http6, https6 = f"unix:{root}/http6.sock", f"unix:{root}/https6.sock"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin",
         "DOMAIN": domain,
@@ -153,6 +178,11 @@ def nginx_env(root: Path, *, domain: str, upstream: str, http_port: int, https_p
         "NGINX_PUBLIC_ORIGIN": f"https://{domain}:{https_port}",
         "NGINX_HTTP_LISTEN": f"127.0.0.1:{http_port}",
         "NGINX_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
+        "NGINX_HTTP_LISTEN_V6": http6,
+        "NGINX_HTTPS_LISTEN_V6": https6,
+        "NGINX_RESOLVER": "127.0.0.1",  # asked only for a name; the tests' upstreams are addresses
+        "NGINX_RESOLVER_VALID": "5s",
+        "NGINX_WORKER_SHUTDOWN_TIMEOUT": "30s",
         "NGINX_CERTS_DIR": str(root / "letsencrypt"),
         "NGINX_ACME_WEBROOT": str(root / "webroot"),
         "NGINX_TEMP_DIR": str(root / "temp"),
@@ -163,6 +193,12 @@ def nginx_env(root: Path, *, domain: str, upstream: str, http_port: int, https_p
         "NGINX_WS_READ_TIMEOUT": "75s",
         "NGINX_LOGIN_RATE": "60r/m",
         "NGINX_LOGIN_BURST": "5",
+        "NGINX_REGISTER_RATE": "600r/m",
+        "NGINX_REGISTER_BURST": "50",
+        "NGINX_REFRESH_RATE": "600r/m",
+        "NGINX_REFRESH_BURST": "50",
+        "NGINX_TICKET_RATE": "600r/m",
+        "NGINX_TICKET_BURST": "50",
         "NGINX_WS_UPGRADE_RATE": "5r/s",
         "NGINX_WS_UPGRADE_BURST": "5",
     }
@@ -190,10 +226,11 @@ class HubProcess:
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, workers: int) -> None:
         hub = str(Path(sys.executable).with_name("hub"))
@@ -204,7 +241,7 @@ class HubProcess:
             raise RuntimeError(f"hub migrate failed:\n{tail(self.log)}")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [hub, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
+                [hub, "serve", "--host", self.host, "--port", str(self.port), "--workers", str(workers)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
@@ -221,6 +258,14 @@ class HubProcess:
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process, signal.SIGTERM, timeout=40)
+
+    @contextlib.contextmanager
+    def running(self, workers: int) -> Iterator[HubProcess]:
+        self.start(workers)
+        try:
+            yield self
+        finally:
+            self.stop()
 
 
 def start_watcher(nginx: Nginx, interval: float, log: Path) -> subprocess.Popen[bytes]:

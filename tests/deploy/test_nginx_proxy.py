@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import signal
 import ssl
+import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +22,14 @@ import websockets
 
 from tests.conftest import register
 from tests.deploy.conftest import DOMAIN, client_tls, public_client, ws_options, ws_url
-from tests.deploy.processes import HubProcess, Nginx, free_port, nginx_env, running_nginx
+from tests.deploy.processes import HubProcess, Nginx, free_port, ipv6_loopback, nginx_env, running_nginx
 from tests.deploy.tls_ca import ThrowawayCA
 from tests.wsutil import Socket, connect
 
 # Short enough that an idle test outlives it several times; the hub pings every second.
 WS_READ_TIMEOUT = 3.0
+# How long old workers keep connections after a reload.
+WORKER_SHUTDOWN_TIMEOUT = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +37,11 @@ def proxy(deploy_root: Path, deploy_hub: HubProcess, test_ca: ThrowawayCA) -> It
     root = deploy_root / "proxy"
     http_port, https_port = free_port(), free_port()
     env = nginx_env(root, domain=DOMAIN, upstream=f"127.0.0.1:{deploy_hub.port}", http_port=http_port,
-                    https_port=https_port, NGINX_WS_READ_TIMEOUT=f"{WS_READ_TIMEOUT:g}s")
-    live = root / "letsencrypt" / "live" / DOMAIN
+                    https_port=https_port, NGINX_WS_READ_TIMEOUT=f"{WS_READ_TIMEOUT:g}s",
+                    NGINX_REFRESH_RATE="20r/m", NGINX_REFRESH_BURST="2",
+                    NGINX_TICKET_RATE="12r/m", NGINX_TICKET_BURST="2",
+                    NGINX_WORKER_SHUTDOWN_TIMEOUT=f"{WORKER_SHUTDOWN_TIMEOUT:g}s")
+    live = root / "letsencrypt" / "served" / DOMAIN
     test_ca.issue([DOMAIN], live / "fullchain.pem", live / "privkey.pem")
     with running_nginx(Nginx(root, env, http_port, https_port)) as nginx:
         yield nginx
@@ -241,3 +250,121 @@ async def test_metrics_are_not_public(proxy: Nginx, tls: ssl.SSLContext) -> None
         answer = await http.get("/metrics")
     assert answer.status_code == 404
     assert json.loads(answer.text)["error"] == "not_found"
+
+
+async def test_limited_answers_name_the_refill_time_in_retry_after(proxy: Nginx, tls: ssl.SSLContext) -> None:
+    """Each limit's 429 says when the next request passes: one request's refill time (refresh at
+    20r/m: 3 s; stream tickets at 12r/m: 5 s; logins at 60r/m: 1 s), and that is true."""
+    cases = [("/api/v1/auth/refresh", {"refresh_token": "not.a.token"}, 3),
+             ("/api/v1/stream/tickets", {}, 5),
+             ("/api/v1/auth/login", {"username": "nobody_here", "password": "wrong password"}, 1)]
+    async with public_client(proxy.https_port, tls) as http:
+        for path, body, refill in cases:
+            answers = await asyncio.gather(*(http.post(path, json=body) for _ in range(15)))
+            limited = [answer for answer in answers if answer.status_code == 429]
+            assert limited, (path, [answer.status_code for answer in answers])
+            for answer in limited:
+                assert answer.headers["retry-after"] == str(refill), path
+                assert answer.json()["error"] == "rate_limited"
+                assert answer.headers["x-content-type-options"] == "nosniff"
+                assert answer.headers["strict-transport-security"] == "max-age=63072000"
+            await asyncio.sleep(refill + 0.2)
+            passed = await http.post(path, json=body)
+            assert passed.status_code != 429, (path, passed.text)
+
+
+async def test_nginx_own_error_pages_carry_nosniff(proxy: Nginx, tls: ssl.SSLContext) -> None:
+    # 413: a body over client_max_body_size, refused by nginx itself.
+    async with public_client(proxy.https_port, tls) as http:
+        too_large = await http.post("/api/v1/publish", content=b"x" * (3 * 1024 * 1024),
+                                    headers={"Content-Type": "application/json"})
+    assert too_large.status_code == 413
+    assert too_large.json()["error"] == "too_large"
+    assert too_large.headers["x-content-type-options"] == "nosniff"
+
+    # 502 from a hub that is not there, answered as the API's 503.
+    root = proxy.root.parent / "proxy-no-hub"
+    http_port, https_port = free_port(), free_port()
+    env = nginx_env(root, domain=DOMAIN, upstream=f"127.0.0.1:{free_port()}", http_port=http_port,
+                    https_port=https_port)
+    (root / "letsencrypt" / "served").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(proxy.root / "letsencrypt" / "served" / DOMAIN, root / "letsencrypt" / "served" / DOMAIN,
+                    dirs_exist_ok=True)
+    with running_nginx(Nginx(root, env, http_port, https_port)):
+        async with public_client(https_port, tls) as http:
+            unavailable = await http.get("/healthz")
+    assert unavailable.status_code == 503
+    assert unavailable.json()["error"] == "unavailable"
+    assert unavailable.headers["retry-after"] == "5"
+    assert unavailable.headers["x-content-type-options"] == "nosniff"
+    assert unavailable.headers["strict-transport-security"] == "max-age=63072000"
+
+
+async def test_text_assets_are_compressed_but_token_answers_are_not(proxy: Nginx,
+                                                                    tls: ssl.SSLContext) -> None:
+    async with public_client(proxy.https_port, tls) as http:
+        http.headers["Accept-Encoding"] = "gzip"
+        for path, media_type in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css"),
+                                 ("/", "text/html"), ("/api/openapi.json", "application/json"),
+                                 ("/static/favicon.svg", "image/svg+xml")]:
+            answer = await http.get(path)
+            assert answer.status_code == 200, path
+            assert answer.headers["content-type"].startswith(media_type), path
+            if int(answer.headers.get("content-length", "1024")) >= 512:
+                assert answer.headers.get("content-encoding") == "gzip", path
+                assert "Accept-Encoding" in answer.headers.get("vary", ""), path
+        name = f"gz_{secrets.token_hex(4)}"
+        credentials = {"username": name, "password": "long enough pw"}
+        created = await http.post("/api/v1/auth/register", json=credentials)
+        assert created.status_code == 201
+        tokens = await http.post("/api/v1/auth/login", json=credentials)
+    assert tokens.status_code == 200
+    assert len(tokens.content) >= 512  # large enough that gzip would have applied
+    assert "content-encoding" not in tokens.headers  # BREACH: secrets are never compressed
+
+
+def _curl(*args: str) -> subprocess.CompletedProcess[str]:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    return subprocess.run([curl, "--silent", "--show-error", "--max-time", "10", *args],
+                          capture_output=True, text=True, timeout=20, check=False)
+
+
+def test_tls_listener_speaks_http2(proxy: Nginx, test_ca: ThrowawayCA) -> None:
+    done = _curl("--http2", "--cacert", str(test_ca.ca_file), "--resolve",
+                 f"{DOMAIN}:{proxy.https_port}:127.0.0.1", "--output", "/dev/null",
+                 "--write-out", "%{http_version} %{http_code}", f"https://{DOMAIN}:{proxy.https_port}/healthz")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2 200"
+
+
+def test_listeners_answer_on_ipv6(proxy: Nginx, test_ca: ThrowawayCA) -> None:
+    if not ipv6_loopback():
+        pytest.skip("no ::1 on this machine")
+    for scheme, port, expected in (("https", proxy.https_port, "200"), ("http", proxy.http_port, "301")):
+        done = _curl("--cacert", str(test_ca.ca_file), "--connect-to", f"{DOMAIN}:{port}:[::1]:{port}",
+                     "--output", "/dev/null", "--write-out", "%{remote_ip} %{http_code}",
+                     f"{scheme}://{DOMAIN}:{port}/healthz")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"::1 {expected}"
+
+
+async def test_reload_closes_old_workers_sockets_after_the_shutdown_timeout(
+        proxy: Nginx, tls: ssl.SSLContext) -> None:
+    """A reload (a renewed certificate) must not leave old workers holding WebSockets forever:
+    after worker_shutdown_timeout they close them, and the client can reconnect at once."""
+    async with public_client(proxy.https_port, tls) as http:
+        account = await register(http)
+    socket = await open_socket(proxy, account.access_token, tls)
+    try:
+        assert proxy.process is not None
+        reloaded = time.monotonic()
+        proxy.process.send_signal(signal.SIGHUP)
+        # The hub pings every second: without the timeout the socket stays open (TimeoutError).
+        await socket.closed(timeout=WORKER_SHUTDOWN_TIMEOUT + 15)
+        assert time.monotonic() - reloaded >= WORKER_SHUTDOWN_TIMEOUT - 0.5
+    finally:
+        await socket.close()
+    again = await open_socket(proxy, account.access_token, tls)
+    await again.close()

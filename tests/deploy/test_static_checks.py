@@ -9,36 +9,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.deploy.processes import REPO, nginx_binary, render_templates
-
-TOOLS = Path(sys.executable).parent
-
-
-def run(command: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
-
-
-def compose_project(tmp_path: Path, env_text: str) -> Path:
-    """A copy of the compose file with .env made from `env_text`, as an operator would have it."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "docker-compose.yml", tmp_path / "docker-compose.yml")
-    (tmp_path / ".env").write_text(env_text)
-    return tmp_path
-
-
-def compose_config(project: Path) -> dict[str, Any]:
-    done = run([str(TOOLS / "docker-compose"), "config", "--quiet"], cwd=project)
-    assert done.returncode == 0, done.stderr
-    done = run([str(TOOLS / "docker-compose"), "config", "--format", "json"], cwd=project)
-    assert done.returncode == 0, done.stderr
-    config: dict[str, Any] = json.loads(done.stdout)
-    return config
+from tests.deploy.compose import TOOLS, compose_config, compose_project, run
+from tests.deploy.processes import REPO, entrypoint_env, nginx_binary, render_templates
 
 
 def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
@@ -65,10 +41,65 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
     nginx_ip = services["nginx"]["networks"]["backend"]["ipv4_address"]
     assert services["hub"]["environment"]["TRUSTED_PROXIES"] == nginx_ip
     assert services["hub"]["environment"]["HUB_ENV"] == "production"
-    # Secrets come from the env file, not from the compose file.
+    # Secrets come from the env file, not from the compose file: named only as a required variable.
     compose_text = (REPO / "docker-compose.yml").read_text()
-    for secret in ("JWT_SECRET", "HUB_API_KEY", "PARSER_SERVICE_TOKEN", "EXCHANGE_SERVICE_TOKEN"):
-        assert secret not in compose_text
+    for secret in SECRETS:
+        for line in compose_text.splitlines():
+            if secret in line and not line.lstrip().startswith("#"):
+                assert f"${{{secret}:?" in line or f"${{{secret}}}" in line, line
+
+
+SECRETS = ("JWT_SECRET", "HUB_API_KEY", "PARSER_SERVICE_TOKEN", "EXCHANGE_SERVICE_TOKEN", "POSTGRES_PASSWORD")
+# Which services may hold each secret; every other container must not see it in any form.
+SECRET_HOLDERS = {
+    "JWT_SECRET": {"hub", "migrate"},
+    "HUB_API_KEY": {"hub", "migrate"},
+    "PARSER_SERVICE_TOKEN": {"hub", "migrate"},
+    "EXCHANGE_SERVICE_TOKEN": {"hub", "migrate", "exchange"},
+    "POSTGRES_PASSWORD": {"hub", "migrate", "postgres"},
+}
+
+
+def _env_with_unique_secrets() -> str:
+    example = (REPO / ".env.example").read_text()
+    for secret in SECRETS:
+        example = re.sub(rf"^{secret}=.*$", f"{secret}={secret.lower().replace('_', '')}unique0value",
+                         example, flags=re.MULTILINE)
+    return example
+
+
+def test_each_container_holds_only_the_secrets_it_needs(tmp_path: Path) -> None:
+    services = compose_config(compose_project(tmp_path, _env_with_unique_secrets()))["services"]
+    for secret, holders in SECRET_HOLDERS.items():
+        value = f"{secret.lower().replace('_', '')}unique0value"
+        holding = {name for name, service in services.items() if value in json.dumps(service)}
+        assert holding == holders, (secret, holding)
+    # The URL-fetching worker gets no env file at all (it would hold every secret of .env).
+    assert "env_file" not in services["parser-worker"]
+    assert services["parser-worker"]["environment"]["REDIS_URL"].startswith("redis://")
+    assert services["exchange"]["environment"]["EXCHANGE_SERVICE_TOKEN"]
+
+
+def test_every_container_rotates_its_log_and_long_running_ones_have_resource_limits(tmp_path: Path) -> None:
+    services = compose_config(compose_project(tmp_path, (REPO / ".env.example").read_text()))["services"]
+    for name, service in services.items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
+        assert service.get("pids_limit", 0) > 0, name
+        if service.get("restart") != "no":
+            assert int(service.get("mem_limit", 0)) > 0, name
+    for name in ("hub", "nginx", "parser-worker", "exchange"):
+        assert float(services[name]["cpus"]) > 0, name
+
+
+def test_allowed_origins_default_to_the_sites_own_origin(tmp_path: Path) -> None:
+    example = (REPO / ".env.example").read_text().replace("DOMAIN=hub.example.com", "DOMAIN=chat.example.org")
+    hub = compose_config(compose_project(tmp_path / "derived", example))["services"]["hub"]
+    assert hub["environment"]["ALLOWED_ORIGINS"] == "https://chat.example.org"
+    chosen = example + "\nALLOWED_ORIGINS=https://chat.example.org,https://app.example.org\n"
+    hub = compose_config(compose_project(tmp_path / "chosen", chosen))["services"]["hub"]
+    assert hub["environment"]["ALLOWED_ORIGINS"] == "https://chat.example.org,https://app.example.org"
 
 
 def test_compose_refuses_an_env_file_without_the_required_values(tmp_path: Path) -> None:
@@ -95,7 +126,8 @@ def test_env_example_documents_every_variable() -> None:
 
 def test_compose_gives_nginx_every_template_variable(tmp_path: Path) -> None:
     config = compose_config(compose_project(tmp_path, (REPO / ".env.example").read_text()))
-    environment = config["services"]["nginx"]["environment"]
+    # what compose sets, and what the image's entrypoint derives from it before rendering
+    environment = entrypoint_env(config["services"]["nginx"]["environment"])
     used: set[str] = set()
     for template in (REPO / "nginx" / "templates").rglob("*.template"):
         used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)\}", template.read_text()))
@@ -114,18 +146,25 @@ def test_templates_rendered_with_the_compose_values_pass_nginx_t(tmp_path: Path)
     env.update({
         "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
         "NGINX_HUB_UPSTREAM": "127.0.0.1:8000",  # `hub` resolves only on the compose network
+        "NGINX_HTTP_LISTEN": "127.0.0.1:80", "NGINX_HTTPS_LISTEN": "127.0.0.1:443",
+        "NGINX_HTTP_LISTEN_V6": "[::1]:80", "NGINX_HTTPS_LISTEN_V6": "[::1]:443",
         "NGINX_CERTS_DIR": str(root / "letsencrypt"),
         "NGINX_ACME_WEBROOT": str(root / "webroot"),
         "NGINX_TEMP_DIR": str(root / "temp"),
         "NGINX_PID_FILE": str(root / "nginx.pid"),
     })
     (root / "temp").mkdir(parents=True)
-    live = root / "letsencrypt" / "live" / env["DOMAIN"]
+    live = root / "letsencrypt" / "served" / env["DOMAIN"]
     ThrowawayCA.create(root / "ca").issue([env["DOMAIN"]], live / "fullchain.pem", live / "privkey.pem")
     render_templates(root / "conf", env)
     site = (root / "conf" / "hub" / "site.conf").read_text()
     assert "proxy_read_timeout 75s;" in site
     assert f"server_name {env['DOMAIN']};" in site
+    # Retry-After is the time each limit takes to refill one request: 10r/m -> 6 s, 6r/m -> 10 s,
+    # 30r/m -> 2 s, 5r/s -> 1 s.
+    retry_after = dict(re.findall(r"zone=hub_(\w+) .*?\n\s*set \$hub_retry_after (\d+);", site))
+    assert retry_after == {"login": "6", "register": "10", "refresh": "2", "ticket": "2", "ws_upgrade": "1"}
+    assert "resolver 127.0.0.11 valid=5s ipv6=off;" in site
     done = run([nginx_binary(), "-p", f"{root}/", "-c", str(root / "conf" / "nginx.conf"), "-t"])
     assert done.returncode == 0, done.stderr
 
@@ -152,7 +191,7 @@ def test_scripts_pass_shellcheck(strict: bool) -> None:
     assert shellcheck, "shellcheck is missing: scripts/services installs it"
     if strict:
         scripts = [*REPO.glob("certbot/*.sh"), *REPO.glob("nginx/*.sh"),
-                   *REPO.glob("nginx/entrypoint.d/*.sh")]
+                   *REPO.glob("nginx/entrypoint.d/*.sh"), *REPO.glob("nginx/entrypoint.d/*.envsh")]
         options = ["--shell=sh"]
     else:
         scripts = [path for path in (REPO / "scripts").iterdir() if path.is_file()] + [REPO / ".ci" / "run"]

@@ -1,0 +1,387 @@
+"""docs/protocol.md against the code: every REST call, frame type, close code, event, error code
+and setting exists on both sides or on neither. Pure and fast: the app is built, never started.
+
+What the test reads in docs/protocol.md (keep these conventions when editing it):
+- a call is a table row whose first cell is `` `METHOD /path` `` (a path parameter written
+  `{anything}`, a query string allowed after `?`); `GET /ws` stands for the WebSocket upgrade;
+- frame types are the first cells (`` `ping` ``) of the tables under the headings
+  "Client frames" and "Server frames"; close codes the first cells (`` `4001` ``) of the table
+  under "Close codes", whose "sent by" column says `hub` for the codes the hub sends; event names
+  the first cells of the table under "5. Events the hub produces"; error codes the second cells
+  of the table under "2. Errors";
+- settings: the one list is the README's configuration table (rows `` | `NAME` | ``), which
+  the document links to; every `` `UPPER_SNAKE` `` name in the document outside its "Planned"
+  section must be a setting the hub reads;
+- a call or event whose first cell is followed by *(landing)* (`` | `POST /x` *(landing)* | ``)
+  describes work being merged from other branches: it is accepted only while it is listed in a
+  PENDING_* set below, and a pending item that the code now has fails the test, so that the set
+  and the marks are emptied once the work landed. Settings the document names may be pending
+  too (PENDING_SETTINGS); *(landing)* elsewhere in a row or paragraph is for the reader only.
+
+Where the code has no enumeration yet (frame types, close codes, event names are bare literals;
+issue 14 asks for one each), they are collected from the code's syntax tree, as noted per helper.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from hub import errors, ws
+from hub.app import create_app
+from hub.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "protocol.md"
+README = ROOT / "README.md"
+
+# Documented, marked *(landing)*, and not in this branch's code yet: issue 13's work on other
+# branches. The coordinator empties these sets (and removes the marks) after merging that work.
+PENDING_CALLS = frozenset({
+    ("POST", "/api/v1/auth/logout"),
+    ("POST", "/api/v1/auth/password"),
+})
+PENDING_EVENTS: frozenset[str] = frozenset()
+PENDING_SETTINGS = frozenset({
+    "AUTH_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW",
+    "PARSE_MAX_PENDING",
+})
+
+CALL_ROW = re.compile(r"^\|\s*`(GET|POST|PUT|PATCH|DELETE) (/[^`?\s]*)[^`]*`", re.MULTILINE)
+LANDING_CELL = re.compile(r"^\|\s*`([^`]+)`\s*\*\(landing\)\*\s*\|", re.MULTILINE)
+FIRST_CELL = re.compile(r"^\|\s*`([^`]+)`\s*(?:\*\(landing\)\*\s*)?\|", re.MULTILINE)
+SETTING_NAME = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)(?:=[^`]*)?`")
+README_SETTING_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \|", re.MULTILINE)
+PARAMETER = re.compile(r"\{[^}]*\}")
+
+
+def _source(relative: str) -> str:
+    return (ROOT / relative).read_text()
+
+
+def _tree(relative: str) -> ast.Module:
+    return ast.parse(_source(relative), relative)
+
+
+def _doc() -> str:
+    return DOC.read_text()
+
+
+def _section(heading: str) -> str:
+    """The text under the heading whose title starts with `heading`, up to the next heading of
+    the same or a higher level."""
+    lines = _doc().splitlines()
+    for start, line in enumerate(lines):
+        match = re.match(r"^(#+) (.*)$", line)
+        if match and match.group(2).startswith(heading):
+            level = len(match.group(1))
+            end = next((i for i in range(start + 1, len(lines))
+                        if re.match(rf"^#{{1,{level}}} ", lines[i])), len(lines))
+            return "\n".join(lines[start + 1:end])
+    raise AssertionError(f"docs/protocol.md has no heading starting with {heading!r}")
+
+
+def _first_cells(text: str) -> set[str]:
+    return set(FIRST_CELL.findall(text))
+
+
+# calls
+
+
+def _template(path: str) -> str:
+    return PARAMETER.sub("{}", path)
+
+
+def _code_calls() -> set[tuple[str, str]]:
+    """Method and path template of every route of the app (dev mode, SQLite, lifespan never
+    started), HEAD left out (it follows GET), plus the WebSocket upgrade, which the hub's own
+    protocol (`hub.ws`) answers outside the router."""
+    app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:", jwt_secret="k" * 32))
+    calls = {("GET", ws.PATH)}
+    for route in app.routes:
+        if isinstance(route, Mount):  # static files, if ever mounted
+            continue
+        if isinstance(route, WebSocketRoute):
+            calls.add(("GET", _template(route.path)))
+        elif isinstance(route, Route):
+            methods = set(route.methods or ()) - {"HEAD"}
+            calls.update((method, _template(route.path)) for method in methods)
+    return calls
+
+
+def _doc_calls() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """Every documented call, and those of them marked *(landing)*."""
+    documented: set[tuple[str, str]] = set()
+    landing: set[tuple[str, str]] = set()
+    for line in _doc().splitlines():
+        match = CALL_ROW.match(line)
+        if match:
+            call = (match.group(1), _template(match.group(2)))
+            documented.add(call)
+            if LANDING_CELL.match(line):
+                landing.add(call)
+    return documented, landing
+
+
+def test_every_call_is_documented_and_every_documented_call_exists() -> None:
+    code = _code_calls()
+    documented, landing = _doc_calls()
+    assert code - documented == set(), "add these calls to docs/protocol.md (a row `METHOD /path`)"
+    assert documented - code - PENDING_CALLS == set(), "docs/protocol.md documents calls the hub lacks"
+    assert PENDING_CALLS & code == set(), "these calls landed: remove them from PENDING_CALLS and " \
+                                          "their *(landing)* mark in docs/protocol.md"
+    assert landing == PENDING_CALLS, "the calls marked *(landing)* must be exactly PENDING_CALLS"
+
+
+# frame types
+
+
+def _type_names(tree: ast.Module) -> set[str]:
+    """Names assigned from an expression that reads `<frame>.get("type")` (`kind = ...`)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(_reads_type(n) for n in ast.walk(node.value)):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _reads_type(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get" and len(node.args) == 1
+            and isinstance(node.args[0], ast.Constant) and node.args[0].value == "type")
+
+
+def _compared_types(tree: ast.Module) -> set[str]:
+    """String literals compared with a frame's `type` (`frame.get("type") != "auth"`, `kind == "ping"`)."""
+    names = _type_names(tree)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        if any(_reads_type(s) or (isinstance(s, ast.Name) and s.id in names) for s in sides):
+            found.update(s.value for s in sides if isinstance(s, ast.Constant) and isinstance(s.value, str))
+    return found
+
+
+def _written_types(tree: ast.Module) -> set[str]:
+    """`type` values of dict literals (`{"type": "welcome", ...}`) and of prebuilt JSON byte
+    strings (`b'{"type":"pong"}'`, the event frame's prefix)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (isinstance(key, ast.Constant) and key.value == "type"
+                        and isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                    found.add(value.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+            found.update(t.decode() for t in re.findall(rb'"type":\s*"([a-z_]+)"', node.value))
+    return found
+
+
+def test_every_frame_type_is_documented_and_every_documented_type_exists() -> None:
+    hub_trees = [_tree("hub/ws.py"), _tree("hub/connection.py")]
+    server = set().union(*(_written_types(tree) for tree in hub_trees))
+    client = set().union(*(_compared_types(tree) for tree in hub_trees))
+    assert server >= {"welcome", "event", "pong"} and client >= {"auth", "ping"}, \
+        "the frame types are no longer found where this test looks: update the helpers"
+    assert _first_cells(_section("Server frames")) == server, "docs/protocol.md § Server frames"
+    assert _first_cells(_section("Client frames")) == client, "docs/protocol.md § Client frames"
+
+    # The bundled clients know no type the hub does not.
+    python_client = _tree("hub/client.py")
+    assert _written_types(python_client) <= client
+    assert _compared_types(python_client) <= server
+    js = _source("hub/static/hub-client.js")
+    assert set(re.findall(r'\btype: "([a-z_]+)"', js)) <= client
+    assert set(re.findall(r'^\s*case "([a-z_]+)":', js, re.MULTILINE)) <= server
+
+
+# close codes
+
+
+def _is_close_code(value: int) -> bool:
+    return 1000 <= value <= 1015 or 3000 <= value <= 4999
+
+
+def _module_ints(tree: ast.Module) -> dict[str, int]:
+    """Module-level integer constants, including `A, B = 1, 2`."""
+    found: dict[str, int] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            pairs = (zip(target.elts, node.value.elts, strict=True)
+                     if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+                     else [(target, node.value)])
+            for name, value in pairs:
+                if (isinstance(name, ast.Name) and isinstance(value, ast.Constant)
+                        and isinstance(value.value, int)):
+                    found[name.id] = value.value
+    return found
+
+
+def _hub_close_codes() -> set[int]:
+    """Codes hub/ws.py closes with: the first argument of `_close`, `send_close` and `fail`, or
+    the argument after `self._close` handed to a timer; plus 1009, which websockets sends for a
+    frame over the `max_size` the hub sets."""
+    tree = _tree("hub/ws.py")
+    constants = _module_ints(tree)
+
+    def value(node: ast.expr) -> set[int]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return {node.value}
+        if isinstance(node, ast.Name) and node.id.islower():
+            return set()  # `_close` handing its own parameter on
+        assert isinstance(node, ast.Name) and node.id in constants, \
+            f"hub/ws.py closes with {ast.unparse(node)}: make it a module constant or update this test"
+        return {constants[node.id]}
+
+    codes: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else None
+        if name in ("_close", "send_close", "fail") and node.args:
+            codes |= value(node.args[0])
+        for before, after in zip(node.args, node.args[1:], strict=False):
+            if isinstance(before, ast.Attribute) and before.attr == "_close":
+                codes |= value(after)
+        if any(keyword.arg == "max_size" for keyword in node.keywords):
+            codes.add(1009)
+    return codes
+
+
+def _client_close_codes() -> set[int]:
+    """Every integer literal in a close code's range in hub/client.py, and the entries of the
+    browser client's `CloseCode` table."""
+    python = {node.value for node in ast.walk(_tree("hub/client.py"))
+              if isinstance(node, ast.Constant) and isinstance(node.value, int)
+              and _is_close_code(node.value)}
+    js = _source("hub/static/hub-client.js")
+    table = re.search(r"CloseCode = Object\.freeze\(\{(.*?)\}\)", js, re.DOTALL)
+    assert table is not None, "hub-client.js: the CloseCode table moved; update this test"
+    return python | {int(code) for code in re.findall(r"\b[A-Z_]+:\s*(\d{4})\b", table.group(1))}
+
+
+def _doc_close_codes() -> tuple[set[int], set[int]]:
+    """Every documented close code, and those whose "sent by" cell names the hub."""
+    documented, by_hub = set(), set()
+    for line in _section("Close codes").splitlines():
+        match = re.match(r"^\|\s*`(\d{4})`\s*\|([^|]*)\|([^|]*)\|", line)
+        if match:
+            code = int(match.group(1))
+            documented.add(code)
+            if "hub" in match.group(3):
+                by_hub.add(code)
+    return documented, by_hub
+
+
+def test_every_close_code_is_documented_and_every_documented_code_is_used() -> None:
+    hub_codes = _hub_close_codes()
+    assert {4001, 4003, 4008, 4009, 1009, 1011, 1012} <= hub_codes, \
+        "the close codes are no longer found where this test looks: update _hub_close_codes"
+    documented, by_hub = _doc_close_codes()
+    assert by_hub == hub_codes, "docs/protocol.md § Close codes: the rows sent by the hub"
+    assert documented == hub_codes | _client_close_codes(), \
+        "docs/protocol.md § Close codes: every code of hub/ws.py, hub/client.py and hub-client.js"
+
+
+# events
+
+
+def _emitted_events() -> set[str]:
+    """Names given as literals to `emit`/`emit_json` by the hub and its features."""
+    found = set()
+    for package in ("hub", "auth", "chat", "parser_bridge"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("emit", "emit_json") and len(node.args) >= 2
+                        and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+                    found.add(node.args[1].value)
+    return found
+
+
+def test_every_event_is_documented_and_every_documented_event_is_emitted() -> None:
+    emitted = _emitted_events()
+    assert {"chat.message", "parse.completed"} <= emitted, "events are no longer found where this test looks"
+    section = _section("5. Events the hub produces")
+    documented = _first_cells(section)
+    landing = set(LANDING_CELL.findall(section))
+    assert emitted - documented == set(), "add these events to docs/protocol.md §5"
+    assert documented - emitted - PENDING_EVENTS == set(), "docs/protocol.md §5 lists events nothing emits"
+    assert PENDING_EVENTS & emitted == set(), "these events landed: empty PENDING_EVENTS and the marks"
+    assert landing == PENDING_EVENTS, "the events marked *(landing)* must be exactly PENDING_EVENTS"
+
+
+# error codes
+
+
+def test_every_error_code_is_documented() -> None:
+    classes, codes = [errors.ApiError], set()
+    while classes:
+        cls = classes.pop()
+        codes.add(cls.code)
+        classes.extend(cls.__subclasses__())
+    codes.update(errors._HTTP_CODES.values())
+    codes.update(re.findall(r'"error": "([a-z_]+)"', _source("hub/errors.py")))
+    documented = set(re.findall(r"^\|\s*\d{3}\s*\|\s*`([a-z_]+)`", _section("2. Errors"), re.MULTILINE))
+    assert documented == codes, "docs/protocol.md §2: one row per error code of hub/errors.py"
+
+
+# settings
+
+
+def _settings_read() -> set[str]:
+    """Environment variables hub/settings.py reads: the first argument of its reader's calls
+    (`r.integer("WS_RATE_BURST", ...)`)."""
+    return {node.args[0].value for node in ast.walk(_tree("hub/settings.py"))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+            and re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", node.args[0].value)}
+
+
+def test_the_settings_list_is_the_readme_table_and_names_every_setting() -> None:
+    read = _settings_read()
+    assert {"HUB_ENV", "DATABASE_URL", "WS_RATE_LIMIT"} <= read, \
+        "settings are no longer found where this test looks"
+    listed = set(README_SETTING_ROW.findall(_section_of(README, "Configuration")))
+    assert read - listed == set(), "add these settings to the README's configuration table"
+    assert listed - read == set(), "the README's configuration table lists variables the hub does not read"
+    assert "../README.md#configuration" in _section("10. Operations and configuration"), \
+        "docs/protocol.md §10 must point to the README's configuration table"
+
+
+def test_every_setting_the_document_names_is_read_by_the_hub() -> None:
+    doc = _doc()
+    planned = _section("Planned")
+    named = set(SETTING_NAME.findall(doc.replace(planned, "")))
+    read = _settings_read()
+    assert named - read - PENDING_SETTINGS == set(), "docs/protocol.md names settings the hub does not read"
+    assert PENDING_SETTINGS & read == set(), "these settings landed: remove them from PENDING_SETTINGS"
+    assert named >= PENDING_SETTINGS, "every pending setting is described in docs/protocol.md"
+
+
+def _section_of(path: Path, heading: str) -> str:
+    text = path.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+# links
+
+
+def test_the_readme_points_to_the_protocol_and_no_link_leaves_the_repository() -> None:
+    for path in (README, DOC):
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                continue
+            resolved = (path.parent / target.split("#", 1)[0]).resolve()
+            assert resolved.is_relative_to(ROOT), f"{path.name} links outside the repository: {target}"
+            assert resolved.exists(), f"{path.name} links to a missing file: {target}"
+    assert "](docs/protocol.md)" in README.read_text()
