@@ -87,6 +87,13 @@ path = "{report}"
 [[operations]]
 include-path = "/api/exchange_result"
 parameters = {{ "body.token" = "{EXCHANGE_TOKEN}" }}
+
+# Leaving is fuzzed alone but kept out of sequences: after it the chat is a 404 for the leaver
+# (the contract), which schemathesis reads as "created resource not found" (it counts only a
+# DELETE of the resource itself as removing it).
+[[operations]]
+include-path = "/api/v1/chats/{{chat_id}}/members/me"
+phases.stateful.enabled = false
 '''
 
 
