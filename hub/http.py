@@ -40,6 +40,7 @@ class ApiSpec:
     headers: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     content_type: str = "application/json"
     links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    uses_database: bool = True  # then a lost database connection is a 503 (hub.errors)
 
 
 def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
@@ -47,18 +48,21 @@ def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
         response: type[BaseModel] | None = None, status: int = 200, auth: str | None = None,
         errors: Sequence[int] = (), headers: Mapping[str, dict[str, Any]] | None = None,
         content_type: str = "application/json",
-        links: Mapping[str, dict[str, Any]] | None = None) -> Callable[[E], E]:
+        links: Mapping[str, dict[str, Any]] | None = None,
+        uses_database: bool = True) -> Callable[[E], E]:
     """Attach an `ApiSpec` to an endpoint (a function or a method); `hub.openapi` reads it.
 
     `body`, `query` and `path` must be the models the endpoint passes to `read_json`,
     `read_query` and `read_path`; `headers` maps each optional request header to the JSON
     schema of the values the endpoint accepts; `links` are OpenAPI link objects of the success
-    answer (what a client can call next with the ids it got)."""
+    answer (what a client can call next with the ids it got). An endpoint that `uses_database`
+    may answer 503 (`hub.errors.database_error_handler`), which the document adds."""
     if auth is not None and auth not in AUTH_SCHEMES:
         raise ValueError(f"api(auth={auth!r}): use one of {', '.join(AUTH_SCHEMES)}")
     spec = ApiSpec(summary=summary, tag=tag, body=body, query=query, path=path,
                    response=response, status=status, auth=auth, errors=tuple(errors),
-                   headers=dict(headers or {}), content_type=content_type, links=dict(links or {}))
+                   headers=dict(headers or {}), content_type=content_type, links=dict(links or {}),
+                   uses_database=uses_database)
 
     def attach(endpoint: E) -> E:
         endpoint.__api__ = spec  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ _BODY_CREDENTIAL = {"exchange_token": "The credential is the body's `token` (EXC
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}},
     429: {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+    503: {"Retry-After": {"required": False, "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
 }
 _ERROR_TEXT = {
     400: "Bad request", 401: "Missing, expired or invalid access token",
@@ -78,7 +79,7 @@ def build_openapi(routes: list[BaseRoute], title: str, version: str) -> dict[str
         if spec.links:
             ok["links"] = dict(spec.links)
         responses: dict[str, Any] = {str(spec.status): ok}
-        for status in spec.errors:
+        for status in sorted({*spec.errors, *((503,) if spec.uses_database else ())}):
             responses[str(status)] = {
                 "description": _ERROR_TEXT.get(status, "Error"),
                 "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},

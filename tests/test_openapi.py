@@ -351,3 +351,13 @@ async def test_links_name_real_operations_and_parameters(hub: RunningHub) -> Non
         assert set(link["parameters"]) == names, name
         if "requestBody" in link:
             assert "requestBody" in target, name
+
+
+async def test_every_call_that_reads_the_database_documents_503(hub: RunningHub) -> None:
+    """A database connection lost under a call is a 503 with Retry-After (hub.errors); only
+    the calls that never touch the database leave it out."""
+    document = await _document(hub)
+    without = {("/healthz", "get"), ("/metrics", "get"), ("/api/openapi.json", "get")}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert ("503" in operation["responses"]) == ((path, method) not in without), (method, path)
