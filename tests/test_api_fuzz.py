@@ -40,6 +40,7 @@ SERVICE_OPERATIONS = (("/api/v1/publish", HUB_API_KEY),
 # Strings that broke hubs before, mixed into the generated ones so that a short run meets them.
 HOSTILE_STRINGS = ("a\x00b", "\x00", "\u202eevil", "' OR '1'='1", "%00", "../../etc/passwd",
                    "\U0001f600" * 3, "\r\nSet-Cookie: x=1", "<script>x</script>", "\\u0000")
+STORAGE_ERRORS = ("invalid byte sequence for encoding", "surrogates not allowed")
 TEXT_HINTS = ("\\u0000", "\\x00", "\\ud8", "\\ud9", "\\uda", "\\udb", "\\udc", "\\udd", "\\ude", "\\udf")
 
 
@@ -109,7 +110,8 @@ class LogProblems(logging.Handler):
             self.records.append(record)
 
     def report(self) -> str:
-        return "\n".join(self.format(record) for record in self.records[:20])
+        """The first records, each with its traceback."""
+        return "\n".join(self.format(record) for record in self.records[:10])
 
 
 @pytest.fixture
@@ -138,13 +140,15 @@ async def fuzz_hub(fuzz_settings: Settings) -> AsyncIterator[RunningHub]:
         yield hub
 
 
-def _explain(output: str) -> str:
+def _explain(output: str, logged: str) -> str:
     failures = output[output.find("FAILURES"):] if "FAILURES" in output else output[-20000:]
     cases = re.split(r"\n_{3,} ", failures)
-    if any("Server error" in case and any(m in case for m in TEXT_HINTS) for case in cases):
-        failures = ("A 500 came from a NUL byte or a lone surrogate: text the database cannot "
-                    "store must be cleaned or refused with 422 (issue 13, item 1).\n" + failures)
-    return f"schemathesis found problems:\n{failures[:20000]}"
+    stored_bad_text = any(marker in logged for marker in STORAGE_ERRORS) or any(
+        "Server error" in case and any(m in case for m in TEXT_HINTS) for case in cases)
+    hint = ("A 500 came from a NUL byte or a lone surrogate: text the database cannot store "
+            "must be cleaned or refused with 422 (issue 13, item 1).\n" if stored_bad_text else "")
+    return (f"schemathesis found problems:\n{hint}{failures[:20000]}\n"
+            f"The hub logged:\n{logged or '(nothing at ERROR)'}")
 
 
 @pytest.mark.timeout(RUN_DEADLINE + 60)
@@ -169,7 +173,7 @@ async def test_schemathesis_finds_no_error(fuzz_hub: RunningHub, log_problems: L
                     "or the run grew (lower MAX_EXAMPLES)")
     output = out.decode(errors="replace")
     (tmp_path / "schemathesis.txt").write_text(output)
-    assert process.returncode == 0, _explain(output)
+    assert process.returncode == 0, _explain(output, log_problems.report())
     documented = sum(len(operations) for operations in
                      (await fuzz_hub.http.get("/api/openapi.json")).json()["paths"].values())
     tested = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", output)
