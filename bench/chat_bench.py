@@ -77,8 +77,9 @@ async def running_hub(env: dict[str, str], backend: str) -> AsyncIterator[str]:
     port = free_port()
     full_env = {**os.environ, "HUB_ENV": "dev", "JWT_SECRET": secrets.token_hex(32),
                 "ACCESS_TOKEN_TTL": "3600", "LOG_LEVEL": "WARNING",
-                # this measures delivery, not the per-user posting limit
-                "CHAT_POST_RATE": "100000", "CHAT_POST_BURST": "100000", **env}
+                # this measures delivery, not the per-user posting and sign-in limits
+                "CHAT_POST_RATE": "100000", "CHAT_POST_BURST": "100000",
+                "AUTH_RATE_LIMIT": "1000000", **env}
     if backend == "postgres":
         migrate = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hub", "migrate", env=full_env, cwd=ROOT,

@@ -8,13 +8,12 @@ from hub.db import Database
 from hub.events import EventBus
 from hub.feature import Feature
 from hub.identity import Authenticator
-from hub.token_buckets import Allow
+from hub.ratelimit import Limit, RateLimiter
 
 
-def chat_feature(db: Database, events: EventBus, authenticator: Authenticator, *,
-                 max_members: int, post_allowed: Allow) -> Feature:
-    """The chat's routes, for the composition root. `post_allowed` limits posting per user
-    (keys `chat.post:{user_id}`, one unit per new message). (Expired idempotency keys are
-    removed by the core's retention loop.)"""
-    service = ChatService(db, events, max_members=max_members, post_allowed=post_allowed)
+def chat_feature(db: Database, events: EventBus, authenticator: Authenticator,
+                 limiter: RateLimiter, post_limit: Limit, *, max_members: int) -> Feature:
+    """The chat's routes, for the composition root. `post_limit` limits posting per sender on
+    `limiter`. (Expired idempotency keys are removed by the core's retention loop.)"""
+    service = ChatService(db, events, limiter, post_limit, max_members=max_members)
     return Feature(routes=ChatApi(service, authenticator).routes())

@@ -16,6 +16,7 @@ from hub.http import api, read_json, read_path, read_query
 from hub.identity import Authenticator, authenticate_request
 from hub.openapi import link, only_json_type
 from hub.responses import json_response
+from hub.storable_text import StorableText
 
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
@@ -23,11 +24,10 @@ MAX_TEXT = 4000
 MAX_TITLE = 100
 MAX_NEW_MEMBERS = 1000
 # C0 and C1 controls and DEL: the bodies of regex character classes, shared by the check and
-# the documented pattern. The check also refuses lone surrogates (which no database can store as
-# UTF-8); no JSON Schema validator can see one (strings are Unicode there), so the pattern omits them.
+# the documented pattern. Text no database can store (lone surrogates, which no JSON Schema
+# validator can see either) is StorableText's to refuse.
 _TEXT_REFUSED = r"\x00-\x08\x0b-\x1f\x7f-\x9f"
 _TITLE_REFUSED = r"\x00-\x1f\x7f-\x9f"
-_SURROGATES = r"\ud800-\udfff"
 
 
 def trimmed_pattern(limit: int, refused: str) -> str:
@@ -38,7 +38,7 @@ def trimmed_pattern(limit: int, refused: str) -> str:
 
 
 def _trimmed(limit: int, refused: str, allowed: str) -> AfterValidator:
-    refused_re = re.compile(f"[{refused}{_SURROGATES}]")
+    refused_re = re.compile(f"[{refused}]")
 
     def check(value: str) -> str:
         # Refused anywhere, the ends included: trimming must not hide a control character.
@@ -54,10 +54,10 @@ def _trimmed(limit: int, refused: str, allowed: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-MessageText = Annotated[str, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab"),
+MessageText = Annotated[StorableText, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab"),
                         WithJsonSchema({"type": "string",
                                         "pattern": trimmed_pattern(MAX_TEXT, _TEXT_REFUSED)})]
-Title = Annotated[str, _trimmed(MAX_TITLE, _TITLE_REFUSED, ""),
+Title = Annotated[StorableText, _trimmed(MAX_TITLE, _TITLE_REFUSED, ""),
                   WithJsonSchema({"type": "string", "pattern": trimmed_pattern(MAX_TITLE, _TITLE_REFUSED)})]
 ChatId = Annotated[int, Field(ge=1, le=MAX_INT32)]
 UserId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT32)]

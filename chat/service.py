@@ -6,7 +6,8 @@ lock the chat row first (`queries.lock_chat`), then the members' streams (inside
 concurrent writers queue instead of deadlocking and every member sees events in commit order.
 
 Abuse limits (protocol §6): a chat has at most `max_members` members; a user who blocks another
-cannot be added to a chat by them; posts go through the `Allow` handed in (a limiter per user).
+cannot be added to a chat by them; each new post spends a token of the sender's posting `Limit`
+on the shared `RateLimiter`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from chat import queries
 from chat.queries import ChatRow, chat_json, message_json
 from hub import idempotency
 from hub.db import Database, utcnow
-from hub.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from hub.errors import Conflict, Forbidden, Invalid, NotFound
 from hub.events import EventBus
 from hub.idempotency import StoredAnswer
-from hub.token_buckets import Allow, retry_after_header
+from hub.ratelimit import Limit, RateLimiter
 from hub.users import existing_user_ids
 
 
@@ -40,12 +41,13 @@ def _blocked_by(blockers: Sequence[int]) -> Forbidden:
 
 
 class ChatService:
-    def __init__(self, db: Database, events: EventBus, *, max_members: int,
-                 post_allowed: Allow) -> None:
+    def __init__(self, db: Database, events: EventBus, limiter: RateLimiter, post_limit: Limit, *,
+                 max_members: int) -> None:
         self._db = db
         self._events = events
+        self._limiter = limiter
+        self._post_limit = post_limit  # per sender: CHAT_POST_RATE a second, bursts of CHAT_POST_BURST
         self._max_members = max_members
-        self._post_allowed = post_allowed
 
     async def create_chat(self, creator_id: int, title: str, member_ids: Sequence[int]) -> dict[str, Any]:
         """Create a chat of the creator and `member_ids`; emits `chat.created` to every member.
@@ -151,11 +153,7 @@ class ChatService:
                 stored = await idempotency.lookup(session, scope, idempotency_key, print_)
             if stored is not None:
                 return stored, True
-        wait = await self._post_allowed(f"chat.post:{sender_id}")
-        if wait is not None:
-            retry_after = retry_after_header(wait)
-            raise RateLimited(f"posting too fast: the next message is accepted in {retry_after} s",
-                              retry_after)
+        await self._limiter.enforce(self._post_limit, str(sender_id), "posting too fast")
         try:
             async with self._events.transaction() as tx:
                 session = tx.session

@@ -11,11 +11,13 @@ from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
 from auth.passwords import Passwords
 from auth.routes import AuthApi
 from auth.service import Accounts
+from auth.sessions import CHECK_SECONDS, RevocationWatch
 from auth.tokens import TokenCodec
 from chat import chat_feature
 from hub import migrate
@@ -25,6 +27,7 @@ from hub.db import Database
 from hub.errors import (
     ApiError,
     api_error_handler,
+    client_disconnect_handler,
     database_error_handler,
     http_exception_handler,
     internal_error_handler,
@@ -36,11 +39,11 @@ from hub.openapi import build_openapi
 from hub.ops import OpsApi
 from hub.publish_api import PublishApi
 from hub.publisher import Publisher
+from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
 from hub.supervise import supervise
-from hub.token_buckets import TokenBuckets
 from hub.web import WebFront
 from hub.ws import WebSocketApi
 from parser_bridge.feature import parser_bridge_feature
@@ -66,11 +69,14 @@ def create_app(settings: Settings) -> Starlette:
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
                         settings.ws_max_connections_per_user)
     events = EventBus(db, publisher.publish)
+    limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix)
+    revocations = RevocationWatch(db, settings.access_token_ttl, registry.close_sessions)
     accounts = Accounts(
         db,
         TokenCodec(settings.jwt_secret, settings.jwt_algorithm,
                    settings.access_token_ttl, settings.refresh_token_ttl),
         Passwords(),
+        revocations,
     )
     websockets = WebSocketApi(settings, db, registry, accounts, metrics)
     features: list[Feature] = [
@@ -79,13 +85,18 @@ def create_app(settings: Settings) -> Starlette:
             Loop("relay", publisher.relay, 1.0),
             Loop("retention", Retention(db, metrics, settings.stream_retention_events,
                                         settings.stream_retention_seconds).step, 60.0),
+            Loop("session revocations", revocations.step, CHECK_SECONDS),
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
-        Feature(routes=AuthApi(accounts, db).routes()),
+        Feature(routes=AuthApi(
+            accounts, db, limiter, auth_attempts(settings.auth_rate_limit),
+            Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
+        ).routes()),
         parser_bridge_feature(settings, db, events, accounts),
-        chat_feature(db, events, accounts, max_members=settings.chat_max_members,
-                     post_allowed=TokenBuckets(settings.chat_post_rate, settings.chat_post_burst).allow),
+        chat_feature(db, events, accounts, limiter,
+                     Limit("chat_post", settings.chat_post_rate, settings.chat_post_burst),
+                     max_members=settings.chat_max_members),
     ]
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
@@ -103,6 +114,7 @@ def create_app(settings: Settings) -> Starlette:
             if settings.uses_sqlite:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync)
+            stack.push_async_callback(limiter.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)
             tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
@@ -117,6 +129,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_exception_handler,
+            ClientDisconnect: client_disconnect_handler,
             DBAPIError: database_error_handler,
             Exception: internal_error_handler,
         },

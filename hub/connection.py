@@ -44,8 +44,16 @@ class SlowConsumer(ConnectionEnded):
     """The outbound queue or the socket's buffer overflowed."""
 
 
-class TokenExpired(ConnectionEnded):
+class AuthEnded(ConnectionEnded):
+    """The connection's authentication no longer holds (the socket closes with 4001)."""
+
+
+class TokenExpired(AuthEnded):
     """The access token expired and no refresh came."""
+
+
+class SessionRevoked(AuthEnded):
+    """The session of the connection's token was revoked (logout, password change)."""
 
 
 class DeliveryFailed(ConnectionEnded):
@@ -69,12 +77,14 @@ class Connection:
 
     __slots__ = ("_bytes", "_catch_up", "_ended", "_expiry", "_fill_to", "_max_bytes",
                  "_max_messages", "_metrics", "_outlet", "_queue", "_read", "_started", "_task",
-                 "_unsent", "delivered", "expires_at", "user_id")
+                 "_unsent", "delivered", "expires_at", "session_id", "user_id")
 
     def __init__(self, user_id: int, expires_at: float, outlet: Outlet, read: ReadEvents,
-                 metrics: Metrics, max_messages: int, max_bytes: int) -> None:
+                 metrics: Metrics, max_messages: int, max_bytes: int,
+                 session_id: str | None = None) -> None:
         self.user_id = user_id
         self.expires_at = expires_at
+        self.session_id = session_id  # of the latest token; the socket's refresh updates it
         self.delivered = 0
         self._outlet = outlet
         self._read = read
@@ -132,6 +142,10 @@ class Connection:
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - time.time()),
                                     self._end, TokenExpired("access token expired"))
+
+    def revoke(self) -> None:
+        """Its session was revoked: end the connection (the socket closes with 4001)."""
+        self._end(SessionRevoked("session revoked: sign in again"))
 
     def stop(self) -> None:
         """The socket is closing: no more writes, timers and the task cancelled."""

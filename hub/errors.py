@@ -5,14 +5,17 @@
      ├─ Unauthorized         401
      ├─ Forbidden            403
      ├─ NotFound             404
+     ├─ RequestTimeout       408 `timeout`, a request head too slow (answered by hub.http_protocol)
      ├─ Conflict             409
      ├─ TooLarge             413
+     │   └─ HeadersTooLarge  431 `too_large`, a request head too big (hub.http_protocol)
      ├─ UnsupportedMediaType 415
      ├─ RateLimited          429
      └─ Unavailable          503
 
 Anything else that escapes an endpoint is logged with its traceback and answered with a bare
-500 `internal`; the client never sees the trace.
+500 `internal`; the client never sees the trace. A client that goes away while its request is
+read (starlette's `ClientDisconnect`) is nobody's error: counted as 499, answered to nobody.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from hub.responses import json_response
 
 log = logging.getLogger("hub.errors")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 
 
 class ApiError(Exception):
@@ -69,12 +73,20 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(ApiError):
+    status, code = 408, "timeout"
+
+
 class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
 class TooLarge(ApiError):
     status, code = 413, "too_large"
+
+
+class HeadersTooLarge(TooLarge):
+    status = 431
 
 
 class UnsupportedMediaType(ApiError):
@@ -131,6 +143,12 @@ def allowed_methods(request: Request) -> list[str]:
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return json_response({"error": "internal", "detail": "internal server error"}, 500)
+
+
+async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientDisconnect)
+    log.debug("client left during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def database_error_handler(request: Request, exc: Exception) -> Response:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.errors import Forbidden, Invalid, NotFound, TooLarge, UnsupportedMediaType
+from hub.storable_text import loads_allowing_surrogates, may_spell_surrogates, unstorable_json_path
 
 MAX_BODY_BYTES = 1024 * 1024
 AUTH_SCHEMES = ("user", "hub_api_key", "parser_token", "exchange_token")
@@ -31,6 +32,7 @@ class ApiSpec:
     summary: str
     tag: str
     body: type[BaseModel] | None = None
+    body_required: bool = True
     query: type[BaseModel] | None = None
     path: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
@@ -44,9 +46,10 @@ class ApiSpec:
 
 
 def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
-        query: type[BaseModel] | None = None, path: type[BaseModel] | None = None,
-        response: type[BaseModel] | None = None, status: int = 200, auth: str | None = None,
-        errors: Sequence[int] = (), headers: Mapping[str, dict[str, Any]] | None = None,
+        body_required: bool = True, query: type[BaseModel] | None = None,
+        path: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
+        status: int = 200, auth: str | None = None, errors: Sequence[int] = (),
+        headers: Mapping[str, dict[str, Any]] | None = None,
         content_type: str = "application/json",
         links: Mapping[str, dict[str, Any]] | None = None,
         uses_database: bool = True) -> Callable[[E], E]:
@@ -59,10 +62,10 @@ def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
     may answer 503 (`hub.errors.database_error_handler`), which the document adds."""
     if auth is not None and auth not in AUTH_SCHEMES:
         raise ValueError(f"api(auth={auth!r}): use one of {', '.join(AUTH_SCHEMES)}")
-    spec = ApiSpec(summary=summary, tag=tag, body=body, query=query, path=path,
-                   response=response, status=status, auth=auth, errors=tuple(errors),
-                   headers=dict(headers or {}), content_type=content_type, links=dict(links or {}),
-                   uses_database=uses_database)
+    spec = ApiSpec(summary=summary, tag=tag, body=body, body_required=body_required,
+                   query=query, path=path, response=response, status=status, auth=auth,
+                   errors=tuple(errors), headers=dict(headers or {}), content_type=content_type,
+                   links=dict(links or {}), uses_database=uses_database)
 
     def attach(endpoint: E) -> E:
         endpoint.__api__ = spec  # type: ignore[attr-defined]
@@ -86,6 +89,12 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+def has_body(request: Request) -> bool:
+    """Whether the request carries a body at all (for calls whose body is optional)."""
+    return ("transfer-encoding" in request.headers
+            or request.headers.get("content-length", "0").strip() not in ("", "0"))
+
+
 def is_json_content_type(value: str | None) -> bool:
     if not value:
         return False
@@ -95,7 +104,8 @@ def is_json_content_type(value: str | None) -> bool:
 
 async def read_json(request: Request, model: type[M]) -> M:
     """Validate the JSON body as `model`: 415 without a JSON content type, 413 over 1 MiB,
-    422 for malformed JSON or any bad field (each one named)."""
+    422 for malformed JSON or any bad field (each one named, a lone surrogate in any string
+    included: see `hub.storable_text`)."""
     return (await read_json_and_body(request, model))[0]
 
 
@@ -107,7 +117,19 @@ async def read_json_and_body(request: Request, model: type[M]) -> tuple[M, bytes
     try:
         return model.model_validate_json(body), body
     except ValidationError as exc:
-        raise invalid_from(exc) from None
+        raise _unstorable_field(body) or invalid_from(exc) from None
+
+
+def _unstorable_field(body: bytes) -> Invalid | None:
+    """The parser refuses a JSON string with a lone surrogate as "not valid JSON"; name the
+    field instead, so the client learns which text cannot be stored."""
+    if not may_spell_surrogates(body):
+        return None
+    try:
+        found = unstorable_json_path(loads_allowing_surrogates(body))
+    except ValueError:
+        return None
+    return None if found is None else Invalid({found[0]: found[1]})
 
 
 def read_query(request: Request, model: type[M]) -> M:

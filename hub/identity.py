@@ -23,6 +23,7 @@ class AuthError(Exception):
 class Identity:
     user_id: int
     expires_at: float  # unix time at which the access token stops being valid
+    session_id: str | None = None  # the sign-in it belongs to; revoking it ends the identity
 
 
 class Authenticator(Protocol):
@@ -31,8 +32,9 @@ class Authenticator(Protocol):
         ...
 
     def verify(self, token: str) -> Identity:
-        """The identity of a valid access token, from its signature and claims alone: no database
-        read, so the caller must itself find out whether the user still exists."""
+        """The identity of a valid access token, from its signature and claims alone (and the
+        sessions this process knows to be revoked): no database read, so the caller must itself
+        find out whether the user still exists."""
         ...
 
 

@@ -49,6 +49,9 @@ class Metrics:
         self.connections_rejected = Counter("hub_connections_rejected_total",
                                             "WebSocket connections refused or closed early",
                                             ["reason"], registry=r)
+        self.rate_limited = Counter("hub_rate_limited_total",
+                                    "Requests refused with 429 by a rate limit", ["limit"],
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

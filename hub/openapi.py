@@ -68,7 +68,7 @@ def build_openapi(routes: list[BaseRoute], title: str, version: str) -> dict[str
         if params:
             operation["parameters"] = params
         if spec.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
+            operation["requestBody"] = {"required": spec.body_required, "content": {"application/json": {
                 "schema": {"$ref": keys[(spec.body, "validation")]["$ref"]}}}}
         ok: dict[str, Any] = {"description": "Success"}
         if spec.response is not None:

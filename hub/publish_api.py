@@ -19,6 +19,7 @@ from hub.events import EventBus
 from hub.http import api, read_json_and_body, read_query, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.settings import Settings
+from hub.storable_text import StorableJsonObject
 from hub.streams import StoredEvent
 from hub.users import existing_user_ids
 
@@ -31,7 +32,7 @@ class PublishBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_ids: Annotated[list[Annotated[int, Field(gt=0, lt=2**31)]], Field(min_length=1, max_length=10_000)]
     name: Annotated[str, Field(pattern=EVENT_NAME)]
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: StorableJsonObject = Field(default_factory=dict)
 
 
 class PublishOut(BaseModel):

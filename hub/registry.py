@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Iterable
 
 from hub.broker import CHANNEL, Broker, user_channel
 from hub.connection import Connection, event_frame
@@ -106,6 +107,14 @@ class Registry:
         frame = event_frame(payload)
         for connection in entry.connections:
             connection.offer(event_id, frame, created_at)
+
+    def close_sessions(self, revoked: Iterable[tuple[int, str]]) -> None:
+        """End the local connections of revoked (user id, session id) pairs with 4001."""
+        for user_id, session_id in revoked:
+            entry = self._users.get(user_id)
+            for connection in list(entry.connections if entry else ()):
+                if connection.session_id == session_id:
+                    connection.revoke()
 
     def resync(self) -> None:
         """After a broker reconnect: every connection re-reads what it may have missed."""

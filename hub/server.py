@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import resource
 import signal
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from hub.http_protocol import http_protocol
 from hub.settings import ConfigError, Settings
+
+log = logging.getLogger("hub.server")
 
 GRACEFUL_SECONDS = 20
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -19,11 +24,13 @@ ORPHAN_CHECK_SECONDS = 2.0  # how often a gunicorn worker checks that its master
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Server settings the contract depends on: proxy headers from trusted proxies only, a
-    graceful shutdown. WebSocket upgrades go to the app's own protocol (hub/ws.py, passed as
+    graceful shutdown, request heads bounded in time and size (hub/http_protocol.py, uvicorn's
+    `http` option). WebSocket upgrades go to the app's own protocol (hub/ws.py, passed as
     uvicorn's `ws` option from `app.state.websocket_protocol`), which keeps the contract's
     pings, frame limit and close codes; it offers no compression: that would cost CPU per
     socket for every event, where each event is otherwise encoded once for all its recipients."""
     return {
+        "http": http_protocol(settings),
         "proxy_headers": True,
         "forwarded_allow_ips": ",".join(settings.trusted_proxies),
         "timeout_graceful_shutdown": GRACEFUL_SECONDS,
@@ -45,6 +52,7 @@ def check_process_model(settings: Settings, workers: int) -> None:
 def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully and return the exit status (0)."""
     check_process_model(settings, workers)
+    raise_open_file_limit()
     if workers == 1:
         # uvicorn re-raises the signal it caught once it has shut down, so that the default
         # handler would kill the process with -15; the contract wants a graceful exit 0.
@@ -57,6 +65,21 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
             signal.signal(signal.SIGTERM, previous)
         return 0
     return _gunicorn(settings, host, port, workers)
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit (gunicorn's workers
+    inherit it): each socket is a file, and the usual soft limit of 1,024 locks every client out
+    long before memory or CPU run short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open-file limit stays at %s (the hard limit is %s): %s", soft, hard, exc)
+        return
+    log.info("open-file limit raised from %s to %s", soft, hard)
 
 
 def _serving_app(settings: Settings) -> Any:

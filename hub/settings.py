@@ -6,7 +6,9 @@ prints it and exits non-zero.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ PLACEHOLDER_SECRETS = frozenset(
      "your-secret", "your-secret-key", "jwt-secret", "supersecret", "dev", "test", "example"}
 )
 MIN_SECRET_LENGTH = 32
+MIN_SECRET_BITS_PER_CHAR = 3.0  # hex is 4, base64url 6; "aaaa…" is 0 and "abab…" is 1
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 ENVIRONMENTS = ("dev", "production")
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 
@@ -48,12 +52,17 @@ class Settings:
     ws_queue_max_bytes: int = 4 * 1024 * 1024
     ws_rate_limit: float = 20.0
     ws_rate_burst: int = 40
+    ws_max_message_bytes: int = 4096
+    ws_max_fragments: int = 16
+    http_header_timeout: float = 10.0
+    http_max_header_bytes: int = 32 * 1024
     hub_api_key: str | None = field(default=None, repr=False)
     parser_service_token: str | None = field(default=None, repr=False)
     exchange_service_url: str | None = None
     exchange_service_token: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     parse_timeout: float = 30.0
+    parse_max_pending: int = 10  # pending parse requests per user; more is 429
     parser_allow_private: bool = False  # the embedded parser (no REDIS_URL) may fetch private addresses
     exchange_retry_window: float = 60.0  # seconds of failed hand-overs before an exchange fails
     stream_retention_events: int = 10_000
@@ -62,6 +71,9 @@ class Settings:
     chat_post_rate: float = 5.0  # messages per second per user, on average
     chat_post_burst: int = 20
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    auth_rate_limit: int = 20  # register, login, refresh... per client address per minute
+    login_failure_limit: int = 10  # failed logins per username per window
+    login_failure_window: int = 15 * 60
     log_level: str = "INFO"
     tls_certificate_file: str | None = None  # the served chain, for the certificate expiry metric
 
@@ -81,17 +93,7 @@ class Settings:
         secret = r.text("JWT_SECRET", "")
         generated = False
         if env == "production":
-            if secret.strip().lower() in PLACEHOLDER_SECRETS:
-                raise ConfigError(
-                    "JWT_SECRET is missing or a placeholder: set it to a random value of at least "
-                    f"{MIN_SECRET_LENGTH} characters, e.g. `python -c 'import secrets; "
-                    "print(secrets.token_urlsafe(48))'`"
-                )
-            if len(secret) < MIN_SECRET_LENGTH:
-                raise ConfigError(
-                    f"JWT_SECRET is {len(secret)} characters long: production needs at least "
-                    f"{MIN_SECRET_LENGTH}"
-                )
+            check_secret_strength("JWT_SECRET", secret)
         elif not secret:
             secret = secrets.token_urlsafe(48)
             generated = True
@@ -112,23 +114,51 @@ class Settings:
             ws_queue_max_bytes=r.integer("WS_QUEUE_MAX_BYTES", 4 * 1024 * 1024, minimum=1024),
             ws_rate_limit=r.number("WS_RATE_LIMIT", 20.0, minimum=0.1),
             ws_rate_burst=r.integer("WS_RATE_BURST", 40, minimum=1),
+            ws_max_message_bytes=r.integer("WS_MAX_MESSAGE_BYTES", 4096, minimum=125),
+            ws_max_fragments=r.integer("WS_MAX_FRAGMENTS", 16, minimum=1),
+            http_header_timeout=r.number("HTTP_HEADER_TIMEOUT", 10.0, minimum=0.1),
+            http_max_header_bytes=r.integer("HTTP_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
             hub_api_key=r.secret("HUB_API_KEY", env),
             parser_service_token=r.secret("PARSER_SERVICE_TOKEN", env),
             exchange_service_url=r.optional_url("EXCHANGE_SERVICE_URL", ("http://", "https://")),
             exchange_service_token=r.secret("EXCHANGE_SERVICE_TOKEN", env),
             allowed_origins=r.origins("ALLOWED_ORIGINS"),
             parse_timeout=r.number("PARSE_TIMEOUT", 30.0, minimum=0.1),
+            parse_max_pending=r.integer("PARSE_MAX_PENDING", 10, minimum=1),
             parser_allow_private=r.choice("PARSER_ALLOW_PRIVATE", "0", ("0", "1")) == "1",
             exchange_retry_window=r.number("EXCHANGE_RETRY_WINDOW", 60.0, minimum=0.1),
             stream_retention_events=r.integer("STREAM_RETENTION_EVENTS", 10_000, minimum=1),
             stream_retention_seconds=r.integer("STREAM_RETENTION_SECONDS", 7 * 24 * 3600, minimum=1),
             chat_max_members=r.integer("CHAT_MAX_MEMBERS", 1000, minimum=2),
-            chat_post_rate=r.number("CHAT_POST_RATE", 5.0, minimum=0.01),
+            chat_post_rate=r.number("CHAT_POST_RATE", 5.0, minimum=0.001),
             chat_post_burst=r.integer("CHAT_POST_BURST", 20, minimum=1),
-            trusted_proxies=r.csv("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
+            trusted_proxies=r.networks("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
+            auth_rate_limit=r.integer("AUTH_RATE_LIMIT", 20, minimum=1),
+            login_failure_limit=r.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1),
+            login_failure_window=r.integer("LOGIN_FAILURE_WINDOW", 15 * 60, minimum=1),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
         )
+
+
+def check_secret_strength(name: str, value: str) -> None:
+    """Production secrets: no placeholder, at least 32 characters, no short alphabet or repeated
+    pattern (Shannon entropy of at least 3 bits a character, not a repetition of a shorter
+    string). Raises ConfigError saying how to make a good one."""
+    problem = None
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        problem = "is missing or a placeholder"
+    elif len(value) < MIN_SECRET_LENGTH:
+        problem = f"is {len(value)} characters long (production needs at least {MIN_SECRET_LENGTH})"
+    elif _bits_per_char(value) < MIN_SECRET_BITS_PER_CHAR or value in (value + value)[1:-1]:
+        problem = f"is too predictable ({len(set(value))} distinct characters, or a repeated pattern)"
+    if problem is not None:
+        raise ConfigError(f"{name} {problem}: set it to a random value, e.g. `{GENERATE_SECRET}`")
+
+
+def _bits_per_char(value: str) -> float:
+    counts = [value.count(char) for char in set(value)]
+    return -sum(n / len(value) * math.log2(n / len(value)) for n in counts)
 
 
 def normalize_database_url(url: str) -> str:
@@ -196,9 +226,20 @@ class _Reader:
         value = self.text(name, "")
         if not value:
             return None
-        if env == "production" and value.lower() in PLACEHOLDER_SECRETS:
-            raise ConfigError(f"{name} is a placeholder: set it to a random value")
+        if env == "production":
+            check_secret_strength(name, value)
         return value
+
+    def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Comma-separated IP addresses or CIDR networks."""
+        found = self.csv(name, default)
+        for value in found:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}: {value!r} is not an IP address or a network like "
+                                  "10.0.0.0/8") from None
+        return found
 
     def origins(self, name: str) -> tuple[str, ...]:
         found = []

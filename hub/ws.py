@@ -13,9 +13,12 @@ the handshake and parses the client's frames; nothing else of a socket is kept p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import fcntl
 import logging
-import time
+import struct
+import termios
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -27,11 +30,11 @@ from websockets.server import ServerProtocol
 
 from hub import streams
 from hub.connection import (
+    AuthEnded,
     Connection,
     ConnectionEnded,
     SlowConsumer,
     StreamGap,
-    TokenExpired,
     text_frame,
 )
 from hub.db import Database, rfc3339
@@ -40,16 +43,17 @@ from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.settings import Settings, normalize_origin
 from hub.streams import StoredEvent
+from hub.ws_budget import FrameBudget
 
 log = logging.getLogger("hub.ws")
 _frames_log = logging.getLogger("hub.ws.frames")  # websockets' own per-connection messages
 _frames_log.setLevel(logging.WARNING)
 
 PATH = "/ws"
-MAX_FRAME = 4096
 AUTH_FAILED, FORBIDDEN, RATE_LIMITED, SLOW_CONSUMER = 4001, 4003, 4008, 4009
-INTERNAL, RESTARTING = 1011, 1012
+TOO_BIG, INTERNAL, RESTARTING = 1009, 1011, 1012
 CLOSE_TIMEOUT = 5.0
+CLOSE_GRACE = 2.0  # a closing socket whose every byte the peer has acknowledged is dropped after this
 PONG = text_frame(b'{"type":"pong"}')
 BAD_FRAME = text_frame(orjson.dumps({
     "type": "error", "code": "bad_frame",
@@ -57,25 +61,6 @@ BAD_FRAME = text_frame(orjson.dumps({
 }))
 
 HANDSHAKE, AUTH, STARTING, OPEN, CLOSING, CLOSED = range(6)
-
-
-class TokenBucket:
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 class WebSocketApi:
@@ -109,9 +94,9 @@ class WebSocketApi:
 class HubSocket(asyncio.Protocol):
     """One client socket from the upgrade to the close; also its connection's `Outlet`."""
 
-    __slots__ = ("_api", "_bucket", "_connection", "_early", "_fragments", "_pending_pong",
-                 "_proto", "_server_connections", "_state", "_tasks", "_timer", "_transport",
-                 "_writable")
+    __slots__ = ("_api", "_budget", "_closing_since", "_connection", "_early", "_fragments",
+                 "_pending_pong", "_proto", "_server_connections", "_state", "_tasks", "_timer",
+                 "_transport", "_writable")
 
     def __init__(self, api: WebSocketApi, server_connections: set[Any]) -> None:
         self._api = api
@@ -120,7 +105,8 @@ class HubSocket(asyncio.Protocol):
         self._state = HANDSHAKE
         self._proto: Protocol | None = None
         self._connection: Connection | None = None
-        self._bucket: TokenBucket | None = None
+        self._budget: FrameBudget | None = None
+        self._closing_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._pending_pong = False
         self._tasks: set[asyncio.Task[None]] | None = None
@@ -138,17 +124,24 @@ class HubSocket(asyncio.Protocol):
         if self._state == HANDSHAKE:
             self._handshake(data)
             return
-        proto = self._proto
-        if proto is None or self._state == CLOSED:
-            return
-        proto.receive_data(data)
+        proto, budget = self._proto, self._budget
+        if proto is None or budget is None or self._state >= CLOSING:
+            return  # a closing socket parses nothing more (its reading is paused too)
+        admitted = budget.admit(data)
+        if admitted:
+            proto.receive_data(data if admitted == len(data) else data[:admitted])
         events = proto.events_received()
         self._flush()
         for frame in events:
             if self._state >= CLOSING:
-                break
+                return
             if isinstance(frame, Frame):
                 self._frame(frame)
+        if admitted < len(data):
+            if budget.too_fragmented:
+                self._close(TOO_BIG, "a message in too many fragments")
+            else:
+                self._close(RATE_LIMITED, "too many frames")
 
     def eof_received(self) -> bool | None:
         if self._proto is not None:
@@ -202,7 +195,7 @@ class HubSocket(asyncio.Protocol):
             self._close(SLOW_CONSUMER, str(reason))
         elif isinstance(reason, StreamGap):
             self._close(SLOW_CONSUMER, "missed events are no longer retained: reconnect")
-        elif isinstance(reason, TokenExpired):
+        elif isinstance(reason, AuthEnded):
             self._close(AUTH_FAILED, str(reason))
         else:
             self._close(INTERNAL, "internal error")
@@ -213,16 +206,20 @@ class HubSocket(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         api = self._api
-        server = ServerProtocol(max_size=MAX_FRAME, logger=_frames_log)
+        settings = api.settings
+        server = ServerProtocol(max_size=settings.ws_max_message_bytes, logger=_frames_log)
         server.receive_data(data)
         request = next((event for event in server.events_received() if isinstance(event, Request)), None)
         if request is None:
             self._state = CLOSED
             transport.close()
             return
+        origins = request.headers.get_all("Origin")
         if request.path.partition("?")[0] != PATH:
             response = server.reject(404, "Not Found\n")
-        elif not api.origin_allowed(request.headers.get("Origin")):
+        elif len(origins) > 1:
+            response = server.reject(400, "Bad Request: more than one Origin header\n")
+        elif not api.origin_allowed(origins[0] if origins else None):
             api.metrics.connections_rejected.labels("origin").inc()
             response = server.reject(403, "Forbidden: origin not allowed\n")
         else:
@@ -233,10 +230,12 @@ class HubSocket(asyncio.Protocol):
             self._state = CLOSED
             transport.close()
             return
-        self._proto = Protocol(Side.SERVER, state=State.OPEN, max_size=MAX_FRAME, logger=_frames_log)
+        self._proto = Protocol(Side.SERVER, state=State.OPEN, max_size=settings.ws_max_message_bytes,
+                               logger=_frames_log)
+        self._budget = FrameBudget(settings.ws_rate_limit, settings.ws_rate_burst, settings.ws_max_fragments)
         self._state = AUTH
         self._timer = asyncio.get_running_loop().call_later(
-            api.settings.ws_auth_timeout, self._close, AUTH_FAILED, "no auth frame within the time limit")
+            settings.ws_auth_timeout, self._close, AUTH_FAILED, "no auth frame within the time limit")
 
     # frames from the client
 
@@ -251,7 +250,7 @@ class HubSocket(asyncio.Protocol):
             else:
                 self._fragments = (opcode, [bytes(frame.data)])
         elif opcode is Opcode.CONT and self._fragments is not None:
-            self._fragments[1].append(bytes(frame.data))
+            self._fragments[1].append(bytes(frame.data))  # as many as FrameBudget lets through
             if frame.fin:
                 (opcode, parts), self._fragments = self._fragments, None
                 self._message(opcode, b"".join(parts))
@@ -312,7 +311,8 @@ class HubSocket(asyncio.Protocol):
         api = self._api
         settings = api.settings
         connection = Connection(identity.user_id, identity.expires_at, self, api.read_events,
-                                api.metrics, settings.ws_queue_max_messages, settings.ws_queue_max_bytes)
+                                api.metrics, settings.ws_queue_max_messages, settings.ws_queue_max_bytes,
+                                identity.session_id)
         self._connection = connection
         if not await api.registry.register(connection):
             self._close(RATE_LIMITED, "too many connections for this user")
@@ -330,7 +330,6 @@ class HubSocket(asyncio.Protocol):
             "last_event_id": head.last_id, "recovered": recovered,
         })))
         self._state = OPEN
-        self._bucket = TokenBucket(settings.ws_rate_limit, settings.ws_rate_burst)
         self._timer = asyncio.get_running_loop().call_later(settings.ws_ping_interval, self._keepalive)
         connection.set_expiry(identity.expires_at)
         if recovered:
@@ -345,10 +344,6 @@ class HubSocket(asyncio.Protocol):
             self._client_frame(opcode, data)
 
     def _client_frame(self, opcode: Opcode, data: bytes) -> None:
-        assert self._bucket is not None
-        if not self._bucket.take():
-            self._close(RATE_LIMITED, "too many frames")
-            return
         frame = self._parse(opcode, data)
         if self._state != OPEN:
             return
@@ -377,6 +372,7 @@ class HubSocket(asyncio.Protocol):
         if identity.user_id != connection.user_id:
             self._close(FORBIDDEN, "token of another user")
             return
+        connection.session_id = identity.session_id
         connection.set_expiry(identity.expires_at)
         self.write(text_frame(orjson.dumps({
             "type": "refreshed", "expires_at": rfc3339(_utc(connection.expires_at)),
@@ -398,15 +394,19 @@ class HubSocket(asyncio.Protocol):
                                                             self._keepalive)
 
     def _close(self, code: int, reason: str, *, count: bool = True) -> None:
-        """Start the closing handshake (the connection leaves the registry now); the transport
-        is dropped if the peer has not answered within the close timeout."""
+        """Send the close frame and then EOF (the connection leaves the registry now); whatever
+        the peer sends from now on is neither read nor parsed."""
         if self._state >= CLOSING or self._proto is None:
             return
         if count:
             self._api.metrics.connections_rejected.labels(str(code)).inc()
-        self._start_closing(self._api.close_timeout)
+        self._start_closing()
         self._proto.send_close(code, reason)
         self._flush()
+        transport = self._transport
+        assert transport is not None
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()  # the peer learns at once that nothing follows the close frame
 
     def _finish(self) -> None:
         self._cancel_timer()
@@ -433,17 +433,33 @@ class HubSocket(asyncio.Protocol):
                 eof = True
         if eof:
             if self._state < CLOSING:
-                self._start_closing(CLOSE_TIMEOUT)
+                self._start_closing()
             transport.close()
 
-    def _start_closing(self, abort_after: float) -> None:
-        """Leave the open states for good: the connection leaves the registry now, and the
-        transport is dropped if it has not closed within `abort_after` seconds."""
+    def _start_closing(self) -> None:
+        """Leave the open states for good: the connection leaves the registry now, the socket
+        reads nothing more, and the transport is dropped after a short grace (see `_linger`)."""
         self._finish()
         self._state = CLOSING
         transport = self._transport
         assert transport is not None
-        self._timer = asyncio.get_running_loop().call_later(abort_after, transport.abort)
+        if transport.is_reading():
+            transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        self._closing_since = loop.time()
+        self._timer = loop.call_later(CLOSE_GRACE, self._linger)
+
+    def _linger(self) -> None:
+        """Drop the transport once the peer has acknowledged everything written (the close
+        frame included), or after the close timeout for a peer that still leaves output unread
+        (a slow reader gets its close frame after what is already in its socket buffer)."""
+        transport = self._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        if _unsent(transport) and loop.time() - self._closing_since < self._api.close_timeout:
+            self._timer = loop.call_later(CLOSE_GRACE, self._linger)
+        else:
+            transport.abort()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -469,6 +485,17 @@ class HubSocket(asyncio.Protocol):
         except Exception:
             log.exception("WebSocket connection failed")
             self._close(INTERNAL, "internal error", count=False)
+
+
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to `transport` that the peer has not acknowledged: the transport's buffer
+    and the kernel's send queue (where the platform tells it)."""
+    unsent = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    return unsent
 
 
 def _utc(stamp: float) -> dt.datetime:

@@ -1,10 +1,12 @@
 """Which addresses the parser may connect to, decided after DNS resolution.
 
 Only globally routable unicast addresses are allowed unless private ones were explicitly
-permitted: loopback, private, shared (CGNAT), link-local, multicast, reserved, unspecified and
-documentation ranges are refused, for IPv4, IPv6 and IPv6 forms that embed an IPv4 address
-(IPv4-mapped, 6to4, Teredo, NAT64). The fetcher connects to the very address checked here, so a
-name that resolves differently a moment later (DNS rebinding) cannot slip through.
+permitted. The rule is written out below from IANA's registries (the IPv4 and IPv6
+Special-Purpose Address Registries and the IPv6 Address Space), rather than left to the
+`ipaddress` module alone, whose tables differ between Python versions; its checks still apply
+on top. IPv6 forms that carry an IPv4 address (IPv4-mapped, NAT64 `64:ff9b::/96`, 6to4) are
+judged by the IPv4 address they carry. The fetcher connects to the very address checked here,
+so a name that resolves differently a moment later (DNS rebinding) cannot slip through.
 """
 
 from __future__ import annotations
@@ -15,38 +17,56 @@ import socket
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+def _networks(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
+REFUSED_IPV4 = _networks(
+    "0.0.0.0/8",        # "this network"
+    "10.0.0.0/8",       # private
+    "100.64.0.0/10",    # shared address space (carrier-grade NAT)
+    "127.0.0.0/8",      # loopback
+    "169.254.0.0/16",   # link-local (cloud metadata services live here)
+    "172.16.0.0/12",    # private
+    "192.0.0.0/24",     # IETF protocol assignments (its two anycast services serve no pages)
+    "192.0.2.0/24",     # documentation
+    "192.88.99.0/24",   # deprecated 6to4 relay anycast
+    "192.168.0.0/16",   # private
+    "198.18.0.0/15",    # benchmarking
+    "198.51.100.0/24",  # documentation
+    "203.0.113.0/24",   # documentation
+    "224.0.0.0/4",      # multicast
+    "240.0.0.0/4",      # reserved, and the limited broadcast address
+)
+GLOBAL_UNICAST_IPV6 = ipaddress.IPv6Network("2000::/3")  # everything else is not unicast on the Internet
+REFUSED_IPV6 = _networks(  # inside 2000::/3
+    "2001::/23",        # IETF protocol assignments: Teredo, benchmarking, ORCHID, anycast services
+    "2001:db8::/32",    # documentation
+    "3fff::/20",        # documentation
+)
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the IPv4 address is the last 32 bits
+SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 
 
 class AddressRefused(Exception):
     """The host resolves to an address the policy refuses, or does not resolve at all."""
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    found: list[ipaddress.IPv4Address] = []
-    if ip.ipv4_mapped is not None:
-        found.append(ip.ipv4_mapped)
-    if ip.sixtofour is not None:
-        found.append(ip.sixtofour)
-    if ip.teredo is not None:
-        found.extend(ip.teredo)
-    if ip in _NAT64:
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return found
-
-
 def is_public(ip: IPAddress) -> bool:
-    """True for a globally routable unicast address (and every IPv4 address it embeds)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id or ip in _NAT64_LOCAL:
-            return False
-        if not all(is_public(inner) for inner in _embedded_ipv4(ip)):
-            return False
-    return not (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-        or ip.is_reserved or ip.is_unspecified or not ip.is_global
-    )
+    """True for a globally routable unicast address (judged by the IPv4 address it carries,
+    for the IPv6 forms that carry one)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not any(ip in net for net in REFUSED_IPV4) and ip.is_global and not ip.is_multicast
+    if ip.scope_id:
+        return False
+    if ip in IPV4_MAPPED or ip in NAT64:
+        return is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip in SIX_TO_FOUR and not is_public(ipaddress.IPv4Address((int(ip) >> 80) & 0xFFFFFFFF)):
+        return False
+    return (ip in GLOBAL_UNICAST_IPV6 and not any(ip in net for net in REFUSED_IPV6)
+            and ip.is_global and not (ip.is_private or ip.is_reserved or ip.is_site_local))
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 
 from hub.db import Database, utcnow
 from hub.events import EventBus, Transaction
+from hub.storable_text import clean
 from parser_bridge import exchange_money as money
 from parser_bridge.models import EXCHANGE_COMPLETED, EXCHANGE_FAILED, PENDING, ExchangeRequest
 
@@ -232,7 +233,8 @@ class ExchangeRequests:
         async with self._events.transaction() as tx:
             row = await tx.session.get(ExchangeRequest, request_id)
             if row is not None and row.status == PENDING:
-                await _finish(tx, request_id, row.owner_id, EXCHANGE_FAILED, [], None, error)
+                # the error may quote the exchange service's answer: third-party text
+                await _finish(tx, request_id, row.owner_id, EXCHANGE_FAILED, [], None, clean(error))
 
 
 async def _finish(tx: Transaction, request_id: int, owner_id: int, status: str,

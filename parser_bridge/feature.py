@@ -35,7 +35,7 @@ def parser_bridge_feature(settings: Settings, db: Database, events: EventBus,
         queue = RedisJobQueue(settings.redis_url, settings.redis_channel_prefix)
     else:
         queue = EmbeddedJobQueue(PageFetcher(allow_private=settings.parser_allow_private))
-    parse = ParseRequests(db, events, queue, settings.parse_timeout)
+    parse = ParseRequests(db, events, queue, settings.parse_timeout, settings.parse_max_pending)
     exchange = ExchangeRequests(db, events, settings.exchange_service_url,
                                 settings.exchange_service_token, settings.exchange_retry_window)
     return Feature(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import ssl
 import zlib
@@ -22,10 +23,12 @@ from dataclasses import dataclass
 
 import httpx
 
+from hub.storable_text import clean
 from parser_bridge.address_policy import AddressRefused, Network, resolve
 from parser_bridge.html_title import extract_title
 from parser_bridge.parse_result import ParseResult
 
+log = logging.getLogger("parser_bridge.fetch")
 MAX_PAGE_BYTES = 5 * 1024 * 1024
 MAX_REDIRECTS = 5
 USER_AGENT = "notification-hub-parser/0.1 (+https://github.com/)"
@@ -40,6 +43,8 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class Page:
+    """A fetched page; its text is storable (`hub.storable_text.clean`)."""
+
     url: str  # after redirects
     html: str
     title: str | None
@@ -69,6 +74,9 @@ class PageFetcher:
             return ParseResult.failure(str(exc))
         except TimeoutError:
             return ParseResult.failure("timed out fetching the page")
+        except Exception:  # a bug on one page must not take the worker's consumer with it
+            log.exception("fetching %s failed unexpectedly", url)
+            return ParseResult.failure("the page could not be fetched or read")
         return ParseResult.success(page.title, page.html)
 
     async def fetch(self, url: str) -> Page:
@@ -141,7 +149,7 @@ class PageFetcher:
             raise FetchError("timed out reading the page") from None
         except httpx.HTTPError as exc:
             raise FetchError(f"fetch failed: {_describe(exc)}") from None
-        html = _decode(bytes(body), response.charset_encoding)
+        html = clean(_decode(bytes(body), response.charset_encoding))
         return Page(url=str(url), html=html, title=extract_title(html))
 
 
@@ -196,7 +204,8 @@ def _is_ip_literal(host: str) -> bool:
 
 def _decode(body: bytes, declared: str | None) -> str:
     """Text by the declared charset, else a `<meta charset>` in the first 4 KiB, else UTF-8;
-    undecodable bytes become U+FFFD rather than failing the request."""
+    undecodable bytes become U+FFFD rather than failing the request. A charset Python knows
+    but cannot decode with replacement (`idna`, `undefined`) counts as unknown."""
     candidates = [declared]
     if match := _META_CHARSET.search(body[:4096]):
         candidates.append(match.group(1).decode("ascii"))
@@ -204,7 +213,7 @@ def _decode(body: bytes, declared: str | None) -> str:
         if encoding:
             try:
                 return body.decode(encoding, errors="replace")
-            except LookupError:
+            except (LookupError, UnicodeError):
                 continue
     return body.decode("utf-8", errors="replace")
 

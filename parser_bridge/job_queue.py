@@ -13,14 +13,17 @@ from typing import Protocol
 
 from hub.feature import Loop
 
+Job = tuple[int, str, int]
+"""`(request_id, url, user_id)`: the user lets parsers share their work fairly between users."""
+
 
 class QueueUnavailable(Exception):
     """The queue could not be reached; the jobs stay unqueued and are pushed again later."""
 
 
 class JobQueue(Protocol):
-    async def push(self, jobs: Sequence[tuple[int, str]]) -> None:
-        """Queue `(request_id, url)` jobs; raises QueueUnavailable (then none or some were queued)."""
+    async def push(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs; raises QueueUnavailable (then none or some were queued)."""
         ...
 
     def may_hold_results(self) -> bool:

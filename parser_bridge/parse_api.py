@@ -10,12 +10,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub.errors import Conflict, NotFound
+from hub.errors import Conflict, NotFound, RateLimited
 from hub.http import api, read_json, read_path, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.openapi import link
 from hub.responses import json_response
-from parser_bridge.parse_requests import MAX_DB_ID, AlreadyFinal, ParseRequests, UnknownRequest
+from parser_bridge.parse_requests import (
+    MAX_DB_ID,
+    AlreadyFinal,
+    ParseRequests,
+    TooManyPending,
+    UnknownRequest,
+)
 from parser_bridge.parse_result import ParseResult
 
 _HEX4 = "[0-9A-Fa-f]{1,4}"
@@ -96,13 +102,16 @@ class ParseApi:
 
     @api(summary="Ask for a page to be fetched; parse.completed follows", tag="parser",
          body=ParseBody, response=ParseAccepted, status=202, auth="user",
-         errors=(401, 413, 415, 422),
+         errors=(401, 413, 415, 422, 429),
          links={"GetParse": link("GET", _PARSE, _FROM_ACCEPTED),
                 "PutResult": link("PUT", _PARSE + "/result", _FROM_ACCEPTED)})
     async def submit(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
         body = await read_json(request, ParseBody)
-        view = await self._requests.submit(identity.user_id, body.url)
+        try:
+            view = await self._requests.submit(identity.user_id, body.url)
+        except TooManyPending as exc:
+            raise RateLimited(f"{exc}: wait for a result (PARSE_MAX_PENDING)", exc.retry_after) from None
         return json_response({"request_id": view.request_id, "status": view.status}, 202)
 
     @api(summary="One of your parse requests", tag="parser", path=ParsePath, response=ParseOut,

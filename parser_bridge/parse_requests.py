@@ -13,17 +13,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.db import Database, rfc3339, utcnow
 from hub.events import EventBus, Transaction
-from parser_bridge.job_queue import JobQueue, QueueUnavailable
+from hub.models import User
+from parser_bridge.job_queue import Job, JobQueue, QueueUnavailable
 from parser_bridge.models import PARSE_FAILURE, PARSE_SUCCESS, PENDING, ParseRequest
 from parser_bridge.parse_result import ParseResult
 
@@ -41,6 +43,16 @@ class UnknownRequest(Exception):
 
 class AlreadyFinal(Exception):
     pass
+
+
+class TooManyPending(Exception):
+    """The user has `max_pending` requests pending; one is final within `retry_after` seconds
+    (at the latest when the oldest times out)."""
+
+    def __init__(self, max_pending: int, retry_after: int) -> None:
+        super().__init__(f"{max_pending} parse requests are already pending")
+        self.max_pending = max_pending
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -70,24 +82,39 @@ def _view(row: ParseRequest) -> ParseView:
 
 
 class ParseRequests:
-    """The parse request service; `timeout` is PARSE_TIMEOUT in seconds."""
+    """The parse request service; `timeout` is PARSE_TIMEOUT in seconds, `max_pending`
+    PARSE_MAX_PENDING."""
 
-    def __init__(self, db: Database, events: EventBus, queue: JobQueue, timeout: float) -> None:
+    def __init__(self, db: Database, events: EventBus, queue: JobQueue, timeout: float,
+                 max_pending: int) -> None:
         self._db = db
         self._events = events
         self._queue = queue
         self._timeout = dt.timedelta(seconds=timeout)
+        self._max_pending = max_pending
 
     async def submit(self, owner_id: int, url: str) -> ParseView:
-        """Store the request, then queue it (a failed push is retried by `dispatch_unqueued`)."""
+        """Store the request, then queue it (a failed push is retried by `dispatch_unqueued`);
+        raises TooManyPending when the owner already has `max_pending` requests pending."""
         now = utcnow()
         async with self._db.sessions.begin() as session:
+            # one submit per user at a time (the row lock), so the cap cannot be raced past
+            await session.execute(select(User.id).where(User.id == owner_id)
+                                  .with_for_update(key_share=True))
+            # an overdue request is as good as failed: the cap frees exactly at its deadline
+            oldest, pending = (await session.execute(
+                select(func.min(ParseRequest.created_at), func.count())
+                .where(ParseRequest.owner_id == owner_id, ParseRequest.status == PENDING,
+                       ParseRequest.created_at > now - self._timeout))).one()
+            if pending >= self._max_pending:
+                wait = (oldest + self._timeout - now).total_seconds()
+                raise TooManyPending(self._max_pending, max(1, math.ceil(wait)))
             row = ParseRequest(owner_id=owner_id, url=url, status=PENDING, created_at=now,
                                updated_at=now)
             session.add(row)
             await session.flush()
             view = _view(row)
-        await self._push([(view.request_id, url)])
+        await self._push([(view.request_id, url, owner_id)])
         return view
 
     async def get(self, owner_id: int, request_id: int) -> ParseView | None:
@@ -135,24 +162,44 @@ class ParseRequests:
             return
         found = await self._queue.take_results(pending)  # QueueUnavailable: the loop backs off
         applied: list[int] = []
+        trouble: Exception | None = None
         for request_id, raw in found.items():
             try:
-                result = ParseResult.model_validate_json(raw)
-            except ValidationError as exc:
-                log.warning("parser result for request %d is malformed: %s", request_id,
-                            exc.errors(include_url=False, include_input=False)[:3])
-                result = ParseResult.failure("the parser sent a malformed result")
-            with contextlib.suppress(UnknownRequest, AlreadyFinal):  # another path won
-                await self.complete(request_id, result)
+                await self._apply(request_id, raw)
+            except Exception as exc:  # kept for the next pass; the others go on
+                log.exception("could not apply the parser result of request %d", request_id)
+                trouble = exc
+                continue
             applied.append(request_id)
         await self._queue.discard_results(applied)
+        if trouble is not None:
+            raise trouble  # after every other result was applied: the loop backs off
+
+    async def _apply(self, request_id: int, raw: bytes) -> None:
+        """Apply one raw result; one that cannot be read or stored finalizes the request as a
+        failure, so a bad result never blocks the others (nor comes back every pass)."""
+        try:
+            result = ParseResult.from_queue(raw)
+        except ValueError as exc:
+            details = exc.errors(include_url=False, include_input=False)[:3] \
+                if isinstance(exc, ValidationError) else str(exc)
+            log.warning("parser result for request %d is malformed: %s", request_id, details)
+            result = ParseResult.failure("the parser sent a malformed result")
+        try:
+            with contextlib.suppress(UnknownRequest, AlreadyFinal):  # another path won
+                await self.complete(request_id, result)
+            return
+        except Exception:  # the fallback below is stored, or its error goes up
+            log.exception("could not store the parser result of request %d; failing it", request_id)
+        with contextlib.suppress(UnknownRequest, AlreadyFinal):
+            await self.complete(request_id, ParseResult.failure("the parser's result could not be stored"))
 
     async def dispatch_unqueued(self) -> None:
         """Loop step: push pending requests whose push after commit failed (or never ran)."""
         now = utcnow()
         async with self._db.sessions() as session:
             rows = (await session.execute(
-                select(ParseRequest.id, ParseRequest.url)
+                select(ParseRequest.id, ParseRequest.url, ParseRequest.owner_id)
                 .where(ParseRequest.status == PENDING, ParseRequest.queued_at.is_(None),
                        ParseRequest.created_at < now - dt.timedelta(seconds=DISPATCH_GRACE),
                        ParseRequest.created_at > now - self._timeout)
@@ -174,7 +221,7 @@ class ParseRequests:
                                       error="timeout", html=None)
                 log.info("%d parse requests timed out", len(views))
 
-    async def _push(self, jobs: Sequence[tuple[int, str]]) -> None:
+    async def _push(self, jobs: Sequence[Job]) -> None:
         try:
             await self._queue.push(jobs)
         except QueueUnavailable as exc:
@@ -182,7 +229,7 @@ class ParseRequests:
             return
         try:
             async with self._db.sessions.begin() as session:
-                await _mark_queued(session, [request_id for request_id, _ in jobs])
+                await _mark_queued(session, [request_id for request_id, _, _ in jobs])
         except Exception:
             # queued but not marked: the dispatcher may push it once more, which is harmless
             log.exception("could not mark %d parse jobs as queued", len(jobs))

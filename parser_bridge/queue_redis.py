@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub.feature import Loop
-from parser_bridge.job_queue import QueueUnavailable
+from parser_bridge.job_queue import Job, QueueUnavailable
 from parser_bridge.parse_result import encode_job, result_key, tasks_key
 
 log = logging.getLogger("parser_bridge.queue")
@@ -33,12 +33,12 @@ class RedisJobQueue:
     def tasks_key(self) -> str:
         return tasks_key(self._prefix)
 
-    async def push(self, jobs: Sequence[tuple[int, str]]) -> None:
+    async def push(self, jobs: Sequence[Job]) -> None:
         if not jobs:
             return
         try:
             async with asyncio.timeout(PUSH_TIMEOUT):
-                await self._redis.lpush(self.tasks_key, *(encode_job(i, url) for i, url in jobs))
+                await self._redis.lpush(self.tasks_key, *(encode_job(*job) for job in jobs))
         except (RedisError, OSError, TimeoutError) as exc:
             raise QueueUnavailable(f"cannot push to {self.tasks_key}: {exc}") from exc
 

@@ -1,22 +1,31 @@
 """`python -m parser_bridge.worker`: the parser of protocol §7 (compatible with seed 001).
 
-Takes jobs reliably: each consumer `BLMOVE`s a job from `parser:tasks` to this worker's own
-`parser:processing:{worker}` list and removes it only after the answer is stored, while a
+Takes jobs reliably: a taker `BLMOVE`s jobs from `parser:tasks` to this worker's own
+`parser:processing:{worker}` list, and a job is removed from there only after its answer is
+stored, while a
 heartbeat key `parser:worker:{worker}` says the worker lives. A reaper in every worker moves
 the jobs of workers whose heartbeat expired back to `parser:tasks`, so a job taken by a worker
 that died is done by another (at least once; the hub keeps the first answer). Answers go to
 `parser:results:{id}` with an expiry. SIGTERM or SIGINT: stop taking jobs, finish the fetches
 in flight, give back what could not be finished, exit 0.
 
+Fairness between users (`fair_queue`): PARSER_CONCURRENCY fetch slots, at most
+PARSER_USER_CONCURRENCY of them for one user's jobs (by the `user_id` the hub adds to a job);
+the taker takes jobs while a slot would otherwise stay idle, so a job of another user behind
+one user's slow pages is found and started at once. Up to PARSER_MAX_WAITING taken jobs wait
+in this worker for a slot.
+
 Environment, read once at start: REDIS_URL (required), REDIS_CHANNEL_PREFIX (as the hub's),
 PARSER_ALLOW_PRIVATE (0/1), PARSER_ALLOW_NETWORKS (CIDRs allowed even if private, e.g. an
-intranet: `10.20.0.0/16,192.168.5.7/32`), PARSER_CONCURRENCY (8), PARSER_FETCH_TIMEOUT (seconds, 10),
-PARSER_RESULT_TTL (seconds, 3600), PARSER_HEARTBEAT_TTL (seconds, 15).
+intranet: `10.20.0.0/16,192.168.5.7/32`), PARSER_CONCURRENCY (8), PARSER_USER_CONCURRENCY (4),
+PARSER_MAX_WAITING (1000), PARSER_FETCH_TIMEOUT (seconds, 10), PARSER_RESULT_TTL (seconds,
+3600), PARSER_HEARTBEAT_TTL (seconds, 15).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -33,6 +42,7 @@ from redis.exceptions import RedisError
 
 from hub.supervise import backoff_delay
 from parser_bridge.address_policy import Network, parse_networks
+from parser_bridge.fair_queue import FairQueue
 from parser_bridge.fetch import PageFetcher
 from parser_bridge.parse_result import ParseJob, result_key, tasks_key
 
@@ -51,6 +61,8 @@ class WorkerConfig:
     allow_private: bool = False
     allowed_networks: tuple[Network, ...] = ()
     concurrency: int = 8
+    user_concurrency: int = 4
+    max_waiting: int = 1000
     fetch_timeout: float = 10.0
     result_ttl: int = 3600
     heartbeat_ttl: float = 15.0
@@ -74,6 +86,8 @@ class WorkerConfig:
             key_prefix=environ.get("REDIS_CHANNEL_PREFIX", "").strip(),
             allow_private=allow == "1",
             concurrency=int(_number(environ, "PARSER_CONCURRENCY", 8, 1, 1000)),
+            user_concurrency=int(_number(environ, "PARSER_USER_CONCURRENCY", 4, 1, 1000)),
+            max_waiting=int(_number(environ, "PARSER_MAX_WAITING", 1000, 1, 1_000_000)),
             fetch_timeout=_number(environ, "PARSER_FETCH_TIMEOUT", 10.0, 0.1, 600),
             result_ttl=int(_number(environ, "PARSER_RESULT_TTL", 3600, 1, 30 * 86400)),
             heartbeat_ttl=_number(environ, "PARSER_HEARTBEAT_TTL", 15.0, 1, 3600),
@@ -95,7 +109,8 @@ def _number(environ: Mapping[str, str], name: str, default: float, low: float, h
 
 
 class ParserWorker:
-    """One worker process: `concurrency` consumers, a heartbeat and a reaper."""
+    """One worker process: a taker, `concurrency` fetch slots shared fairly between users, a
+    heartbeat and a reaper."""
 
     def __init__(self, config: WorkerConfig, fetcher: PageFetcher) -> None:
         self.config = config
@@ -107,6 +122,8 @@ class ParserWorker:
         self._heartbeat_prefix = f"{prefix}parser:worker:"
         self._stopping = asyncio.Event()
         self._redis: aioredis.Redis | None = None
+        self._jobs: FairQueue[tuple[ParseJob, bytes]] = FairQueue(
+            slots=config.concurrency, per_user=config.user_concurrency, max_waiting=config.max_waiting)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -120,56 +137,84 @@ class ParserWorker:
         upkeep = [
             asyncio.create_task(self._every(self.config.heartbeat_ttl / 3, self._beat), name="heartbeat"),
             asyncio.create_task(self._every(self.config.heartbeat_ttl / 2, self._reap), name="reaper"),
+            asyncio.create_task(self._take(), name="taker"),
         ]
-        consumers = [asyncio.create_task(self._consume(n), name=f"consumer {n}")
-                     for n in range(self.config.concurrency)]
-        log.info("parser worker %s: %d consumers on %s", self.config.worker_id,
-                 self.config.concurrency, self.tasks)
+        slots = [asyncio.create_task(self._fetch_slot(n), name=f"fetch slot {n}")
+                 for n in range(self.config.concurrency)]
+        log.info("parser worker %s: %d fetch slots (%d per user) on %s", self.config.worker_id,
+                 self.config.concurrency, self.config.user_concurrency, self.tasks)
         try:
             await self._stopping.wait()
             log.info("stopping: finishing the fetches in flight")
-            _done, late = await asyncio.wait(consumers, timeout=self.config.fetch_timeout * 2 + 5)
+            await self._jobs.close()  # jobs still waiting are given back below
+            _done, late = await asyncio.wait(slots, timeout=self.config.fetch_timeout * 2 + 5)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
+            await asyncio.gather(*slots, return_exceptions=True)
         finally:
-            for task in [*upkeep, *consumers]:
+            for task in [*upkeep, *slots]:
                 task.cancel()
-            await asyncio.gather(*upkeep, *consumers, return_exceptions=True)
+            await asyncio.gather(*upkeep, *slots, return_exceptions=True)
             await self._give_back()
             await self._redis.aclose()
         log.info("parser worker %s stopped", self.config.worker_id)
 
-    async def _consume(self, number: int) -> None:
+    async def _take(self) -> None:
+        """Move jobs from the queue to this worker's processing list while a slot would idle."""
         assert self._redis is not None
         failures = 0
         while not self._stopping.is_set():
             try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TAKE_TIMEOUT):
+                        await self._jobs.until_wanted()
+                if not self._jobs.wants_more():
+                    continue
                 raw = await self._redis.blmove(self.tasks, self.processing, TAKE_TIMEOUT, "RIGHT", "LEFT")
                 if raw is not None:
-                    await self._handle(raw)
-                    # the stub says str; redis-py sends bytes as they are
-                    await self._redis.lrem(self.processing, 1, cast("str", raw))
+                    await self._hold(cast("bytes", raw))  # the stub says str; redis-py gives bytes
                 failures = 0
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay = backoff_delay(failures, base=0.2, cap=5.0)
-                log.warning("consumer %d: Redis error (%s); retrying in %.1fs", number, exc, delay)
+                log.warning("taking jobs: Redis error (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _handle(self, raw: bytes | str) -> None:
+    async def _hold(self, raw: bytes) -> None:
         assert self._redis is not None
         try:
             job = ParseJob.model_validate_json(raw)
         except ValidationError:
             log.warning("dropping a malformed job: %r", raw[:200])
+            await self._finished(raw)
             return
+        await self._jobs.put(job.user_id, (job, raw))  # never full: the taker waits for room
+
+    async def _fetch_slot(self, number: int) -> None:
+        while (taken := await self._jobs.get()) is not None:
+            user, (job, raw) = taken
+            try:
+                await self._answer(job, raw)
+            except (RedisError, OSError) as exc:
+                # the job stays in the processing list; it is given back when this worker stops
+                log.warning("slot %d: could not store the answer to job %d (%s)", number, job.id, exc)
+                await asyncio.sleep(backoff_delay(1, base=0.5, cap=2.0))
+            finally:
+                await self._jobs.done(user)
+
+    async def _answer(self, job: ParseJob, raw: bytes) -> None:
+        assert self._redis is not None
         log.info("job %d: fetching %s", job.id, job.url)
         result = await self._fetcher.parse(job.url)
         await self._redis.set(result_key(self.config.key_prefix, job.id), result.encode(),
                               ex=self.config.result_ttl)
+        await self._finished(raw)
         log.info("job %d: %s%s", job.id, result.status,
                  f" ({result.error})" if result.status == "failure" else "")
+
+    async def _finished(self, raw: bytes) -> None:
+        assert self._redis is not None
+        await self._redis.lrem(self.processing, 1, cast("str", raw))  # the stub says str; bytes work
 
     async def _first_beat(self) -> None:
         failures = 0

@@ -34,6 +34,9 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 RUN_ID = secrets.token_hex(4)
 TEST_SECRET = "test-secret-" + "x" * 40
+# Every test registers and logs in from 127.0.0.1: the suite's hubs allow that many attempts a
+# minute; the tests of the limits themselves set low ones.
+TEST_AUTH_RATE_LIMIT = 1_000_000
 _names = itertools.count(1)
 
 
@@ -145,8 +148,9 @@ def backend_settings(backend: str, request: pytest.FixtureRequest) -> Settings:
     base = Settings(env="dev", jwt_secret=TEST_SECRET, hub_api_key="test-hub-api-key",
                     parser_service_token="test-parser-token", exchange_service_token="test-exchange-token",
                     redis_channel_prefix=f"test{RUN_ID}:", log_level="DEBUG",
-                    # tests post faster than a person; test_chat_limits.py sets its own limits
-                    chat_post_rate=1000.0, chat_post_burst=1000)
+                    # tests post and log in faster than people; the limit tests set their own
+                    auth_rate_limit=TEST_AUTH_RATE_LIMIT, chat_post_rate=1000.0,
+                    chat_post_burst=TEST_AUTH_RATE_LIMIT)
     if backend == "sqlite":
         return replace(base, database_url=_sqlite_copy(request))
     return replace(base, database_url=request.getfixturevalue("postgres_url"),

@@ -22,6 +22,11 @@ PAGE = ("<!doctype html><html><head><meta charset='utf-8'>"
         "<title>  Hello &lt;from&gt; the\n “test” page </title></head>"
         "<body><svg><title>not this</title></svg><p>body</p></body></html>")
 
+# NUL bytes in the title and the body, and a charset Python cannot decode with replacement
+NUL_PAGE = (b"<html><head><meta charset='idna'><title>Nul\x00 in\x00 the title</title></head>"
+            b"<body>a\x00b\x00\x00c</body></html>")
+NUL_PAGE_CLEANED = NUL_PAGE.decode().replace("\x00", "")
+
 
 @dataclass
 class PageServer:
@@ -71,6 +76,14 @@ def _app(server: PageServer) -> Starlette:
     async def image(request: Request) -> Response:
         return Response(b"\x89PNG\r\n", media_type="image/png")
 
+    async def nul(request: Request) -> Response:
+        return Response(NUL_PAGE, headers={"Content-Type": "text/html"})  # the meta decides
+
+    async def slow(request: Request) -> Response:
+        server.hits["slow"] += 1
+        await asyncio.sleep(float(request.query_params.get("delay", "2")))
+        return Response(PAGE, media_type="text/html")
+
     async def cp1251(request: Request) -> Response:
         return Response("<title>Привет</title>".encode("cp1251"),
                         media_type="text/html; charset=windows-1251")
@@ -78,7 +91,7 @@ def _app(server: PageServer) -> Starlette:
     return Starlette(routes=[
         Route("/page", page), Route("/hang", hang), Route("/redirect", redirect),
         Route("/loop/{n:int}", loop), Route("/big", big), Route("/bomb", bomb),
-        Route("/image", image), Route("/cp1251", cp1251),
+        Route("/image", image), Route("/cp1251", cp1251), Route("/nul", nul), Route("/slow", slow),
     ])
 
 

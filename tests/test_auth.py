@@ -223,6 +223,30 @@ async def test_every_bad_access_token_is_401(hub: RunningHub) -> None:
             assert body["error"] == "unauthorized", label
 
 
+async def test_only_the_exact_compact_form_of_a_token_is_accepted(hub: RunningHub) -> None:
+    account = await register(hub.http)
+    header, payload, signature = account.access_token.split(".")
+    standard = account.access_token.replace("-", "+").replace("_", "/")
+    variants = {
+        "padding appended": account.access_token + "==",
+        "one = appended": account.access_token + "=",
+        "padded payload": f"{header}.{payload}==.{signature}",
+        "padded header": f"{header}=.{payload}.{signature}",
+        "a fourth segment": account.access_token + ".",
+        "tab inside": f"{header}.{payload}\t.{signature}",
+        "standard base64 alphabet": standard if standard != account.access_token else standard + "+",
+        "impossible length": f"{header}.{payload}.{signature}AA",
+    }
+    async with asyncio.timeout(60):
+        assert (await _me_status(hub, account.access_token))[0] == 200
+        for label, token in variants.items():
+            assert (await _me_status(hub, token))[0] == 401, label
+        padded = await hub.http.post(REFRESH_URL, json={"refresh_token": account.refresh_token + "=="})
+        assert padded.status_code == 401
+        exact = await hub.http.post(REFRESH_URL, json={"refresh_token": account.refresh_token})
+        assert exact.status_code == 200
+
+
 @pytest.mark.parametrize("header", [
     None, "", "Bearer", "Bearer  x y", "Basic dXNlcjpwYXNz", "Token abc", "bearer", "Bearer a b",
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,7 +56,7 @@ async def test_json_content_type_variants_are_accepted(hub: RunningHub, content_
 
 @pytest.mark.parametrize("body", [
     b"", b"{", b"not json", b'{"username": "abc",}', b"{'username': 'abc'}", b"\xff\xfe\x00",
-    b'{"username": "\\ud800", "password": "12345678"}', b"[" * 10_000 + b"]" * 10_000,
+    b"[" * 10_000 + b"]" * 10_000, b'{"a": "\\ud800", "b": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
     b'{"username": "abc", "password": "12345678"} trailing', b"NaN",
 ])
 async def test_422_for_a_body_that_is_not_json(hub: RunningHub, body: bytes) -> None:
@@ -63,6 +64,14 @@ async def test_422_for_a_body_that_is_not_json(hub: RunningHub, body: bytes) -> 
         response = await hub.http.post(REGISTER, content=body, headers={"Content-Type": "application/json"})
     answer = assert_error(response, 422, "invalid")
     assert "body" in answer["detail"]
+
+
+async def test_422_names_the_field_whose_text_is_a_lone_surrogate(hub: RunningHub) -> None:
+    body = b'{"username": "\\ud800", "password": "12345678"}'
+    async with asyncio.timeout(30):
+        response = await hub.http.post(REGISTER, content=body, headers={"Content-Type": "application/json"})
+    answer = assert_error(response, 422, "invalid")
+    assert answer["fields"] == {"username": "must not contain lone surrogates (U+D800 to U+DFFF)"}
 
 
 @pytest.mark.parametrize("body", [b"[]", b'"a string"', b"42", b"null", b"true",
@@ -187,3 +196,27 @@ async def test_no_500_for_hostile_queries_and_headers(hub: RunningHub) -> None:
         for path in ("/api/v1/auth/me/../me", "/api/v1/%00", "/api/v1/users/" + "x" * 5000):
             response = await hub.http.get(path, headers=account.headers)
             assert response.status_code < 500, path
+
+
+async def test_a_client_gone_mid_body_logs_no_error_and_is_not_counted_as_a_500(
+        hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    port = int(hub.base_url.rsplit(":", 1)[1])
+    for _ in range(3):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST " + LOGIN.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"username\": \"")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the endpoint is reading the body when the client goes
+        writer.close()
+    async with asyncio.timeout(10):
+        while True:  # until the hub has seen all three go
+            metrics = (await hub.http.get("/metrics")).text
+            counted = [line for line in metrics.splitlines()
+                       if line.startswith("hub_http_requests_total{") and f'route="{LOGIN}"' in line
+                       and 'status="499"' in line]
+            if counted and float(counted[0].split()[-1]) >= 3:
+                break
+            await asyncio.sleep(0.1)
+    assert not [line for line in metrics.splitlines()
+                if line.startswith("hub_http_requests_total{") and 'status="500"' in line]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

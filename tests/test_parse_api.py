@@ -216,7 +216,7 @@ async def test_redis_key_result_is_picked_up_and_delivered_live(
     request_id = await submit(hub, alice.headers, "https://example.com/a?b=1")
     async with asyncio.timeout(5):
         job = orjson.loads(await redis.rpop(f"{prefix}parser:tasks"))
-    assert job == {"id": request_id, "url": "https://example.com/a?b=1"}
+    assert job == {"id": request_id, "url": "https://example.com/a?b=1", "user_id": alice.id}
 
     # nothing but the results loop reads the key (every RESULTS_INTERVAL, well within the
     # promised second); the time it takes is the bench's business, not an assertion here
@@ -277,7 +277,7 @@ async def test_a_failed_push_is_retried_from_the_stored_request(
     async with asyncio.timeout(8):
         while (raw := await redis.rpop(tasks)) is None:
             await asyncio.sleep(0.1)
-    assert orjson.loads(raw) == {"id": request_id, "url": "https://example.com/retry"}
+    assert orjson.loads(raw) == {"id": request_id, "url": "https://example.com/retry", "user_id": alice.id}
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)

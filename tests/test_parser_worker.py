@@ -4,10 +4,7 @@ pages served on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,6 +16,7 @@ import redis.asyncio as aioredis
 from hub.settings import Settings
 from tests.conftest import Account, RunningHub, register, serve_hub, unique_name
 from tests.page_server import PAGE, TITLE, PageServer, serve_pages
+from tests.parser_worker_process import run_worker
 from tests.wsutil import connect
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -34,44 +32,6 @@ async def pages() -> AsyncIterator[PageServer]:
 async def hub(settings: Settings) -> AsyncIterator[RunningHub]:
     async with serve_hub(replace(settings, redis_channel_prefix=f"{unique_name('pw')}:")) as running:
         yield running
-
-
-class Worker:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def stop(self, signum: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signum)
-        async with asyncio.timeout(timeout):
-            return await self.process.wait()
-
-    async def exited(self, timeout: float = 10) -> int:
-        async with asyncio.timeout(timeout):
-            return await self.process.wait()
-
-    async def output(self) -> str:
-        assert self.process.stderr is not None
-        async with asyncio.timeout(5):
-            return (await self.process.stderr.read()).decode()
-
-
-@contextlib.asynccontextmanager
-async def run_worker(hub: RunningHub, **env: str) -> AsyncIterator[Worker]:
-    environ = {**os.environ, "REDIS_URL": str(hub.settings.redis_url),
-               "REDIS_CHANNEL_PREFIX": hub.settings.redis_channel_prefix,
-               "PARSER_HEARTBEAT_TTL": "2", "PARSER_FETCH_TIMEOUT": "5", "LOG_LEVEL": "INFO", **env}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "parser_bridge.worker", env=environ,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    worker = Worker(process)
-    try:
-        yield worker
-    finally:
-        if process.returncode is None:
-            process.kill()
-            async with asyncio.timeout(10):
-                await process.wait()
 
 
 async def submit(hub: RunningHub, account: Account, url: str) -> int:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hub.settings import Settings
-from tests.conftest import RUN_ID, TEST_SECRET, free_port
+from tests.conftest import RUN_ID, TEST_AUTH_RATE_LIMIT, TEST_SECRET, free_port
 from tests.wsutil import connect, make_users, publish
 
 API_KEY = "test-hub-api-key"
@@ -32,14 +32,18 @@ def _env(settings: Settings) -> dict[str, str]:
     assert settings.redis_url is not None
     return {**os.environ, "HUB_ENV": "dev", "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url, "JWT_SECRET": TEST_SECRET, "HUB_API_KEY": API_KEY,
-            "REDIS_CHANNEL_PREFIX": f"test{RUN_ID}:", "LOG_LEVEL": "WARNING"}
+            "REDIS_CHANNEL_PREFIX": f"test{RUN_ID}:", "LOG_LEVEL": "WARNING",
+            "AUTH_RATE_LIMIT": str(TEST_AUTH_RATE_LIMIT)}
 
 
 @contextlib.asynccontextmanager
-async def hub_process(settings: Settings, *args: str) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+async def hub_process(settings: Settings, *args: str, env: dict[str, str] | None = None,
+                      ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`hub serve` on a free port with the settings' stores (and `env` on top); its base URL."""
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally, after the process
-    process = subprocess.Popen([HUB, "serve", "--port", str(port), *args], env=_env(settings),
+    process = subprocess.Popen([HUB, "serve", "--port", str(port), *args],
+                               env={**_env(settings), **(env or {})},
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

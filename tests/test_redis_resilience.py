@@ -29,7 +29,7 @@ from hub.broker import BrokerUnavailable
 from hub.broker_redis import SUBSCRIBE_TIMEOUT, RedisBroker
 from hub.settings import Settings
 from tests.certs import self_signed
-from tests.conftest import RUN_ID, TEST_SECRET, free_port, register, serve_hub
+from tests.conftest import RUN_ID, TEST_AUTH_RATE_LIMIT, TEST_SECRET, free_port, register, serve_hub
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 
@@ -407,7 +407,8 @@ async def test_hub_loses_nothing_across_a_redis_outage(private_redis: PrivateRed
                                                         postgres_url: str) -> None:
     settings = Settings(env="dev", jwt_secret=TEST_SECRET, hub_api_key=API_KEY,
                         database_url=postgres_url, redis_url=private_redis.url,
-                        redis_channel_prefix=f"test{RUN_ID}:outage:", log_level="DEBUG")
+                        redis_channel_prefix=f"test{RUN_ID}:outage:", log_level="DEBUG",
+                        auth_rate_limit=TEST_AUTH_RATE_LIMIT)
     async with serve_hub(settings) as hub:
         user = await register(hub.http)
         steady, _ = await open_socket(hub.ws_url, user.access_token)

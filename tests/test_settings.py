@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from hub.settings import (
     normalize_database_url,
 )
 
-GOOD_SECRET = "k" * MIN_SECRET_LENGTH
+GOOD_SECRET = "Qm4vT8x_Lr2pZc7Nw1Ks9Yb3Hd6Fj0Ga"  # 32 characters, as secrets.token_urlsafe(24) makes
 
 EVERY_VARIABLE = {
     "HUB_ENV": "production",
@@ -34,20 +36,28 @@ EVERY_VARIABLE = {
     "WS_QUEUE_MAX_BYTES": "65536",
     "WS_RATE_LIMIT": "5.5",
     "WS_RATE_BURST": "11",
-    "HUB_API_KEY": "a-real-hub-api-key-0123456789",
-    "PARSER_SERVICE_TOKEN": "a-real-parser-token-0123456789",
+    "WS_MAX_MESSAGE_BYTES": "2048",
+    "WS_MAX_FRAGMENTS": "4",
+    "HTTP_HEADER_TIMEOUT": "2.5",
+    "HTTP_MAX_HEADER_BYTES": "16384",
+    "HUB_API_KEY": "hub-api-key-8fK2mQ9xLp4vR7tZ1wC6",
+    "PARSER_SERVICE_TOKEN": "parser-token-3nB8vY5kT2qW9eR4uI7o",
     "EXCHANGE_SERVICE_URL": "https://exchange.internal:8443",
-    "EXCHANGE_SERVICE_TOKEN": "a-real-exchange-token-0123456789",
+    "EXCHANGE_SERVICE_TOKEN": "exchange-token-6hJ1gF4dS9aZ2xC5vB8n",
     "ALLOWED_ORIGINS": "https://app.example, https://admin.example ,",
     "PARSE_TIMEOUT": "12.5",
+    "PARSE_MAX_PENDING": "3",
     "PARSER_ALLOW_PRIVATE": "1",
     "EXCHANGE_RETRY_WINDOW": "90",
     "STREAM_RETENTION_EVENTS": "500",
     "STREAM_RETENTION_SECONDS": "3600",
     "CHAT_MAX_MEMBERS": "50",
-    "CHAT_POST_RATE": "0.5",
-    "CHAT_POST_BURST": "3",
-    "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
+    "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2,172.16.0.0/12",
+    "AUTH_RATE_LIMIT": "30",
+    "LOGIN_FAILURE_LIMIT": "5",
+    "LOGIN_FAILURE_WINDOW": "600",
+    "CHAT_POST_RATE": "2.5",
+    "CHAT_POST_BURST": "8",
     "LOG_LEVEL": "WARNING",
     "TLS_CERTIFICATE_FILE": "/run/hub-tls/fullchain.pem",
 }
@@ -69,20 +79,28 @@ EXPECTED = {
     "ws_queue_max_bytes": 65536,
     "ws_rate_limit": 5.5,
     "ws_rate_burst": 11,
-    "hub_api_key": "a-real-hub-api-key-0123456789",
-    "parser_service_token": "a-real-parser-token-0123456789",
+    "ws_max_message_bytes": 2048,
+    "ws_max_fragments": 4,
+    "http_header_timeout": 2.5,
+    "http_max_header_bytes": 16384,
+    "hub_api_key": "hub-api-key-8fK2mQ9xLp4vR7tZ1wC6",
+    "parser_service_token": "parser-token-3nB8vY5kT2qW9eR4uI7o",
     "exchange_service_url": "https://exchange.internal:8443",
-    "exchange_service_token": "a-real-exchange-token-0123456789",
+    "exchange_service_token": "exchange-token-6hJ1gF4dS9aZ2xC5vB8n",
     "allowed_origins": ("https://app.example", "https://admin.example"),
     "parse_timeout": 12.5,
+    "parse_max_pending": 3,
     "parser_allow_private": True,
     "exchange_retry_window": 90.0,
     "stream_retention_events": 500,
     "stream_retention_seconds": 3600,
     "chat_max_members": 50,
-    "chat_post_rate": 0.5,
-    "chat_post_burst": 3,
-    "trusted_proxies": ("10.0.0.1", "10.0.0.2"),
+    "trusted_proxies": ("10.0.0.1", "10.0.0.2", "172.16.0.0/12"),
+    "auth_rate_limit": 30,
+    "login_failure_limit": 5,
+    "login_failure_window": 600,
+    "chat_post_rate": 2.5,
+    "chat_post_burst": 8,
     "log_level": "WARNING",
     "tls_certificate_file": "/run/hub-tls/fullchain.pem",
 }
@@ -119,7 +137,10 @@ def test_defaults_are_the_embedded_dev_mode() -> None:
     assert settings.exchange_service_token is None
     assert settings.trusted_proxies == ("127.0.0.1", "::1")
     assert settings.jwt_algorithm == "HS256"
-    assert (settings.chat_max_members, settings.chat_post_rate, settings.chat_post_burst) == (1000, 5.0, 20)
+    assert settings.chat_max_members == 1000
+    assert settings.auth_rate_limit == 20
+    assert (settings.chat_post_rate, settings.chat_post_burst) == (5.0, 20)
+    assert (settings.login_failure_limit, settings.login_failure_window) == (10, 900)
 
 
 def test_dev_mode_generates_a_secret_and_says_so() -> None:
@@ -149,11 +170,30 @@ def test_production_refuses_a_missing_placeholder_or_short_secret(secret: str | 
     assert "\n" not in str(raised.value)
 
 
-def test_production_refuses_placeholder_service_tokens() -> None:
-    for name in ("HUB_API_KEY", "PARSER_SERVICE_TOKEN", "EXCHANGE_SERVICE_TOKEN"):
-        with pytest.raises(ConfigError, match=name):
-            Settings.from_env({"HUB_ENV": "production", "JWT_SECRET": GOOD_SECRET, name: "changeme"})
-        assert Settings.from_env({name: "changeme"}).env == "dev"  # dev mode lets it pass
+WEAK_SECRETS = ["changeme", "x", "a" * 36, "k" * 64, "ab" * 20, "password1234" * 3,
+                "0101010110101010010101011010101001"]
+
+
+@pytest.mark.parametrize("weak", WEAK_SECRETS)
+@pytest.mark.parametrize("name", ["JWT_SECRET", "HUB_API_KEY", "PARSER_SERVICE_TOKEN",
+                                  "EXCHANGE_SERVICE_TOKEN"])
+def test_production_refuses_weak_secrets_and_says_how_to_make_one(name: str, weak: str) -> None:
+    environ = {"HUB_ENV": "production", "JWT_SECRET": GOOD_SECRET, name: weak}
+    with pytest.raises(ConfigError, match=name) as raised:
+        Settings.from_env(environ)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "secrets.token_urlsafe(48)" in message
+    assert weak not in message or len(weak) < 4  # the value is not echoed into logs
+    assert Settings.from_env({**environ, "HUB_ENV": "dev"}).env == "dev"  # dev mode lets it pass
+
+
+@pytest.mark.parametrize("good", [secrets.token_urlsafe(24), secrets.token_urlsafe(48),
+                                  secrets.token_hex(16), secrets.token_hex(32), str(uuid.uuid4())])
+def test_production_accepts_generated_secrets(good: str) -> None:
+    environ = {"HUB_ENV": "production", "JWT_SECRET": good, "HUB_API_KEY": good,
+               "PARSER_SERVICE_TOKEN": good, "EXCHANGE_SERVICE_TOKEN": good}
+    assert Settings.from_env(environ).jwt_secret == good
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -181,10 +221,16 @@ def test_production_refuses_placeholder_service_tokens() -> None:
     ("WS_QUEUE_MAX_BYTES", "10"),
     ("WS_RATE_LIMIT", "0"),
     ("WS_RATE_BURST", "0"),
+    ("WS_MAX_MESSAGE_BYTES", "100"),
+    ("WS_MAX_FRAGMENTS", "0"),
+    ("HTTP_HEADER_TIMEOUT", "0"),
+    ("HTTP_HEADER_TIMEOUT", "inf"),
+    ("HTTP_MAX_HEADER_BYTES", "512"),
     ("EXCHANGE_SERVICE_URL", "ftp://exchange"),
     ("EXCHANGE_SERVICE_URL", "exchange:8000"),
     ("PARSE_TIMEOUT", "0"),
     ("PARSE_TIMEOUT", "soon"),
+    ("PARSE_MAX_PENDING", "0"),
     ("PARSER_ALLOW_PRIVATE", "yes"),
     ("EXCHANGE_RETRY_WINDOW", "0"),
     ("STREAM_RETENTION_EVENTS", "0"),
@@ -194,6 +240,12 @@ def test_production_refuses_placeholder_service_tokens() -> None:
     ("CHAT_POST_RATE", "fast"),
     ("CHAT_POST_BURST", "0"),
     ("LOG_LEVEL", "verbose"),
+    ("TRUSTED_PROXIES", "nginx"),
+    ("TRUSTED_PROXIES", "10.0.0.1, 10.0.0.0/33"),
+    ("AUTH_RATE_LIMIT", "0"),
+    ("LOGIN_FAILURE_LIMIT", "ten"),
+    ("LOGIN_FAILURE_WINDOW", "0"),
+    ("CHAT_POST_BURST", "many"),
     ("ALLOWED_ORIGINS", "https://chat.example/app"),
     ("ALLOWED_ORIGINS", "chat.example"),
     ("ALLOWED_ORIGINS", "https://chat.example, null"),

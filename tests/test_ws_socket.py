@@ -14,7 +14,7 @@ from websockets.protocol import Protocol, Side, State
 
 from hub.connection import event_frame, text_frame
 from tests.conftest import RunningHub
-from tests.wsutil import WAIT, connect, make_users, publish_to
+from tests.wsutil import WAIT, connect, make_users, publish_to, raw_socket
 
 
 @pytest.fixture
@@ -104,19 +104,6 @@ def _server_tasks() -> int:
     return sum(1 for task in asyncio.all_tasks() if server_code(task))
 
 
-async def _raw_socket(hub: RunningHub) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection past the handshake, spoken to byte by byte."""
-    port = int(hub.base_url.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    async with asyncio.timeout(WAIT):
-        head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # RFC 6455's own example key and answer
-    return reader, writer
-
-
 @pytest.mark.parametrize("garbage", [
     b"\x00" * 64,                          # unmasked, reserved bits clear, opcode 0: protocol error
     b"\xf1\x80abcd",                        # reserved bits set
@@ -125,7 +112,7 @@ async def _raw_socket(hub: RunningHub) -> tuple[asyncio.StreamReader, asyncio.St
 ])
 async def test_garbage_after_the_handshake_closes_the_socket_and_logs_no_error(
         hub: RunningHub, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
-    reader, writer = await _raw_socket(hub)
+    reader, writer = await raw_socket(hub)
     writer.write(garbage)
     async with asyncio.timeout(WAIT):
         rest = await reader.read()  # until the server closes the connection
@@ -138,7 +125,7 @@ async def test_garbage_after_the_handshake_closes_the_socket_and_logs_no_error(
 
 async def test_pings_before_the_auth_frame_are_answered_and_auth_still_works(hub: RunningHub) -> None:
     ((user_id, token),) = await make_users(hub.settings, 1)
-    reader, writer = await _raw_socket(hub)
+    reader, writer = await raw_socket(hub)
     client = Protocol(Side.CLIENT, state=State.OPEN)
     client.send_ping(b"early")
     client.send_text(json.dumps({"type": "auth", "token": token}).encode())

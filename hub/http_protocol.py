@@ -1,0 +1,108 @@
+"""The hub's HTTP/1.1 connections: uvicorn's httptools protocol with each request head bounded.
+
+uvicorn puts no bound on the time or the bytes a client takes to send a request's head (the
+request line and the headers), so silent or dripping connections pile up until the process runs
+out of file descriptors, and an endless header grows in memory. Here, from a connection's first
+moment and from the first byte of each next request on a kept-alive connection, the head must be
+complete within `HTTP_HEADER_TIMEOUT` seconds (one deadline for the whole head, not reset by
+each byte) and `HTTP_MAX_HEADER_BYTES` bytes, else the connection is answered 408 or 431 and
+closed. Between requests uvicorn's keep-alive timeout applies, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from hub.errors import ApiError, HeadersTooLarge, RequestTimeout
+from hub.settings import Settings
+
+
+def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
+    """uvicorn's `http` option for these settings."""
+    return type("HubHttpProtocol", (BoundedHeadProtocol,), {
+        "header_timeout": settings.http_header_timeout,
+        "max_header_bytes": settings.http_max_header_bytes,
+    })
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol; a request's head is bounded in time and bytes. The byte
+    bound is checked per read, so a head may overshoot it by less than one read before it is
+    refused (a pipelined request's head that starts within a read counts from the next one)."""
+
+    header_timeout = 10.0
+    max_header_bytes = 32 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes: int | None = 0  # bytes of the head being read; None between heads
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_bytes is None:
+            super().data_received(data)
+            return
+        room = self.max_header_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            super().data_received(data)
+            return
+        super().data_received(data[:room])  # what may still be the end of the head
+        if self._head_bytes is not None:
+            self._refuse(HeadersTooLarge(f"request headers are over {self.max_header_bytes} bytes"))
+        elif self.transport.get_protocol() is self and not self.transport.is_closing():
+            super().data_received(data[room:])
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_bytes is None:
+            self._head_bytes = 0
+        if self._head_timer is None:  # the first byte of a next request on a kept-alive connection
+            self._arm_head_timer()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_bytes = 0  # whatever comes next starts the next request's head
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._head_bytes:
+            self._refuse(RequestTimeout(f"request headers took over {self.header_timeout:g} s"))
+        else:  # nothing was asked: nobody to answer
+            self.transport.close()
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answer in the contract's error shape and close; nothing more of the request is read."""
+        self._cancel_head_timer()
+        self._head_bytes = None
+        body = orjson.dumps(error.body())
+        self.transport.write(STATUS_LINE[error.status] + b"content-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
