@@ -8,6 +8,7 @@ document cannot drift from what the server accepts.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,6 +73,41 @@ def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
         return endpoint
 
     return attach
+
+
+def only_json_type(kind: str) -> Callable[[dict[str, Any]], None]:
+    """A pydantic `json_schema_extra` that keeps only the `kind` branch of a field's `anyOf`,
+    for a field whose validator refuses the other branches (a Decimal that must be a JSON
+    number), or whose other branch cannot be sent (a null query parameter is just absent)."""
+    def keep(schema: dict[str, Any]) -> None:
+        branch = next(b for b in schema.pop("anyOf") if b.get("type") == kind)
+        schema.update(branch)
+        if schema.get("default", 0) is None:
+            del schema["default"]
+
+    return keep
+
+
+def operation_id(method: str, path: str) -> str:
+    """The operationId of `method` on the route `path` (e.g. `get_api_v1_chats_chat_id`)."""
+    return f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', openapi_path(path).lower()).strip('_')}"
+
+
+def link(method: str, path: str, parameters: dict[str, str] | None = None,
+         body: Any = None) -> dict[str, Any]:
+    """An OpenAPI link object to the operation `method` on the route `path`; values are runtime
+    expressions such as `$response.body#/id`."""
+    found: dict[str, Any] = {"operationId": operation_id(method, path)}
+    if parameters:
+        found["parameters"] = parameters
+    if body is not None:
+        found["requestBody"] = body
+    return found
+
+
+def openapi_path(path: str) -> str:
+    """The OpenAPI form of a route path: `{chat_id:int}` becomes `{chat_id}`."""
+    return re.sub(r"{(\w+)(:\w+)?}", r"{\1}", path)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from hub.http import ApiSpec
+from hub.http import ApiSpec, openapi_path, operation_id
 
 REF = "#/components/schemas/{model}"
 # The exchange service's credential travels in the JSON body (`token`, protocol §8), which an
@@ -91,7 +89,7 @@ def build_openapi(routes: list[BaseRoute], title: str, version: str) -> dict[str
             operation["security"] = [{_SECURITY[spec.auth]: []}]
         elif spec.auth in _BODY_CREDENTIAL:
             operation["description"] = _BODY_CREDENTIAL[spec.auth]
-        paths.setdefault(_openapi_path(route.path), {})[method.lower()] = operation
+        paths.setdefault(openapi_path(route.path), {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -108,36 +106,6 @@ def build_openapi(routes: list[BaseRoute], title: str, version: str) -> dict[str
     }
 
 
-def only_json_type(kind: str) -> Callable[[dict[str, Any]], None]:
-    """A pydantic `json_schema_extra` that keeps only the `kind` branch of a field's `anyOf`,
-    for a field whose validator refuses the other branches (a Decimal that must be a JSON
-    number), or whose other branch cannot be sent (a null query parameter is just absent)."""
-    def keep(schema: dict[str, Any]) -> None:
-        branch = next(b for b in schema.pop("anyOf") if b.get("type") == kind)
-        schema.update(branch)
-        if schema.get("default", 0) is None:
-            del schema["default"]
-
-    return keep
-
-
-def operation_id(method: str, path: str) -> str:
-    """The operationId of `method` on the route `path` (e.g. `get_api_v1_chats_chat_id_int`)."""
-    return f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', _openapi_path(path).lower()).strip('_')}"
-
-
-def link(method: str, path: str, parameters: dict[str, str] | None = None,
-         body: Any = None) -> dict[str, Any]:
-    """An OpenAPI link object to the operation `method` on the route `path`; values are runtime
-    expressions such as `$response.body#/id`."""
-    found: dict[str, Any] = {"operationId": operation_id(method, path)}
-    if parameters:
-        found["parameters"] = parameters
-    if body is not None:
-        found["requestBody"] = body
-    return found
-
-
 def _path_parameters(route: Route, spec: ApiSpec) -> list[dict[str, Any]]:
     """The path parameters as `spec.path` validates them (see `hub.http.read_path`)."""
     if not route.param_convertors:
@@ -148,7 +116,3 @@ def _path_parameters(route: Route, spec: ApiSpec) -> list[dict[str, Any]]:
         raise ValueError(f"{route.path}: declare {', '.join(sorted(missing))} in api(path=...)")
     return [{"name": name, "in": "path", "required": True, "schema": properties[name]}
             for name in route.param_convertors]
-
-
-def _openapi_path(path: str) -> str:
-    return re.sub(r"{(\w+)(:\w+)?}", r"{\1}", path)

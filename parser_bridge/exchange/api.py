@@ -12,14 +12,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hub.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable, UnsupportedMediaType
-from hub.http import api, invalid_from, is_json_content_type, read_body, read_path
+from hub.http import api, invalid_from, is_json_content_type, link, read_body, read_path
 from hub.identity import Authenticator, authenticate_request
-from hub.openapi import link
 from hub.responses import json_response
-from parser_bridge import exchange_money as money
-from parser_bridge.exchange_requests import MAX_DB_ID, AlreadyFinal, ExchangeRequests, UnknownRequest
+from parser_bridge.exchange import money
+from parser_bridge.exchange.requests import MAX_DB_ID, AlreadyFinal, ExchangeRequests, UnknownRequest
 
-# Written as JSON numbers with their exact digits (`exchange_money.number`).
+# Written as JSON numbers with their exact digits (`money.number`).
 AmountOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 _EXCHANGE = "/api/v1/exchange/{request_id:int}"
 

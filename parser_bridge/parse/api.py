@@ -11,18 +11,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hub.errors import Conflict, NotFound, RateLimited
-from hub.http import api, read_json, read_path, require_service_token
+from hub.http import api, link, read_json, read_path, require_service_token
 from hub.identity import Authenticator, authenticate_request
-from hub.openapi import link
 from hub.responses import json_response
-from parser_bridge.parse_requests import (
+from parser_bridge.parse.requests import (
     MAX_DB_ID,
     AlreadyFinal,
     ParseRequests,
     TooManyPending,
     UnknownRequest,
 )
-from parser_bridge.parse_result import ParseResult
+from parser_bridge.parse.result import ParseResult
 
 _HEX4 = "[0-9A-Fa-f]{1,4}"
 _IPV6 = "|".join((  # the textual forms of RFC 4291 §2.2 without an embedded IPv4 address

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from hub.openapi import only_json_type
+from hub.http import only_json_type
 
 CENT = Decimal("0.01")
 MAX_BILLS = 100
