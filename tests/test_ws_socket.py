@@ -1,4 +1,4 @@
-"""The hub's own WebSocket layer (`hub.ws.HubSocket`): handshake, frame encoding and parsing, and
+"""The hub's own WebSocket layer (`hub.ws_socket.HubSocket`): handshake, frame encoding and parsing, and
 what an idle socket costs."""
 
 from __future__ import annotations
