@@ -381,7 +381,10 @@ class HubSocket(asyncio.Protocol):
             self._timer = None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        """Run `work` as a task of this socket, cancelled when it closes. The task runs `work`
+        itself (no wrapper coroutine), so a task cancelled before its first step still closes
+        `work` instead of leaving it never awaited; a failure closes the socket (1011)."""
+        task = asyncio.get_running_loop().create_task(work)
         if self._tasks is None:
             self._tasks = set()
         self._tasks.add(task)
@@ -390,13 +393,10 @@ class HubSocket(asyncio.Protocol):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if self._tasks is not None:
             self._tasks.discard(task)
-
-    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("WebSocket connection failed")
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("WebSocket connection failed", exc_info=error)
             self._close(CloseCode.INTERNAL, "internal error", count=False)
 

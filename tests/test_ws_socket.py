@@ -82,6 +82,21 @@ async def test_invalid_utf8_in_a_text_frame_closes_with_1007(hub: RunningHub) ->
     assert await sock.closed() == 1007
 
 
+async def test_a_refresh_cut_short_by_a_close_leaves_no_coroutine_unawaited(hub: RunningHub) -> None:
+    """A `refresh` frame starts a task; a bad frame read in the same chunk closes the socket,
+    which cancels that task before it ever ran. Its work must still be closed properly, not
+    reported ("coroutine ... was never awaited") when collected."""
+    ((_, token),) = await make_users(hub.settings, 1)
+    for _ in range(5):
+        sock = await connect(hub.ws_url, token)
+        protocol = sock.ws.protocol
+        protocol.send_frame(Frame(Opcode.TEXT, json.dumps({"type": "refresh", "token": token}).encode()))
+        protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "\xff"}'))
+        sock.ws.transport.write(b"".join(protocol.data_to_send()))
+        assert await sock.closed() == 1007
+    gc.collect()  # an unawaited coroutine is reported when collected (an error under pytest)
+
+
 async def test_idle_sockets_hold_no_task_and_still_get_their_events(hub: RunningHub) -> None:
     """The hub runs in this test's event loop: its tasks are counted here. 30 authenticated
     sockets that idle add no task; the first event of each still arrives."""
