@@ -97,6 +97,22 @@ async def test_concurrent_retries_with_one_key_write_one_event(hub: RunningHub) 
     assert history.json()["last_event_id"] == 1
 
 
+async def test_a_refused_keyed_publish_writes_nothing_and_leaves_its_key_free(hub: RunningHub) -> None:
+    ((user_id, token),) = await make_users(hub.settings, 1)
+    headers = {**KEY, "Idempotency-Key": f"refused-{RUN_ID}-{user_id}"}
+    refused = await hub.http.post("/api/v1/publish", headers=headers,
+                                  json={"user_ids": [user_id, 2**31 - 1], "name": "lost"})
+    assert refused.status_code == 422
+    assert "Idempotent-Replayed" not in refused.headers
+    # Another body under the same key is not a 409: the refused call stored no answer.
+    accepted = await hub.http.post("/api/v1/publish", headers=headers,
+                                   json={"user_ids": [user_id], "name": "kept"})
+    assert accepted.status_code == 202
+    assert accepted.json() == {"events": {str(user_id): 1}}  # the refused append left no event
+    history = await hub.http.get("/api/v1/events", headers={"Authorization": f"Bearer {token}"})
+    assert [item["name"] for item in history.json()["items"]] == ["kept"]
+
+
 async def test_a_batch_of_10000_users_is_one_transaction(hub: RunningHub) -> None:
     ids = await _bulk_users(hub, 10_000)
     started = time.perf_counter()
