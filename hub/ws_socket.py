@@ -381,9 +381,8 @@ class HubSocket(asyncio.Protocol):
             self._timer = None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` as a task of this socket, cancelled when it closes. The task runs `work`
-        itself (no wrapper coroutine), so a task cancelled before its first step still closes
-        `work` instead of leaving it never awaited; a failure closes the socket (1011)."""
+        """Run `work` as a task cancelled when the socket closes (even before its first step:
+        no wrapper is left never awaited); a failure closes the socket with 1011."""
         task = asyncio.get_running_loop().create_task(work)
         if self._tasks is None:
             self._tasks = set()
