@@ -167,7 +167,10 @@ class Presence:
                     log.exception("a presence listener failed for user %s", user_id)
 
     async def start(self) -> None:
-        """The first heartbeat, before the first socket (a failure is logged; the loop retries)."""
+        """The first heartbeat, before the first socket (a failure is logged; the loop retries),
+        and the one worker task (sockets add no task of their own)."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")
         try:
             await self.step()
         except Exception as exc:
