@@ -107,6 +107,7 @@ class Presence:
         self._worker: asyncio.Task[None] | None = None
         self._settling: dict[int, asyncio.Task[None]] = {}  # user -> its grace
         self._closed = False
+        self._retry: set[int] = set()  # users whose change the store missed (Redis away)
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(user_id, online)` on every announced change."""
@@ -143,8 +144,10 @@ class Presence:
                 elif await self._store.leave(user_id) and user_id not in self._settling:
                     self._settling[user_id] = asyncio.get_running_loop().create_task(
                         self._settle(user_id), name="presence-grace")
-            except Exception:
-                log.warning("presence of user %s not recorded", user_id, exc_info=True)
+            except Exception as exc:
+                log.warning("presence of user %s not recorded (%s); the next heartbeat retries",
+                            user_id, exc)
+                self._retry.add(user_id)
 
     async def _settle(self, user_id: int, *, wait: bool = True) -> None:
         if wait:
@@ -179,6 +182,9 @@ class Presence:
     async def step(self) -> None:
         """The heartbeat (a loop step): keep this process in the deployment, sweep dead ones."""
         offline, again, count = await self._store.heartbeat(sorted(self._local))
+        retry, self._retry = self._retry, set()
+        for user_id in sorted(retry):  # whatever the user's state here is now
+            self._queue(user_id in self._local, user_id)
         self._metrics.presence_online.set(count)
         await self._announce(offline, False)
         await self._announce(again, True)

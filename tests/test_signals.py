@@ -143,3 +143,38 @@ async def test_redis_presence_counts_processes_and_sweeps_a_dead_one(redis_url: 
     finally:
         for store in (first, second):
             await store._redis.aclose()
+
+
+class _FlakyStore(MemoryPresence):
+    """Memory presence whose next `arrive` fails once (Redis away for a moment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = True
+
+    async def arrive(self, user_id: int) -> bool:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("Redis is away")
+        return await super().arrive(user_id)
+
+
+async def test_a_change_the_store_missed_is_retried_by_the_next_heartbeat() -> None:
+    heard: list[tuple[int, bool]] = []
+
+    async def listener(user_id: int, online: bool) -> None:
+        heard.append((user_id, online))
+
+    presence = Presence(_FlakyStore(), Metrics(), grace=0.05)
+    presence.listen(listener)
+    presence.arrived(1)
+    async with asyncio.timeout(5):
+        while not presence._retry:  # the worker tried, and failed
+            await asyncio.sleep(0.01)
+    assert heard == [] and await presence.online([1]) == []
+    await presence.step()
+    async with asyncio.timeout(5):
+        while not heard:
+            await asyncio.sleep(0.01)
+    assert heard == [(1, True)] and await presence.online([1]) == [1]
+    await presence.close()
