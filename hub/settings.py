@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from hub.redis_clients import cluster_url_problem
+
 log = logging.getLogger("hub.settings")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./hub.db"
@@ -40,6 +42,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
     redis_channel_prefix: str = ""
+    redis_cluster: bool = False  # REDIS_URL names the nodes of a Redis Cluster (sharded pub/sub)
     jwt_secret: str = field(default="", repr=False)
     jwt_algorithm: str = "HS256"
     jwt_secret_generated: bool = False
@@ -102,6 +105,7 @@ class Settings:
             database_url=normalize_database_url(r.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
             redis_url=r.optional_url("REDIS_URL", ("redis://", "rediss://", "unix://")),
             redis_channel_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
+            redis_cluster=_redis_cluster(r),
             jwt_secret=secret,
             jwt_algorithm=r.choice("JWT_ALGORITHM", "HS256", JWT_ALGORITHMS),
             jwt_secret_generated=generated,
@@ -139,6 +143,24 @@ class Settings:
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
         )
+
+
+def _redis_cluster(r: _Reader) -> bool:
+    """REDIS_CLUSTER: true needs REDIS_URL to name cluster nodes; several comma-separated URLs
+    are only meaningful for a cluster."""
+    cluster = r.choice("REDIS_CLUSTER", "false", ("false", "true")) == "true"
+    url = r.text("REDIS_URL", "")
+    if cluster:
+        if not url:
+            raise ConfigError("REDIS_CLUSTER=true needs REDIS_URL: one or more comma-separated "
+                              "redis:// or rediss:// URLs of cluster nodes")
+        problem = cluster_url_problem(url)
+        if problem is not None:
+            raise ConfigError(f"REDIS_URL with REDIS_CLUSTER=true: {problem}")
+    elif "," in url:
+        raise ConfigError("REDIS_URL lists several servers: set REDIS_CLUSTER=true for a Redis "
+                          "Cluster, or give one URL")
+    return cluster
 
 
 def check_secret_strength(name: str, value: str) -> None:

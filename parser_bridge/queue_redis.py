@@ -1,5 +1,7 @@
 """The parse job queue on Redis, as the parser protocol of §7 has it: jobs are LPUSHed to
 `parser:tasks`, results are read from `parser:results:{id}` with one MGET per batch of ids.
+On a Redis Cluster (`REDIS_CLUSTER=true`) the key names stay those of §7, so the result keys of
+one batch lie in many slots: their MGET and DEL are split per slot (pipelined per node).
 
 The client connects lazily and is closed when the app cancels its loops at shutdown (the
 `parser redis connection` loop owns it). Redis errors become `QueueUnavailable` here.
@@ -11,10 +13,11 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from hub.feature import Loop
+from hub.redis_clients import redis_client
 from parser_bridge.job_queue import Job, QueueUnavailable
 from parser_bridge.parse_result import encode_job, result_key, tasks_key
 
@@ -24,10 +27,10 @@ PUSH_TIMEOUT = 2.0  # a POST waits no longer for Redis; the dispatcher pushes la
 
 
 class RedisJobQueue:
-    def __init__(self, url: str, key_prefix: str = "") -> None:
+    def __init__(self, url: str, key_prefix: str = "", *, cluster: bool = False) -> None:
         self._prefix = key_prefix
-        self._redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
-                                        health_check_interval=30)
+        self._redis = redis_client(url, cluster=cluster, socket_timeout=5, socket_connect_timeout=3,
+                                   health_check_interval=30)
 
     @property
     def tasks_key(self) -> str:
@@ -49,12 +52,16 @@ class RedisJobQueue:
         if not request_ids:
             return {}
         found: dict[int, bytes] = {}
+        batches = [request_ids[i:i + MGET_BATCH] for i in range(0, len(request_ids), MGET_BATCH)]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                batches = [request_ids[i:i + MGET_BATCH] for i in range(0, len(request_ids), MGET_BATCH)]
-                for batch in batches:
-                    pipe.mget([result_key(self._prefix, i) for i in batch])
-                replies = await pipe.execute()
+            if isinstance(self._redis, RedisCluster):
+                replies = [await self._redis.mget_nonatomic([result_key(self._prefix, i) for i in batch])
+                           for batch in batches]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for batch in batches:
+                        pipe.mget([result_key(self._prefix, i) for i in batch])
+                    replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot read parser results: {exc}") from exc
         for batch, values in zip(batches, replies, strict=True):

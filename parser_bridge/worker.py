@@ -15,7 +15,13 @@ the taker takes jobs while a slot would otherwise stay idle, so a job of another
 one user's slow pages is found and started at once. Up to PARSER_MAX_WAITING taken jobs wait
 in this worker for a slot.
 
-Environment, read once at start: REDIS_URL (required), REDIS_CHANNEL_PREFIX (as the hub's),
+On a Redis Cluster (REDIS_CLUSTER=true, REDIS_URL naming its nodes as for the hub) the
+processing list is `{parser:tasks}:processing:{worker}`: its hash tag puts it in the slot of
+`parser:tasks`, so BLMOVE between the two stays one atomic command; every other key keeps its
+§7 name.
+
+Environment, read once at start: REDIS_URL (required), REDIS_CLUSTER and
+REDIS_CHANNEL_PREFIX (as the hub's),
 PARSER_ALLOW_PRIVATE (0/1), PARSER_ALLOW_NETWORKS (CIDRs allowed even if private, e.g. an
 intranet: `10.20.0.0/16,192.168.5.7/32`), PARSER_CONCURRENCY (8), PARSER_USER_CONCURRENCY (4),
 PARSER_MAX_WAITING (1000), PARSER_FETCH_TIMEOUT (seconds, 10), PARSER_RESULT_TTL (seconds,
@@ -36,10 +42,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from hub.redis_clients import RedisClient, cluster_url_problem, redis_client
 from hub.supervise import backoff_delay
 from parser_bridge.address_policy import Network, parse_networks
 from parser_bridge.fair_queue import FairQueue
@@ -57,6 +63,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class WorkerConfig:
     redis_url: str
+    redis_cluster: bool = False
     key_prefix: str = ""
     allow_private: bool = False
     allowed_networks: tuple[Network, ...] = ()
@@ -73,6 +80,11 @@ class WorkerConfig:
         redis_url = environ.get("REDIS_URL", "").strip()
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be set to the hub's Redis (redis://host:6379/0)")
+        cluster = environ.get("REDIS_CLUSTER", "false").strip() or "false"
+        if cluster not in ("false", "true"):
+            raise ConfigError(f"REDIS_CLUSTER={cluster!r} must be true or false")
+        if cluster == "true" and (problem := cluster_url_problem(redis_url)) is not None:
+            raise ConfigError(f"REDIS_URL with REDIS_CLUSTER=true: {problem}")
         allow = environ.get("PARSER_ALLOW_PRIVATE", "0").strip() or "0"
         if allow not in ("0", "1"):
             raise ConfigError(f"PARSER_ALLOW_PRIVATE={allow!r} must be 0 or 1")
@@ -82,6 +94,7 @@ class WorkerConfig:
             raise ConfigError(f"PARSER_ALLOW_NETWORKS: {exc}") from None
         return cls(
             redis_url=redis_url,
+            redis_cluster=cluster == "true",
             allowed_networks=networks,
             key_prefix=environ.get("REDIS_CHANNEL_PREFIX", "").strip(),
             allow_private=allow == "1",
@@ -117,11 +130,13 @@ class ParserWorker:
         self._fetcher = fetcher
         prefix = config.key_prefix
         self.tasks = tasks_key(prefix)
-        self.processing = f"{prefix}parser:processing:{config.worker_id}"
-        self._processing_pattern = f"{prefix}parser:processing:*"
+        processing = (f"{{{self.tasks}}}:processing:" if config.redis_cluster
+                      else f"{prefix}parser:processing:")
+        self.processing = processing + config.worker_id
+        self._processing_pattern = processing + "*"
         self._heartbeat_prefix = f"{prefix}parser:worker:"
         self._stopping = asyncio.Event()
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._jobs: FairQueue[tuple[ParseJob, bytes]] = FairQueue(
             slots=config.concurrency, per_user=config.user_concurrency, max_waiting=config.max_waiting)
 
@@ -130,9 +145,9 @@ class ParserWorker:
 
     async def run(self) -> None:
         """Work until `stop()`; then finish the fetches in flight (bounded) and return."""
-        self._redis = aioredis.from_url(
-            self.config.redis_url, socket_connect_timeout=5, socket_keepalive=True,
-            socket_timeout=TAKE_TIMEOUT + 5, max_connections=self.config.concurrency + 4)
+        self._redis = redis_client(
+            self.config.redis_url, cluster=self.config.redis_cluster, socket_connect_timeout=5,
+            socket_keepalive=True, socket_timeout=TAKE_TIMEOUT + 5, max_connections=self.config.concurrency + 4)
         await self._first_beat()  # before taking any job, so no reaper takes ours for a dead worker's
         upkeep = [
             asyncio.create_task(self._every(self.config.heartbeat_ttl / 3, self._beat), name="heartbeat"),
