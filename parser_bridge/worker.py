@@ -147,7 +147,8 @@ class ParserWorker:
         """Work until `stop()`; then finish the fetches in flight (bounded) and return."""
         self._redis = redis_client(
             self.config.redis_url, cluster=self.config.redis_cluster, socket_connect_timeout=5,
-            socket_keepalive=True, socket_timeout=TAKE_TIMEOUT + 5, max_connections=self.config.concurrency + 4)
+            socket_keepalive=True, socket_timeout=TAKE_TIMEOUT + 5,
+            max_connections=self.config.concurrency + 4)
         await self._first_beat()  # before taking any job, so no reaper takes ours for a dead worker's
         upkeep = [
             asyncio.create_task(self._every(self.config.heartbeat_ttl / 3, self._beat), name="heartbeat"),

@@ -91,16 +91,22 @@ class RedisClusterNodes:
         self.processes[port] = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
-             "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS)],
+             "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+             "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
-        """Until every live node reports `cluster_state:ok` and agrees on the slot map."""
+        """Until every live node reports `cluster_state:ok`, agrees on the slot map, and every
+        replica is in sync with its master (a replica that never synced refuses to take over)."""
         deadline = time.monotonic() + timeout
         while True:
             live = [port for port, process in self.processes.items() if process.poll() is None]
             try:
-                if all("cluster_state:ok" in cli(port, "CLUSTER", "INFO", timeout=2) for port in live):
+                replication = [cli(port, "INFO", "replication", timeout=2) for port in live]
+                in_sync = sum("master_link_status:up" in info for info in replication)
+                if (all("cluster_state:ok" in cli(port, "CLUSTER", "INFO", timeout=2) for port in live)
+                        and in_sync == sum("role:slave" in info for info in replication)
+                        and in_sync >= len(live) - 3):  # every node beyond the 3 masters is a replica
                     check = subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{live[0]}"],
                                            capture_output=True, text=True, timeout=10)
                     if "[OK] All 16384 slots covered" in check.stdout and "[ERR]" not in check.stdout:
@@ -121,7 +127,8 @@ class RedisClusterNodes:
                 continue
             node_port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
             ranges = [field.split("-") for field in fields[8:] if not field.startswith("[")]
-            owners[node_port] = [(int(r[0]), int(r[-1])) for r in ranges]
+            if ranges:  # a node still flagged master after its replica took over owns nothing
+                owners[node_port] = [(int(r[0]), int(r[-1])) for r in ranges]
         return owners
 
     def node_id(self, port: int) -> str:
