@@ -29,11 +29,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from hub.broker import Broker, BrokerUnavailable, Deliver
 from hub.broker_redis import CONNECT_TIMEOUT, PUBLISH_TIMEOUT, SUBSCRIBE_TIMEOUT, Reply, _RespLink
-from hub.redis_clients import cluster_client, node_url
+from hub.redis_clients import REDIS_FAILURES, cluster_client, node_url
 from hub.supervise import backoff_delay
 
 log = logging.getLogger("hub.broker.redis_cluster")
@@ -89,7 +88,7 @@ class RedisClusterBroker(Broker):
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._cluster.initialize()
             self._stale_map = False
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("Redis Cluster is not reachable yet (%s); the listener keeps trying", exc)
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-cluster-broker")
 
@@ -141,7 +140,7 @@ class RedisClusterBroker(Broker):
                 for channel, payload in messages:
                     pipe.execute_command("SPUBLISH", channel, payload)
                 replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self._stale_map = True
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
         refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
@@ -154,7 +153,7 @@ class RedisClusterBroker(Broker):
             raise BrokerUnavailable("broker is closed")
         try:
             await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._stale_map = True
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
@@ -169,7 +168,7 @@ class RedisClusterBroker(Broker):
             slot = self._cluster.keyslot(channel)
             try:
                 node = self._cluster.nodes_manager.get_node_from_slot(slot)
-            except Exception:  # no owner known for the slot (redis-py raises a bare SlotNotCoveredError)
+            except REDIS_FAILURES:  # no owner known for the slot (SlotNotCoveredError)
                 self._lose(channel)
                 continue
             by_node[node.name][slot].append(channel)
@@ -202,7 +201,7 @@ class RedisClusterBroker(Broker):
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     link = await _RespLink.open(node_url(self._url, host, port), self._client_name,
                                                 lambda reply: self._handle(holder[0], reply))
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("cannot open a pub/sub link to %s: %s", name, exc)
                 self._stale_map = True
                 return None
@@ -332,7 +331,7 @@ class RedisClusterBroker(Broker):
                     await self._place(sorted(self._homeless))
                 failures = failures + 1 if self._homeless else 0
                 self._resync_when_confirmed()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 log.warning("Redis Cluster topology unavailable (attempt %d): %s", failures, exc)
             except Exception:

@@ -174,13 +174,13 @@ class RedisRateLimiter(RateLimiter):
         await self._redis.aclose()
 
     async def hit(self, key: str, rate: float, burst: int, cost: int = 1) -> Decision:
-        from redis.exceptions import RedisError
+        from hub.redis_clients import REDIS_FAILURES
 
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 allowed, wait = await self._script(keys=[self._prefix + key],
                                                    args=[repr(1.0 / rate), burst, cost])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             now = time.monotonic()
             if now - self._warned_at >= WARN_EVERY:
                 self._warned_at = now

@@ -15,8 +15,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 RedisClient = aioredis.Redis | RedisCluster
+# what a client raises when Redis cannot serve: a cluster client adds RedisClusterException (not a
+# RedisError) for "no node reachable" and "slot not covered"; OSError includes TimeoutError
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 CLUSTER_SCHEMES = ("redis://", "rediss://")
 
 

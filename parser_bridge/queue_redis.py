@@ -14,10 +14,9 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from hub.feature import Loop
-from hub.redis_clients import redis_client
+from hub.redis_clients import REDIS_FAILURES, redis_client
 from parser_bridge.job_queue import Job, QueueUnavailable
 from parser_bridge.parse_result import encode_job, result_key, tasks_key
 
@@ -42,7 +41,7 @@ class RedisJobQueue:
         try:
             async with asyncio.timeout(PUSH_TIMEOUT):
                 await self._redis.lpush(self.tasks_key, *(encode_job(*job) for job in jobs))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise QueueUnavailable(f"cannot push to {self.tasks_key}: {exc}") from exc
 
     def may_hold_results(self) -> bool:
@@ -62,7 +61,7 @@ class RedisJobQueue:
                     for batch in batches:
                         pipe.mget([result_key(self._prefix, i) for i in batch])
                     replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise QueueUnavailable(f"cannot read parser results: {exc}") from exc
         for batch, values in zip(batches, replies, strict=True):
             for request_id, value in zip(batch, values, strict=True):
@@ -75,7 +74,7 @@ class RedisJobQueue:
             return
         try:
             await self._redis.delete(*(result_key(self._prefix, i) for i in request_ids))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not delete applied parser results (they expire on their own): %s", exc)
 
     def loops(self) -> Sequence[Loop]:

@@ -43,9 +43,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from hub.redis_clients import RedisClient, cluster_url_problem, redis_client
+from hub.redis_clients import REDIS_FAILURES, RedisClient, cluster_url_problem, redis_client
 from hub.supervise import backoff_delay
 from parser_bridge.address_policy import Network, parse_networks
 from parser_bridge.fair_queue import FairQueue
@@ -190,7 +189,7 @@ class ParserWorker:
                 if raw is not None:
                     await self._hold(cast("bytes", raw))  # the stub says str; redis-py gives bytes
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 delay = backoff_delay(failures, base=0.2, cap=5.0)
                 log.warning("taking jobs: Redis error (%s); retrying in %.1fs", exc, delay)
@@ -211,7 +210,7 @@ class ParserWorker:
             user, (job, raw) = taken
             try:
                 await self._answer(job, raw)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 # the job stays in the processing list; it is given back when this worker stops
                 log.warning("slot %d: could not store the answer to job %d (%s)", number, job.id, exc)
                 await asyncio.sleep(backoff_delay(1, base=0.5, cap=2.0))
@@ -238,7 +237,7 @@ class ParserWorker:
             try:
                 await self._beat()
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 delay = backoff_delay(failures, base=0.2, cap=5.0)
                 log.warning("Redis is not reachable yet (%s); retrying in %.1fs", exc, delay)
@@ -270,7 +269,7 @@ class ParserWorker:
             while await self._redis.lmove(self.processing, self.tasks, "RIGHT", "RIGHT") is not None:
                 log.info("gave an unfinished job back to the queue")
             await self._redis.delete(self._heartbeat_prefix + self.config.worker_id)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not give jobs back (the reaper of another worker will): %s", exc)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -280,7 +279,7 @@ class ParserWorker:
                 await step()
                 failures = 0
                 await asyncio.sleep(interval)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 log.warning("%s failed (%s)", step.__name__, exc)
                 await asyncio.sleep(max(interval, backoff_delay(failures, base=0.2, cap=5.0)))

@@ -233,11 +233,14 @@ class Load:
         self.interval = interval
         self.ids: dict[int, list[int]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def _run(self) -> None:
         clients = [httpx.AsyncClient(base_url=base, timeout=WAIT) for base in self.bases]
         try:
             for n in itertools.count():
+                if self._stopping.is_set():
+                    return
                 events = await publish(clients[n % len(clients)], API_KEY, self.user_ids, "load", {"n": n})
                 for user_id, event_id in events.items():
                     self.ids[int(user_id)].append(event_id)
@@ -250,11 +253,11 @@ class Load:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """After the publish in flight, whose ids count (its events are committed)."""
         assert self._task is not None
-        if self._task.done():
-            self._task.result()  # a failed publish fails the test
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        self._stopping.set()
+        async with asyncio.timeout(WAIT):
+            await self._task  # a failed publish fails the test
 
 
 async def received_exactly(sockets: dict[int, list[Socket]], ids: dict[int, list[int]],
@@ -362,3 +365,23 @@ async def test_a_parse_request_completes_through_the_worker_on_the_cluster(
             assert await worker.stop() == 0
         await sock.close()
         assert (await hub.http.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_an_unreachable_cluster_is_reported_not_waited_for() -> None:
+    from tests.conftest import free_port
+
+    broker = RedisClusterBroker(f"redis://127.0.0.1:{free_port()}", client_name=f"hub-test-{RUN_ID}-dead")
+    inbox = Inbox()
+    async with asyncio.timeout(WAIT):
+        await broker.open(inbox.deliver, inbox.on_resync)  # the listener keeps trying
+    try:
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(BrokerUnavailable):
+                await broker.ping()
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish([(channel("dead"), b"lost")])
+            await broker.subscribe(channel("dead"))  # remembered for when the cluster answers
+    finally:
+        async with asyncio.timeout(WAIT):
+            await broker.close()
+    assert broker.name == "redis-cluster"  # what /readyz names: "down: broker (redis-cluster)"
