@@ -168,7 +168,8 @@ class RedisClusterBroker(Broker):
             slot = self._cluster.keyslot(channel)
             try:
                 node = self._cluster.nodes_manager.get_node_from_slot(slot)
-            except REDIS_FAILURES:  # no owner known for the slot (SlotNotCoveredError)
+            except (*REDIS_FAILURES, KeyError):  # no owner known: redis-py raises SlotNotCoveredError,
+                # or KeyError while it has never read a slot map
                 self._lose(channel)
                 continue
             by_node[node.name][slot].append(channel)
@@ -342,6 +343,7 @@ class RedisClusterBroker(Broker):
         if not self._stale_map:
             return
         async with asyncio.timeout(CONNECT_TIMEOUT):
+            await self._cluster.initialize()  # the first contact when open() found no node
             await self._cluster.nodes_manager.initialize()
         self._stale_map = False
 

@@ -344,6 +344,31 @@ async def test_a_slot_moved_under_load_loses_and_repeats_nothing(
             await asyncio.to_thread(move_slot, redis_cluster, slot, target, source)
 
 
+async def test_a_whole_cluster_restart_loses_and_repeats_nothing(
+        cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
+    spread = await users_on_every_master(cluster_settings, redis_cluster, per_master=1)
+    users = [user for group in spread.values() for user in group]
+    env = {"REDIS_CLUSTER": "true"}
+    async with hub_process(cluster_settings, env=env) as (_, first), \
+            hub_process(cluster_settings, env=env) as (_, second):
+        sockets = await open_sockets([first, second], users)
+        load = Load([first, second], [user_id for user_id, _ in users])
+        load.start()
+        try:
+            await until(lambda: all(len(load.ids[u]) >= 5 for u, _ in users), WAIT, "load started")
+            for port in redis_cluster.ports:  # every node at once, as a power cut would
+                redis_cluster.kill(port)
+            await asyncio.sleep(1.0)
+            for port in redis_cluster.ports:  # back empty (no persistence), same topology
+                redis_cluster.launch(port)
+            await asyncio.to_thread(redis_cluster.wait_ok)
+            count = len(load.ids[users[0][0]])
+            await until(lambda: len(load.ids[users[0][0]]) >= count + 10, RECOVERY, "load went on")
+        finally:
+            await load.stop()
+        await received_exactly(sockets, load.ids, RECOVERY)
+
+
 async def test_a_parse_request_completes_through_the_worker_on_the_cluster(
         cluster_settings: Settings) -> None:
     from tests.conftest import register
