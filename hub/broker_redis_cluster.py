@@ -6,9 +6,8 @@ instead of being copied to every node as classic PUBLISH is. This broker keeps o
 per master owning a subscribed channel: the same hiredis-parsed RESP link as `broker_redis`
 (each message handed to `deliver` from the socket's read callback). Where a channel lives comes
 from redis-py's `RedisCluster` slot map (CLUSTER SLOTS, refreshed on MOVED and on demand).
-Publishing goes through redis-py's cluster pipeline, which sends each SPUBLISH to its slot's
-master and follows MOVED/ASK; one channel's messages go to one master on one connection, in
-order.
+Publishing (`broker_redis_cluster_publish`) is the same kind of hand-written link, one per
+master; one channel's messages go to one master on one connection, in order.
 
 A channel loses its subscription when its link drops (a master killed, a network cut, a link
 silent for three health intervals) or when the server pushes SUNSUBSCRIBE for it (its slot
@@ -29,9 +28,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from hub.broker import Broker, BrokerUnavailable, Deliver
 from hub.broker_redis import CONNECT_TIMEOUT, PUBLISH_TIMEOUT, SUBSCRIBE_TIMEOUT, Reply, _RespLink
+from hub.broker_redis_cluster_publish import Node, ShardedPublisher, SlotMap
 from hub.redis_clients import REDIS_FAILURES, cluster_client, node_url
 from hub.supervise import backoff_delay
 
@@ -62,16 +63,18 @@ class RedisClusterBroker(Broker):
         self._url = url
         self._health = health_check_interval
         self._client_name = client_name
-        self._cluster = cluster_client(
-            url, client_name=client_name.removesuffix("-pubsub") + "-publish",
-            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=PUBLISH_TIMEOUT)
+        publish_name = client_name.removesuffix("-pubsub") + "-publish"
+        self._cluster = cluster_client(url, client_name=publish_name,
+                                       socket_connect_timeout=CONNECT_TIMEOUT,
+                                       socket_timeout=PUBLISH_TIMEOUT)
+        self._slots = SlotMap(self._cluster)
+        self._publisher = ShardedPublisher(self._slots, url, publish_name)
         self._channels: set[str] = set()
         self._placed: dict[str, _ShardLink] = {}  # channel -> the link it is subscribed on
         self._homeless: set[str] = set()  # wanted, not subscribed anywhere: the supervisor's work
         self._links: dict[str, _ShardLink] = {}
         self._opening: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
-        self._stale_map = True
         self._resync_due = False
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -87,7 +90,7 @@ class RedisClusterBroker(Broker):
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._cluster.initialize()
-            self._stale_map = False
+            self._slots.stale = False
         except REDIS_FAILURES as exc:
             log.warning("Redis Cluster is not reachable yet (%s); the listener keeps trying", exc)
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-cluster-broker")
@@ -100,6 +103,7 @@ class RedisClusterBroker(Broker):
             self._supervisor = None
         for shard in list(self._links.values()):
             self._drop(shard, resync=False)
+        self._publisher.close()
         self._channels.clear()
         self._homeless.clear()
         await self._cluster.aclose()
@@ -130,22 +134,9 @@ class RedisClusterBroker(Broker):
                 self._send(shard, _UNSUBSCRIBE, [channel])
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        if not messages:
-            return
         if self._closed:
             raise BrokerUnavailable("broker is closed")
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                pipe = self._cluster.pipeline(transaction=False)
-                for channel, payload in messages:
-                    pipe.execute_command("SPUBLISH", channel, payload)
-                replies = await pipe.execute(raise_on_error=False)
-        except REDIS_FAILURES as exc:
-            self._stale_map = True
-            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-        refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
-        if refused is not None:
-            raise BrokerUnavailable(f"Redis Cluster refused an SPUBLISH: {refused}")
+        await self._publisher.publish(messages)
 
     async def ping(self) -> None:
         """Every master answers PING, or BrokerUnavailable naming what failed."""
@@ -154,7 +145,7 @@ class RedisClusterBroker(Broker):
         try:
             await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
         except REDIS_FAILURES as exc:
-            self._stale_map = True
+            self._slots.stale = True
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
     # placing channels on their masters -------------------------------------------------------
@@ -162,20 +153,16 @@ class RedisClusterBroker(Broker):
     async def _place(self, channels: list[str]) -> None:
         """Subscribe `channels` on the masters owning their slots now; those whose master cannot
         be reached are left homeless for the supervisor."""
-        by_node: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-        addresses: dict[str, tuple[str, int]] = {}
+        by_node: dict[Node, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
         for channel in channels:
-            slot = self._cluster.keyslot(channel)
             try:
-                node = self._cluster.nodes_manager.get_node_from_slot(slot)
-            except (*REDIS_FAILURES, KeyError):  # no owner known: redis-py raises SlotNotCoveredError,
-                # or KeyError while it has never read a slot map
+                node = self._slots.owner(channel)
+            except (*REDIS_FAILURES, KeyError):  # no owner known (yet)
                 self._lose(channel)
                 continue
-            by_node[node.name][slot].append(channel)
-            addresses[node.name] = (node.host, int(node.port))
-        for name, slots in by_node.items():
-            shard = await self._link_to(name, *addresses[name])
+            by_node[node][key_slot(channel.encode())].append(channel)
+        for node, slots in by_node.items():
+            shard = await self._link_to(*node)
             for slot_channels in slots.values():
                 # the channel may have been unsubscribed or placed while the link opened
                 wanted = [c for c in slot_channels if c in self._channels and c not in self._placed]
@@ -204,7 +191,7 @@ class RedisClusterBroker(Broker):
                                                 lambda reply: self._handle(holder[0], reply))
             except REDIS_FAILURES as exc:
                 log.warning("cannot open a pub/sub link to %s: %s", name, exc)
-                self._stale_map = True
+                self._slots.stale = True
                 return None
             shard = _ShardLink(name, link, asyncio.get_running_loop().time())
             holder.append(shard)
@@ -289,13 +276,13 @@ class RedisClusterBroker(Broker):
             return  # the answer to our own SUNSUBSCRIBE
         if self._placed.get(channel) is shard:
             log.info("Redis Cluster moved the slot of %s; subscribing it on its new owner", channel)
-            self._stale_map = True
+            self._slots.stale = True
             self._lose(channel)
 
     def _refused(self, shard: _ShardLink, error: Exception) -> None:
         """An error answers the oldest command owed (MOVED for an SSUBSCRIBE sent on an old map)."""
         log.info("Redis Cluster node %s refused a command: %s", shard.node, error)
-        self._stale_map = True
+        self._slots.stale = True
         if not shard.owed:
             return
         kind, channels, _ = shard.owed.popleft()
@@ -328,7 +315,7 @@ class RedisClusterBroker(Broker):
                 self._check_links()
                 if self._homeless:
                     await asyncio.sleep(backoff_delay(failures, base=0.1, cap=2.0))
-                    await self._refresh_map()
+                    await self._slots.refresh()
                     await self._place(sorted(self._homeless))
                 failures = failures + 1 if self._homeless else 0
                 self._resync_when_confirmed()
@@ -338,14 +325,6 @@ class RedisClusterBroker(Broker):
             except Exception:
                 failures += 1
                 log.exception("unexpected error in the Redis Cluster listener")
-
-    async def _refresh_map(self) -> None:
-        if not self._stale_map:
-            return
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            await self._cluster.initialize()  # the first contact when open() found no node
-            await self._cluster.nodes_manager.initialize()
-        self._stale_map = False
 
     def _check_alive(self, shard: _ShardLink, now: float) -> str | None:
         """Why `shard` counts as dead, or None; PINGs it every health interval (a half-open
@@ -371,7 +350,7 @@ class RedisClusterBroker(Broker):
             if problem is not None:
                 log.warning("pub/sub link to %s lost (%s); resubscribing its channels elsewhere",
                             shard.node, problem)
-                self._stale_map = True
+                self._slots.stale = True
                 self._drop(shard)
         # a link with no channel left is closed: a master that owns nothing of ours needs none
         for shard in list(self._links.values()):

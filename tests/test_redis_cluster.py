@@ -178,12 +178,22 @@ async def test_a_moved_slot_is_followed_to_its_new_master(
     source = next(iter(spread))
     moved = spread[source][0]
     target = next(port for port in spread if port != source)
+    other = RedisClusterBroker(redis_cluster.url, client_name=f"hub-test-{RUN_ID}-{next(_ids)}-pubsub")
+    async with asyncio.timeout(WAIT):
+        await other.open(Inbox().deliver, lambda: None)  # a publisher that reads the map now
+        await other.publish([(moved, b"before the move")])
     await asyncio.to_thread(move_slot, redis_cluster, keyslot(moved), source, target)
     try:
         await until(lambda: inbox.resyncs >= 1, RECOVERY, "on_resync after the slot moved")
         await publish_until_heard(broker, inbox, names, WAIT)
         assert broker._placed[moved].node.endswith(f":{target}")
+        async with asyncio.timeout(WAIT):  # its map is stale: MOVED, then redis-py's redirection
+            await other.publish([(moved, b"after the move")])
+        assert other._slots.stale  # it was refused with MOVED, so the next publish reads the map
+        await until(lambda: inbox.messages[moved][-1] == b"after the move", WAIT, "the redirected one")
     finally:
+        async with asyncio.timeout(WAIT):
+            await other.close()
         await asyncio.to_thread(move_slot, redis_cluster, keyslot(moved), target, source)
 
 
