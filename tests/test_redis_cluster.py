@@ -106,6 +106,18 @@ async def publish_until_heard(broker: RedisClusterBroker, inbox: Inbox, names: l
                 return
 
 
+async def listening_on_every_master(nodes: RedisClusterNodes, broker: RedisClusterBroker, inbox: Inbox,
+                                    ) -> tuple[dict[int, list[str]], list[str]]:
+    """Channels on every master, subscribed and heard: by master port, and all of them."""
+    spread = channels_on_every_master(nodes)
+    names = [name for group in spread.values() for name in group]
+    async with asyncio.timeout(WAIT):
+        for name in names:
+            await broker.subscribe(name)
+    await publish_until_heard(broker, inbox, names, WAIT)
+    return spread, names
+
+
 async def pubsub_links(nodes: RedisClusterNodes, client_name: str) -> dict[int, int]:
     """Connections named `client_name` on each live master, by port (only those with any)."""
     found: dict[int, int] = {}
@@ -148,12 +160,7 @@ async def test_a_killed_master_is_replaced_and_its_channels_resubscribed(
         redis_cluster: RedisClusterNodes,  # noqa: F811
         cluster_broker: tuple[RedisClusterBroker, Inbox]) -> None:
     broker, inbox = cluster_broker
-    spread = channels_on_every_master(redis_cluster)
-    names = [name for group in spread.values() for name in group]
-    async with asyncio.timeout(WAIT):
-        for name in names:
-            await broker.subscribe(name)
-    await publish_until_heard(broker, inbox, names, WAIT)
+    spread, names = await listening_on_every_master(redis_cluster, broker, inbox)
     victim = next(iter(spread))
     redis_cluster.kill(victim)
     try:
@@ -169,12 +176,7 @@ async def test_a_moved_slot_is_followed_to_its_new_master(
         redis_cluster: RedisClusterNodes,  # noqa: F811
         cluster_broker: tuple[RedisClusterBroker, Inbox]) -> None:
     broker, inbox = cluster_broker
-    spread = channels_on_every_master(redis_cluster)
-    names = [name for group in spread.values() for name in group]
-    async with asyncio.timeout(WAIT):
-        for name in names:
-            await broker.subscribe(name)
-    await publish_until_heard(broker, inbox, names, WAIT)
+    spread, names = await listening_on_every_master(redis_cluster, broker, inbox)
     source = next(iter(spread))
     moved = spread[source][0]
     target = next(port for port in spread if port != source)
