@@ -10,7 +10,7 @@ connection's catch-up task, so ordering lives in one place:
 - while the task runs, live events wait in a queue bounded by count and bytes.
 What the socket has not sent yet is bounded the same way (frames written since its buffer was
 last seen empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
-which the socket closes with 4009 (the client resumes and loses nothing).
+which the socket closes with `CloseCode.SLOW_CONSUMER` (the client resumes and loses nothing).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class ConnectionEnded(Exception):
 
 
 class StreamGap(ConnectionEnded):
-    """Events this connection must deliver are no longer in the store (retention removed them)."""
+    """Events this connection must deliver are no longer in the store (retention removed them);
+    the socket closes with `CloseCode.HISTORY_GONE`."""
 
 
 class SlowConsumer(ConnectionEnded):
@@ -45,7 +46,7 @@ class SlowConsumer(ConnectionEnded):
 
 
 class AuthEnded(ConnectionEnded):
-    """The connection's authentication no longer holds (the socket closes with 4001)."""
+    """The connection's authentication no longer holds (the socket closes with `CloseCode.AUTH_FAILED`)."""
 
 
 class TokenExpired(AuthEnded):
@@ -75,13 +76,13 @@ class Outlet(Protocol):
 class Connection:
     """Outbound state of one socket. `offer` never blocks; `stop` ends it for good."""
 
-    __slots__ = ("_bytes", "_catch_up", "_ended", "_expiry", "_fill_to", "_max_bytes",
+    __slots__ = ("_bytes", "_catch_up", "_clock", "_ended", "_expiry", "_fill_to", "_max_bytes",
                  "_max_messages", "_metrics", "_outlet", "_queue", "_read", "_started", "_task",
                  "_unsent", "delivered", "expires_at", "session_id", "user_id")
 
     def __init__(self, user_id: int, expires_at: float, outlet: Outlet, read: ReadEvents,
                  metrics: Metrics, max_messages: int, max_bytes: int,
-                 session_id: str | None = None) -> None:
+                 session_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.user_id = user_id
         self.expires_at = expires_at
         self.session_id = session_id  # of the latest token; the socket's refresh updates it
@@ -89,6 +90,7 @@ class Connection:
         self._outlet = outlet
         self._read = read
         self._metrics = metrics
+        self._clock = clock  # unix time, the clock of `expires_at` and of events' `created_at`
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._ended = False
@@ -140,11 +142,11 @@ class Connection:
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - time.time()),
+        self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - self._clock()),
                                     self._end, TokenExpired("access token expired"))
 
     def revoke(self) -> None:
-        """Its session was revoked: end the connection (the socket closes with 4001)."""
+        """Its session was revoked: end the connection (the socket closes with `CloseCode.AUTH_FAILED`)."""
         self._end(SessionRevoked("session revoked: sign in again"))
 
     def stop(self) -> None:
@@ -168,7 +170,7 @@ class Connection:
         outlet = self._outlet
         outlet.write(frame)
         self.delivered = event_id
-        self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
+        self._metrics.deliveries.observe(max(0.0, self._clock() - created_at))
         buffered = outlet.buffered()
         if buffered == 0:  # the socket took everything written so far
             self._unsent = 0

@@ -5,7 +5,7 @@ With a cluster, `REDIS_URL` is one or several comma-separated `redis://` or `red
 cluster nodes; any one reachable node is enough to learn the whole topology. Credentials and TLS
 options are read from the first URL and used for every node (a cluster shares them). Callers get
 a client with redis-py's command API either way; commands of several keys must keep their keys in
-one slot or be split per key (see `parser_bridge.queue_redis`).
+one slot or be split per key (see `parser_bridge.parse.queue_redis`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from hub.feature import Loop
 from hub.redis_clients import REDIS_FAILURES, redis_client
-from parser_bridge.job_queue import Job, QueueUnavailable
-from parser_bridge.parse_result import encode_job, result_key, tasks_key
+from parser_bridge.parse.job_queue import Job, QueueUnavailable
+from parser_bridge.parse.result import encode_job, result_key, tasks_key
 
 log = logging.getLogger("parser_bridge.queue")
 MGET_BATCH = 500
