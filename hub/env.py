@@ -123,12 +123,12 @@ class EnvReader:
             return default
         return tuple(part.strip() for part in raw.split(",") if part.strip())
 
-    def redis_cluster(self) -> bool:
-        """REDIS_CLUSTER (`true`/`false`), checked with REDIS_URL: a cluster needs one or more
-        comma-separated `redis://`/`rediss://` node URLs; several URLs need a cluster."""
+    def redis_cluster(self, name: str) -> bool:
+        """`name` (REDIS_CLUSTER: `true`/`false`), checked with REDIS_URL: a cluster needs one or
+        more comma-separated `redis://`/`rediss://` node URLs; several URLs need a cluster."""
         from hub.redis_clients import cluster_url_problem
 
-        cluster = self.choice("REDIS_CLUSTER", "false", ("false", "true")) == "true"
+        cluster = self.choice(name, "false", ("false", "true")) == "true"
         url = self.text("REDIS_URL", "")
         if cluster:
             if not url:

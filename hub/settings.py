@@ -101,7 +101,7 @@ class Settings:
             database_url=normalize_database_url(r.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
             redis_url=r.optional_url("REDIS_URL", REDIS_URL_SCHEMES),
             redis_channel_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
-            redis_cluster=r.redis_cluster(),
+            redis_cluster=r.redis_cluster("REDIS_CLUSTER"),
             jwt_secret=secret,
             jwt_algorithm=r.choice("JWT_ALGORITHM", "HS256", JWT_ALGORITHMS),
             jwt_secret_generated=generated,

@@ -79,7 +79,7 @@ class WorkerConfig:
         return cls(
             redis_url=r.required_url("REDIS_URL", REDIS_URL_SCHEMES,
                                      "the hub's Redis, e.g. redis://host:6379/0"),
-            redis_cluster=r.redis_cluster(),
+            redis_cluster=r.redis_cluster("REDIS_CLUSTER"),
             key_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
             allow_private=r.flag("PARSER_ALLOW_PRIVATE"),
             allowed_networks=r.parsed("PARSER_ALLOW_NETWORKS", parse_networks),
