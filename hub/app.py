@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(db.close)
             if settings.uses_sqlite:
                 await migrate.upgrade(db)
-            await broker.open(registry.dispatch, registry.resync)
+            await broker.open(registry.dispatch, registry.resync, registry.resync_channels)
             stack.push_async_callback(limiter.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)

@@ -30,7 +30,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from hub.broker import Broker, BrokerUnavailable, Deliver
+from hub.broker import Broker, BrokerUnavailable, Deliver, ResyncChannels
 from hub.broker_redis import CONNECT_TIMEOUT, PUBLISH_TIMEOUT, SUBSCRIBE_TIMEOUT, Reply, _RespLink
 from hub.broker_redis_cluster_publish import Node, ShardedPublisher, SlotMap
 from hub.redis_clients import REDIS_FAILURES, cluster_client, node_url
@@ -75,17 +75,20 @@ class RedisClusterBroker(Broker):
         self._links: dict[str, _ShardLink] = {}
         self._opening: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
-        self._resync_due = False
+        self._resync_due: set[str] = set()  # channels lost since the last re-read
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._deliver: Deliver = lambda _channel, _payload: None
         self._on_resync: Callable[[], None] = lambda: None
+        self._on_resync_channels: ResyncChannels | None = None
         self._closed = False
         self.reconnects = 0
 
-    async def open(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
+    async def open(self, deliver: Deliver, on_resync: Callable[[], None],
+                   on_resync_channels: ResyncChannels | None = None) -> None:
         self._deliver = deliver
         self._on_resync = on_resync
+        self._on_resync_channels = on_resync_channels
         self._closed = False
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -211,7 +214,7 @@ class RedisClusterBroker(Broker):
             shard.channels.discard(channel)
         if channel in self._channels:
             self._homeless.add(channel)
-            self._resync_due = True
+            self._resync_due.add(channel)
             self._wake.set()
         self._release(channel)
 
@@ -294,8 +297,11 @@ class RedisClusterBroker(Broker):
     def _resync_when_confirmed(self) -> None:
         if (self._resync_due and not self._homeless
                 and not any(shard.owes_subscriptions() for shard in self._links.values())):
-            self._resync_due = False
+            lost, self._resync_due = self._resync_due & self._channels, set()
             self.reconnects += 1
+            if self._on_resync_channels is not None:
+                self._on_resync_channels(lost)
+                return
             self._on_resync()
 
     # supervision -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import replace
 
 import httpx
@@ -61,12 +61,17 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: dict[str, list[bytes]] = defaultdict(list)
         self.resyncs = 0
+        self.resynced: set[str] = set()  # the channels of every partial re-read
 
     def deliver(self, name: str, payload: bytes) -> None:
         self.messages[name].append(payload)
 
     def on_resync(self) -> None:
         self.resyncs += 1
+
+    def on_resync_channels(self, names: Collection[str]) -> None:
+        self.resyncs += 1
+        self.resynced |= set(names)
 
 
 async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -84,7 +89,7 @@ async def cluster_broker(redis_cluster: RedisClusterNodes) -> AsyncIterator[tupl
                                 health_check_interval=1.0)
     inbox = Inbox()
     async with asyncio.timeout(WAIT):
-        await broker.open(inbox.deliver, inbox.on_resync)
+        await broker.open(inbox.deliver, inbox.on_resync, inbox.on_resync_channels)
     try:
         yield broker, inbox
     finally:
@@ -167,6 +172,7 @@ async def test_a_killed_master_is_replaced_and_its_channels_resubscribed(
         await publish_until_heard(broker, inbox, names, RECOVERY)
         await until(lambda: inbox.resyncs >= 1, WAIT, "on_resync after the failover")
         assert victim not in redis_cluster.masters()
+        assert inbox.resynced == set(spread[victim])  # the other masters' channels were left be
     finally:
         redis_cluster.launch(victim)
         await asyncio.to_thread(redis_cluster.wait_ok)
@@ -189,6 +195,7 @@ async def test_a_moved_slot_is_followed_to_its_new_master(
         await until(lambda: inbox.resyncs >= 1, RECOVERY, "on_resync after the slot moved")
         await publish_until_heard(broker, inbox, names, WAIT)
         assert broker._placed[moved].node.endswith(f":{target}")
+        assert inbox.resynced == {name for name in names if keyslot(name) == keyslot(moved)}
         async with asyncio.timeout(WAIT):  # its map is stale: MOVED, then redis-py's redirection
             await other.publish([(moved, b"after the move")])
         assert other._slots.stale  # it was refused with MOVED, so the next publish reads the map
