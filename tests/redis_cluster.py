@@ -43,25 +43,34 @@ def cluster_ports(count: int) -> list[int]:
     return ports
 
 
-def cli(port: int, *args: str, timeout: float = 10.0) -> str:
+def cli(port: int, *args: str, timeout: float = 10.0, password: str | None = None) -> str:
     """One redis-cli command against the node on `port`; its output."""
     done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
-                          capture_output=True, text=True, timeout=timeout, check=True)
+                          capture_output=True, text=True, timeout=timeout, check=True,
+                          env=_cli_env(password))
     return done.stdout
 
 
-class RedisClusterNodes:
-    """Six redis-server processes forming one cluster; `kill` SIGKILLs one of them."""
+def _cli_env(password: str | None) -> dict[str, str]:
+    return {**os.environ, **({"REDISCLI_AUTH": password} if password else {})}
 
-    def __init__(self, directory: Path) -> None:
+
+class RedisClusterNodes:
+    """Six redis-server processes forming one cluster (3 masters without replicas when
+    `replicas` is 0), with `password` on every node when given; `kill` SIGKILLs one of them."""
+
+    def __init__(self, directory: Path, *, password: str | None = None, replicas: int = 1) -> None:
         self.directory = directory
-        self.ports = cluster_ports(6)
+        self.password = password
+        self.replicas = replicas
+        self.ports = cluster_ports(3 * (1 + replicas))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
         """REDIS_URL of the cluster: two of its nodes, comma-separated (either one suffices)."""
-        return ",".join(f"redis://127.0.0.1:{port}" for port in self.ports[:2])
+        auth = f":{self.password}@" if self.password else ""
+        return ",".join(f"redis://{auth}127.0.0.1:{port}" for port in self.ports[:2])
 
     def start(self) -> None:
         for port in self.ports:
@@ -71,7 +80,7 @@ class RedisClusterNodes:
         for port in self.ports:
             while True:
                 try:
-                    if cli(port, "PING", timeout=2).strip() == "PONG":
+                    if self.cli(port, "PING", timeout=2).strip() == "PONG":
                         break
                 except subprocess.SubprocessError:
                     pass
@@ -80,9 +89,12 @@ class RedisClusterNodes:
                 time.sleep(0.05)
         subprocess.run(["redis-cli", "--cluster", "create",
                         *(f"127.0.0.1:{port}" for port in self.ports),
-                        "--cluster-replicas", "1", "--cluster-yes"],
-                       capture_output=True, timeout=START_TIMEOUT, check=True)
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       capture_output=True, timeout=START_TIMEOUT, check=True, env=_cli_env(self.password))
         self.wait_ok(deadline - time.monotonic())
+
+    def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
+        return cli(port, *args, timeout=timeout, password=self.password)
 
     def launch(self, port: int) -> None:
         """Start the node of `port`; after a kill it rejoins from its nodes.conf (as a replica
@@ -92,7 +104,8 @@ class RedisClusterNodes:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
              "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-             "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log")],
+             "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log"),
+             *(("--requirepass", self.password, "--masterauth", self.password) if self.password else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
@@ -102,13 +115,14 @@ class RedisClusterNodes:
         while True:
             live = [port for port, process in self.processes.items() if process.poll() is None]
             try:
-                replication = [cli(port, "INFO", "replication", timeout=2) for port in live]
+                replication = [self.cli(port, "INFO", "replication", timeout=2) for port in live]
                 in_sync = sum("master_link_status:up" in info for info in replication)
-                if (all("cluster_state:ok" in cli(port, "CLUSTER", "INFO", timeout=2) for port in live)
+                if (all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO", timeout=2) for port in live)
                         and in_sync == sum("role:slave" in info for info in replication)
                         and in_sync >= len(live) - 3):  # every node beyond the 3 masters is a replica
                     check = subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{live[0]}"],
-                                           capture_output=True, text=True, timeout=10)
+                                           capture_output=True, text=True, timeout=10,
+                                           env=_cli_env(self.password))
                     if "[OK] All 16384 slots covered" in check.stdout and "[ERR]" not in check.stdout:
                         return
             except subprocess.SubprocessError:
@@ -121,7 +135,7 @@ class RedisClusterNodes:
         """Live masters by port, with the slot ranges each owns."""
         owners: dict[int, list[tuple[int, int]]] = {}
         live = next(port for port, process in self.processes.items() if process.poll() is None)
-        for line in cli(live, "CLUSTER", "NODES").splitlines():
+        for line in self.cli(live, "CLUSTER", "NODES").splitlines():
             fields = line.split()
             if "master" not in fields[2] or "fail" in fields[2]:
                 continue
@@ -132,7 +146,7 @@ class RedisClusterNodes:
         return owners
 
     def node_id(self, port: int) -> str:
-        return cli(port, "CLUSTER", "MYID").strip()
+        return self.cli(port, "CLUSTER", "MYID").strip()
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` (a process of ours, by PID)."""

@@ -13,6 +13,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -429,3 +430,31 @@ async def test_an_unreachable_cluster_is_reported_not_waited_for() -> None:
         async with asyncio.timeout(WAIT):
             await broker.close()
     assert broker.name == "redis-cluster"  # what /readyz names: "down: broker (redis-cluster)"
+
+
+async def test_a_cluster_with_a_password(tmp_path: Path) -> None:
+    """AUTH as with one Redis: the password of the first node URL serves every link."""
+    nodes = RedisClusterNodes(tmp_path, password="cluster-secret", replicas=0)
+    await asyncio.to_thread(nodes.start)
+    try:
+        client_name = f"hub-test-{RUN_ID}-{next(_ids)}-pubsub"
+        broker = RedisClusterBroker(nodes.url, client_name=client_name)
+        inbox = Inbox()
+        async with asyncio.timeout(WAIT):
+            await broker.open(inbox.deliver, inbox.on_resync)
+        try:
+            _, names = await listening_on_every_master(nodes, broker, inbox)
+            async with asyncio.timeout(WAIT):
+                await broker.ping()
+            assert len(names) == 6
+        finally:
+            async with asyncio.timeout(WAIT):
+                await broker.close()
+        unauthenticated = RedisClusterBroker(nodes.url.replace(":cluster-secret@", ""))
+        async with asyncio.timeout(WAIT):
+            await unauthenticated.open(Inbox().deliver, lambda: None)
+            with pytest.raises(BrokerUnavailable):
+                await unauthenticated.publish([(names[0], b"refused")])
+            await unauthenticated.close()
+    finally:
+        nodes.stop()
