@@ -297,96 +297,85 @@ async def open_sockets(bases: list[str], users: list[tuple[int, str]]) -> dict[i
             for user_id, token in users}
 
 
-async def test_two_hubs_on_the_cluster_deliver_everything_once_in_order(
-        cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
-    spread = await users_on_every_master(cluster_settings, redis_cluster)
+UnderLoad = tuple[Load, list[str], dict[int, list[int]]]
+
+
+@contextlib.asynccontextmanager
+async def two_hubs_under_load(settings: Settings, nodes: RedisClusterNodes, *, per_master: int = 2,
+                              interval: float = 0.1) -> AsyncIterator[UnderLoad]:
+    """Two hub processes on the cluster, a socket on each for every user (users on every master),
+    events published through both: yields the load, the hubs' base URLs and the users by master.
+    On leaving, the load stops and every socket must have got exactly its user's events."""
+    spread = await users_on_every_master(settings, nodes, per_master)
     users = [user for group in spread.values() for user in group]
     env = {"REDIS_CLUSTER": "true"}
-    async with hub_process(cluster_settings, env=env) as (_, first), \
-            hub_process(cluster_settings, env=env) as (_, second):
+    async with hub_process(settings, env=env) as (_, first), hub_process(settings, env=env) as (_, second):
         sockets = await open_sockets([first, second], users)
-        load = Load([first, second], [user_id for user_id, _ in users], interval=0.0)
+        load = Load([first, second], [user_id for user_id, _ in users], interval)
         load.start()
-        await until(lambda: all(len(load.ids[u]) >= 30 for u, _ in users), 3 * WAIT, "30 events each")
-        await load.stop()
-        await received_exactly(sockets, load.ids, WAIT)
-        async with httpx.AsyncClient(base_url=first) as http:
+        try:
+            await until(lambda: all(len(load.ids[u]) >= 5 for u, _ in users), WAIT, "load started")
+            yield load, [first, second], {port: [u for u, _ in group] for port, group in spread.items()}
+        finally:
+            await load.stop()
+        await received_exactly(sockets, load.ids, RECOVERY)
+
+
+async def load_goes_on(load: Load, events: int = 10) -> None:
+    user_id = load.user_ids[0]
+    count = len(load.ids[user_id])
+    await until(lambda: len(load.ids[user_id]) >= count + events, RECOVERY, "the load went on")
+
+
+async def test_two_hubs_on_the_cluster_deliver_everything_once_in_order(
+        cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
+    async with two_hubs_under_load(cluster_settings, redis_cluster, interval=0.0) as (load, bases, _):
+        await load_goes_on(load, 30)
+        async with httpx.AsyncClient(base_url=bases[0]) as http:
             assert (await http.get("/readyz")).json() == {"status": "ready"}
 
 
 async def test_a_master_killed_under_load_loses_and_repeats_nothing(
         cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
-    spread = await users_on_every_master(cluster_settings, redis_cluster)
-    users = [user for group in spread.values() for user in group]
-    victim = next(iter(spread))
-    env = {"REDIS_CLUSTER": "true"}
-    async with hub_process(cluster_settings, env=env) as (_, first), \
-            hub_process(cluster_settings, env=env) as (_, second):
-        sockets = await open_sockets([first, second], users)
-        load = Load([first, second], [user_id for user_id, _ in users])
-        load.start()
-        try:
-            await until(lambda: all(len(load.ids[u]) >= 5 for u, _ in users), WAIT, "load started")
+    victim: int | None = None
+    try:
+        async with two_hubs_under_load(cluster_settings, redis_cluster) as (load, _, spread):
+            victim = next(iter(spread))
             redis_cluster.kill(victim)
             await asyncio.sleep(1.0)  # publishes during the outage: left to the relay and re-read
-            count = len(load.ids[users[0][0]])
-            await until(lambda: len(load.ids[users[0][0]]) >= count + 10, RECOVERY, "load went on")
-        finally:
-            await load.stop()
+            await load_goes_on(load)
+    finally:
+        if victim is not None:
             redis_cluster.launch(victim)
-        await received_exactly(sockets, load.ids, RECOVERY)
-        await asyncio.to_thread(redis_cluster.wait_ok)
+            await asyncio.to_thread(redis_cluster.wait_ok)
 
 
 async def test_a_slot_moved_under_load_loses_and_repeats_nothing(
         cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
-    spread = await users_on_every_master(cluster_settings, redis_cluster)
-    users = [user for group in spread.values() for user in group]
-    source = next(iter(spread))
-    target = next(port for port in spread if port != source)
-    slot = keyslot(user_channel(cluster_settings.redis_channel_prefix, spread[source][0][0]))
-    env = {"REDIS_CLUSTER": "true"}
-    async with hub_process(cluster_settings, env=env) as (_, first), \
-            hub_process(cluster_settings, env=env) as (_, second):
-        sockets = await open_sockets([first, second], users)
-        load = Load([first, second], [user_id for user_id, _ in users])
-        load.start()
-        try:
-            await until(lambda: all(len(load.ids[u]) >= 5 for u, _ in users), WAIT, "load started")
+    moved: tuple[int, int, int] | None = None
+    try:
+        async with two_hubs_under_load(cluster_settings, redis_cluster) as (load, _, spread):
+            source, target = list(spread)[:2]
+            slot = keyslot(user_channel(cluster_settings.redis_channel_prefix, spread[source][0]))
+            moved = (slot, source, target)
             await asyncio.to_thread(move_slot, redis_cluster, slot, source, target)
-            count = len(load.ids[users[0][0]])
-            await until(lambda: len(load.ids[users[0][0]]) >= count + 10, RECOVERY, "load went on")
-        finally:
-            await load.stop()
-        try:
-            await received_exactly(sockets, load.ids, RECOVERY)
-        finally:
+            await load_goes_on(load)
+    finally:
+        if moved is not None:
+            slot, source, target = moved
             await asyncio.to_thread(move_slot, redis_cluster, slot, target, source)
 
 
 async def test_a_whole_cluster_restart_loses_and_repeats_nothing(
         cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
-    spread = await users_on_every_master(cluster_settings, redis_cluster, per_master=1)
-    users = [user for group in spread.values() for user in group]
-    env = {"REDIS_CLUSTER": "true"}
-    async with hub_process(cluster_settings, env=env) as (_, first), \
-            hub_process(cluster_settings, env=env) as (_, second):
-        sockets = await open_sockets([first, second], users)
-        load = Load([first, second], [user_id for user_id, _ in users])
-        load.start()
-        try:
-            await until(lambda: all(len(load.ids[u]) >= 5 for u, _ in users), WAIT, "load started")
-            for port in redis_cluster.ports:  # every node at once, as a power cut would
-                redis_cluster.kill(port)
-            await asyncio.sleep(1.0)
-            for port in redis_cluster.ports:  # back empty (no persistence), same topology
-                redis_cluster.launch(port)
-            await asyncio.to_thread(redis_cluster.wait_ok)
-            count = len(load.ids[users[0][0]])
-            await until(lambda: len(load.ids[users[0][0]]) >= count + 10, RECOVERY, "load went on")
-        finally:
-            await load.stop()
-        await received_exactly(sockets, load.ids, RECOVERY)
+    async with two_hubs_under_load(cluster_settings, redis_cluster, per_master=1) as (load, _, _):
+        for port in redis_cluster.ports:  # every node at once, as a power cut would
+            redis_cluster.kill(port)
+        await asyncio.sleep(1.0)
+        for port in redis_cluster.ports:  # back empty (no persistence), same topology
+            redis_cluster.launch(port)
+        await asyncio.to_thread(redis_cluster.wait_ok)
+        await load_goes_on(load)
 
 
 async def test_a_parse_request_completes_through_the_worker_on_the_cluster(
