@@ -1,6 +1,7 @@
 """Presence in Redis, shared by every process of the deployment (see hub/presence.py).
 
-Keys, under `{prefix}presence:`:
+Keys, under `{prefix}{presence}:` (one hash tag: on a Redis Cluster every presence key is in one
+slot, so each script's keys live on one master):
 - `procs`: sorted set, process id -> the unix time its heartbeat expires (now + ttl);
 - `proc:{process id}`: set of the users this process holds (a connection is open there);
 - `count`: hash, user id -> how many processes hold the user (absent: offline);
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hub.presence import PresenceStore
+from hub.redis_clients import redis_client
 
 REDIS_TIMEOUT = 2.0
 
@@ -89,14 +91,12 @@ return {offline, swept, redis.call('HLEN', KEYS[2])}
 class RedisPresence(PresenceStore):
     """`ttl`: a process whose heartbeat is older than this is swept out (PRESENCE_TTL)."""
 
-    def __init__(self, url: str, prefix: str, ttl: float) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.from_url(url, socket_timeout=REDIS_TIMEOUT * 2,
-                                        socket_connect_timeout=REDIS_TIMEOUT * 2,
-                                        health_check_interval=30)
+    def __init__(self, url: str, prefix: str, ttl: float, *, cluster: bool = False) -> None:
+        self._redis = redis_client(url, cluster=cluster, socket_timeout=REDIS_TIMEOUT * 2,
+                                   socket_connect_timeout=REDIS_TIMEOUT * 2,
+                                   health_check_interval=30)
         self._ttl = ttl
-        self._prefix = prefix + "presence:"
+        self._prefix = prefix + "{presence}:"
         self.process_id = uuid.uuid4().hex
         self._procs = self._prefix + "procs"
         self._mine = self._prefix + "proc:" + self.process_id
