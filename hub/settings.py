@@ -168,7 +168,7 @@ def _push_settings(r: _Reader) -> dict[str, Any]:
         if subject is None or not subject.startswith(("mailto:", "https://")):
             raise ConfigError("VAPID_SUBJECT must be a mailto: or https: URL the push services can "
                               "reach you at (e.g. mailto:ops@example.com) when VAPID_PRIVATE_KEY is set")
-    events = r.csv("PUSH_EVENTS", DEFAULT_PUSH_EVENTS)
+    events = r.csv("PUSH_EVENTS") or DEFAULT_PUSH_EVENTS  # blank is the default, as everywhere
     for name in events:
         if not re.fullmatch(EVENT_NAME, name):
             raise ConfigError(f"PUSH_EVENTS: {name!r} is not an event name ({EVENT_NAME})")

@@ -111,7 +111,8 @@ class PushService:
 
 
 @contextlib.asynccontextmanager
-async def serve_push_service(directory: Path, vapid_public_key: str) -> AsyncIterator[tuple[PushService, Path]]:
+async def serve_push_service(directory: Path,
+                             vapid_public_key: str) -> AsyncIterator[tuple[PushService, Path]]:
     """The stand-in on https://localhost:<port>; yields it and its certificate (the CA to trust)."""
     cert, key = self_signed(directory)
     service = PushService(vapid_public_key)
