@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 MAX_PAYLOAD_BYTES = 3000  # what every push service accepts once encrypted (RFC 8291 allows ~3993)
 MAX_TITLE = 100
-MAX_BODY = 1000
+MAX_BODY_BYTES = 1000  # leaves the rest of the payload to the event
 ELLIPSIS = "…"
 
 
@@ -51,28 +51,32 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:max(0, limit - 1)] + ELLIPSIS
 
 
-def push_payload(notice: Notice, event: dict[str, Any]) -> bytes:
-    """`{"title", "body", "event"}` as JSON of at most `MAX_PAYLOAD_BYTES`: the title and body
-    are shortened to their own limits, then the longest strings of the event's data; an event
-    still too large keeps its id, name and time without its data; last, the body is cut."""
+def push_payload(notice: Notice, event_id: int, name: str, data_json: str, created_at: str) -> bytes:
+    """`{"title", "body", "event"}` as JSON of at most `MAX_PAYLOAD_BYTES`, the event's data
+    as stored (byte for byte) when it fits. The title and body are first held to their own
+    limits (100 characters, 1,000 bytes); then the longest strings of the event's data are
+    shortened; an event still too large keeps its id, name and time without its data; last,
+    the body is cut."""
     title = shorten(notice.title, MAX_TITLE)
-    body = shorten(notice.body, MAX_BODY)
-    event = dict(event)
+    body = _shorten_utf8(notice.body, MAX_BODY_BYTES)
+    event: dict[str, Any] = {"id": event_id, "name": name, "data": orjson.Fragment(data_json),
+                             "created_at": created_at}
 
     def encode() -> bytes:
         return orjson.dumps({"title": title, "body": body, "event": event})
 
     encoded = encode()
-    data = event.get("data")
-    if len(encoded) > MAX_PAYLOAD_BYTES and isinstance(data, dict):
-        data = dict(data)
-        event["data"] = data
+    if len(encoded) <= MAX_PAYLOAD_BYTES:
+        return encoded
+    data = orjson.loads(data_json)
+    event["data"] = data
+    if isinstance(data, dict):
         for key in sorted((k for k, v in data.items() if isinstance(v, str)),
                           key=lambda k: -len(orjson.dumps(data[k]))):
             data[key] = _cut_bytes(data[key], len(encoded) - MAX_PAYLOAD_BYTES)
             encoded = encode()
             if len(encoded) <= MAX_PAYLOAD_BYTES:
-                break
+                return encoded
     if len(encoded) > MAX_PAYLOAD_BYTES:
         event["data"] = {}
         encoded = encode()
@@ -80,6 +84,13 @@ def push_payload(notice: Notice, event: dict[str, Any]) -> bytes:
         body = _cut_bytes(body, len(encoded) - MAX_PAYLOAD_BYTES)
         encoded = encode()
     return encoded
+
+
+def _shorten_utf8(text: str, limit: int) -> str:
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit - len(ELLIPSIS.encode())].decode(errors="ignore") + ELLIPSIS
 
 
 def _cut_bytes(text: str, excess: int) -> str:

@@ -101,8 +101,7 @@ class PushDecider:
         if rule is not None:
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 notice = rule.describe(data)
-        payload = push_payload(notice, {"id": event.id, "name": event.name, "data": data,
-                                        "created_at": rfc3339(event.created_at)})
+        payload = push_payload(notice, event.id, event.name, event.data, rfc3339(event.created_at))
         expires_at = event.created_at + self._ttl
         return [push_store.NewPush(sub_id, event.id, payload, notice.topic, expires_at)
                 for sub_id in scan.subscription_ids]
