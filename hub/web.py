@@ -24,6 +24,7 @@ STATIC_FILES: dict[str, str] = {
     "dom.js": "text/javascript; charset=utf-8",
     "hub-client.js": "text/javascript; charset=utf-8",
     "notifications.js": "text/javascript; charset=utf-8",
+    "push.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
