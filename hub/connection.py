@@ -10,7 +10,7 @@ connection's catch-up task, so ordering lives in one place:
 - while the task runs, live events wait in a queue bounded by count and bytes.
 What the socket has not sent yet is bounded the same way (frames written since its buffer was
 last seen empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
-which the socket closes with 4009 (the client resumes and loses nothing).
+which the socket closes with `CloseCode.SLOW_CONSUMER` (the client resumes and loses nothing).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class ConnectionEnded(Exception):
 
 
 class StreamGap(ConnectionEnded):
-    """Events this connection must deliver are no longer in the store (retention removed them)."""
+    """Events this connection must deliver are no longer in the store (retention removed them);
+    the socket closes with `CloseCode.HISTORY_GONE`."""
 
 
 class SlowConsumer(ConnectionEnded):
@@ -45,7 +46,7 @@ class SlowConsumer(ConnectionEnded):
 
 
 class AuthEnded(ConnectionEnded):
-    """The connection's authentication no longer holds (the socket closes with 4001)."""
+    """The connection's authentication no longer holds (the socket closes with `CloseCode.AUTH_FAILED`)."""
 
 
 class TokenExpired(AuthEnded):
@@ -145,7 +146,7 @@ class Connection:
                                     self._end, TokenExpired("access token expired"))
 
     def revoke(self) -> None:
-        """Its session was revoked: end the connection (the socket closes with 4001)."""
+        """Its session was revoked: end the connection (the socket closes with `CloseCode.AUTH_FAILED`)."""
         self._end(SessionRevoked("session revoked: sign in again"))
 
     def stop(self) -> None:
