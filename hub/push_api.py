@@ -15,7 +15,7 @@ from hub import push_store
 from hub.address_policy import AddressRefused, resolve
 from hub.db import Database
 from hub.errors import Invalid, NotFound
-from hub.http import api, read_json
+from hub.http import api, read_json, read_path
 from hub.identity import Authenticator, authenticate_request
 from hub.push_crypto import check_subscription_keys
 from hub.responses import json_response
@@ -35,6 +35,10 @@ class NewSubscription(BaseModel):
     model_config = ConfigDict(extra="ignore")
     endpoint: Annotated[str, Field(min_length=1, max_length=MAX_ENDPOINT)]
     keys: SubscriptionKeys
+
+
+class SubscriptionPath(BaseModel):
+    subscription_id: Annotated[int, Field(ge=1, le=MAX_INT32)]
 
 
 class SubscriptionOut(BaseModel):
@@ -65,7 +69,7 @@ class PushApi:
         ]
 
     @api(summary="The VAPID public key browsers subscribe with (applicationServerKey); 404 when "
-                 "Web Push is off", tag="push", response=PublicKeyOut, errors=(404,))
+                 "Web Push is off", tag="push", response=PublicKeyOut, errors=(404,), uses_database=False)
     async def key(self, request: Request) -> Response:
         return json_response({"public_key": self._enabled()})
 
@@ -75,8 +79,8 @@ class PushApi:
          body=NewSubscription, response=SubscriptionOut, status=201, auth="user",
          errors=(401, 404, 413, 415, 422))
     async def subscribe(self, request: Request) -> Response:
-        self._enabled()
         user_id = (await authenticate_request(request, self._authenticator)).user_id
+        self._enabled()
         body = await read_json(request, NewSubscription)
         problem = check_subscription_keys(body.keys.p256dh, body.keys.auth)
         if problem is not None:
@@ -103,15 +107,14 @@ class PushApi:
         return json_response({"id": new_id}, status=201)
 
     @api(summary="Unsubscribe; 404 when the subscription is not the caller's", tag="push",
-         status=204, auth="user", errors=(401, 404))
+         path=SubscriptionPath, status=204, auth="user", errors=(401, 404))
     async def unsubscribe(self, request: Request) -> Response:
-        self._enabled()
         user_id = (await authenticate_request(request, self._authenticator)).user_id
-        subscription_id = int(request.path_params["subscription_id"])
-        if 0 < subscription_id <= MAX_INT32:
-            async with self._db.sessions.begin() as session:
-                if await push_store.remove_subscription(session, subscription_id, user_id):
-                    return Response(status_code=204)
+        self._enabled()
+        subscription_id = read_path(request, SubscriptionPath).subscription_id
+        async with self._db.sessions.begin() as session:
+            if await push_store.remove_subscription(session, subscription_id, user_id):
+                return Response(status_code=204)
         raise NotFound(f"no push subscription {subscription_id} among yours")
 
     def _enabled(self) -> str:
