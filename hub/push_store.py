@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -21,7 +22,9 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     UniqueConstraint,
+    bindparam,
     delete,
     func,
     select,
@@ -125,11 +128,16 @@ async def remove_subscription(session: AsyncSession, subscription_id: int,
 # --- what users have seen ----------------------------------------------------------------------
 
 async def record_delivered(session: AsyncSession, delivered: Mapping[int, int]) -> None:
-    """Raise `delivered_id` of the users who have push rows (never lowers it)."""
-    for user_id, event_id in sorted(delivered.items()):  # one lock order for every process
-        await session.execute(
-            update(PushUser).where(PushUser.user_id == user_id, PushUser.delivered_id < event_id)
-            .values(delivered_id=event_id))
+    """Raise `delivered_id` of the users who have push rows (never lowers it): one statement
+    run for many rows (asyncpg sends them in one batch), in user-id order, the one lock order of
+    every process."""
+    table = cast(Table, PushUser.__table__)
+    statement = (update(table)
+                 .where(table.c.user_id == bindparam("uid"), table.c.delivered_id < bindparam("mark"))
+                 .values(delivered_id=bindparam("mark")))
+    connection = await session.connection()
+    await connection.execute(statement, [{"uid": user_id, "mark": event_id}
+                                         for user_id, event_id in sorted(delivered.items())])
 
 
 # --- the decision ------------------------------------------------------------------------------

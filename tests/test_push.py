@@ -68,6 +68,20 @@ async def quiet(seconds: float) -> None:
 
 
 async def test_unseen_chat_message_is_pushed_once(hub: RunningHub, service: PushService) -> None:
+    await unseen_message_is_pushed_once(hub, service)
+
+
+async def test_unseen_chat_message_is_pushed_once_on_sqlite(push_settings: Settings, service: PushService,
+                                                            request: pytest.FixtureRequest,
+                                                            sqlite_template: Path) -> None:
+    """The single-process deployment (SQLite, in-process broker) pushes alike."""
+    sqlite = replace(push_settings, database_url=backend_settings("sqlite", request).database_url,
+                     redis_url=None)
+    async with serve_hub(sqlite) as hub:
+        await unseen_message_is_pushed_once(hub, service)
+
+
+async def unseen_message_is_pushed_once(hub: RunningHub, service: PushService) -> None:
     alice, bob = await register(hub.http), await register(hub.http)
     sub = service.subscribe()
     await subscribe(hub, alice, sub)
