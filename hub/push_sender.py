@@ -20,6 +20,7 @@ import datetime as dt
 import email.utils
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ SCAN_EVENTS = 500  # events per user per transaction
 REQUEST_TIMEOUT = 10.0
 CLAIM_LEASE = dt.timedelta(seconds=60)  # far beyond REQUEST_TIMEOUT: only a dead process outlives it
 MAX_BACKOFF = 300.0
+ADDRESS_CHECK_SECONDS = 60.0
 
 
 class PushDecider:
@@ -118,16 +120,34 @@ class PushSender:
         self._max_in_flight = max_in_flight
         self._allow_private = allow_private
         self._client: httpx.AsyncClient | None = None
+        self._checked: dict[tuple[str, int], float] = {}  # host, port -> trusted until (monotonic)
 
     def open(self) -> None:
         # create_default_context loads the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR when set.
+        limits = httpx.Limits(max_connections=self._max_in_flight,
+                              max_keepalive_connections=self._max_in_flight)
         self._client = httpx.AsyncClient(verify=ssl.create_default_context(), trust_env=False,
-                                         timeout=REQUEST_TIMEOUT, follow_redirects=False)
+                                         timeout=REQUEST_TIMEOUT, follow_redirects=False,
+                                         limits=limits)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def _check_address(self, endpoint: str) -> None:
+        """The endpoint's host still resolves to public addresses only (checked again at send
+        time, since DNS may have changed since the subscription); a pass is trusted for
+        ADDRESS_CHECK_SECONDS per host, so a burst of pushes resolves each host once."""
+        parts = urlsplit(endpoint)
+        host = (parts.hostname or "", parts.port or 443)
+        now = time.monotonic()
+        if self._checked.get(host, 0.0) > now:
+            return
+        await resolve(host[0], host[1], allow_private=self._allow_private)
+        if len(self._checked) > 1000:
+            self._checked.clear()
+        self._checked[host] = now + ADDRESS_CHECK_SECONDS
 
     async def step(self) -> None:
         while True:
@@ -171,9 +191,8 @@ class PushSender:
         ttl = int((push.expires_at - utcnow()).total_seconds())
         if ttl <= 0:
             return "expired", None
-        parts = urlsplit(push.endpoint)
         try:
-            await resolve(parts.hostname or "", parts.port or 443, allow_private=self._allow_private)
+            await self._check_address(push.endpoint)
             body = encrypt(push.payload, push.p256dh, push.auth)
         except AddressRefused as exc:
             log.warning("push endpoint refused, subscription %s deleted: %s", push.subscription_id, exc)

@@ -170,21 +170,29 @@ async def claim_scans(session: AsyncSession, due: dt.datetime, users: int,
     rows = (await session.execute(
         select(PushUser.user_id, PushUser.scanned_id, PushUser.delivered_id).where(pending)
         .order_by(PushUser.user_id).limit(users).with_for_update(skip_locked=True))).all()
-    scans = []
-    for user_id, scanned_id, delivered_id in rows:
-        events = []
-        for event_id, name, data, created_at in await session.execute(
-                select(Event.id, Event.name, Event.data, Event.created_at)
-                .where(Event.user_id == user_id, Event.id > scanned_id)
-                .order_by(Event.id).limit(events_per_user)):
-            if created_at > due:
-                break
-            events.append(DueEvent(event_id, name, data, created_at))
-        subscriptions = list((await session.execute(
-            select(PushSubscription.id).where(PushSubscription.user_id == user_id)
-            .order_by(PushSubscription.id))).scalars())
-        scans.append(UserScan(user_id, scanned_id, delivered_id, subscriptions, events))
-    return scans
+    if not rows:
+        return []
+    scans = {user_id: UserScan(user_id, scanned_id, delivered_id, [], [])
+             for user_id, scanned_id, delivered_id in rows}
+    # One query for everyone's events: each user's next ones past their scan, numbered per user.
+    numbered = (select(Event.user_id, Event.id, Event.name, Event.data, Event.created_at,
+                       func.row_number().over(partition_by=Event.user_id, order_by=Event.id)
+                       .label("n"))
+                .join(PushUser, PushUser.user_id == Event.user_id)
+                .where(PushUser.user_id.in_(scans), Event.id > PushUser.scanned_id).subquery())
+    blocked: set[int] = set()
+    for user_id, event_id, name, data, created_at, _n in await session.execute(
+            select(numbered).where(numbered.c.n <= events_per_user)
+            .order_by(numbered.c.user_id, numbered.c.id)):
+        if user_id in blocked or created_at > due:  # never pass an event not yet due
+            blocked.add(user_id)
+            continue
+        scans[user_id].events.append(DueEvent(event_id, name, data, created_at))
+    for subscription_id, user_id in await session.execute(
+            select(PushSubscription.id, PushSubscription.user_id)
+            .where(PushSubscription.user_id.in_(scans)).order_by(PushSubscription.id)):
+        scans[user_id].subscription_ids.append(subscription_id)
+    return list(scans.values())
 
 
 @dataclass(frozen=True, slots=True)
