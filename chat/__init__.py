@@ -4,6 +4,7 @@ presence and typing of members as signals."""
 from __future__ import annotations
 
 from chat.live import ChatLive
+from chat.push import chat_message_rule
 from chat.routes import ChatApi
 from chat.service import ChatService
 from hub.db import Database
@@ -24,4 +25,5 @@ def chat_feature(db: Database, events: EventBus, signals: Signals, presence: Pre
     service = ChatService(db, events, limiter, post_limit, max_members=max_members)
     live = ChatLive(db, signals, presence, limiter, typing_limit)
     return Feature(routes=ChatApi(service, live, authenticator).routes(),
-                   client_frames={"typing": live.typing_frame})
+                   client_frames={"typing": live.typing_frame},
+                   push_rules={"chat.message": chat_message_rule()})

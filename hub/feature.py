@@ -1,5 +1,5 @@
-"""What a feature hands the composition root: its routes, its background loops and the client
-frames it answers on the WebSocket."""
+"""What a feature hands the composition root: its routes, its background loops, the client
+frames it answers on the WebSocket and the rules for pushing its events (Web Push, protocol §13)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from starlette.routing import BaseRoute
 
+from hub.push_rules import PushRule
 from hub.signals import FrameHandler
 
 
@@ -25,3 +26,4 @@ class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
     client_frames: Mapping[str, FrameHandler] = field(default_factory=dict)
+    push_rules: Mapping[str, PushRule] = field(default_factory=dict)  # by event name
