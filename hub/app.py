@@ -32,7 +32,7 @@ from hub.errors import (
     http_exception_handler,
     internal_error_handler,
 )
-from hub.events import EventBus
+from hub.events import EventBus, declared
 from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.openapi import build_openapi
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
                      max_members=settings.chat_max_members),
     ]
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
+    event_types = declared(event for feature in features for event in feature.events)
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
     routes.extend(ops.routes())
     loops = [loop for feature in features for loop in feature.loops]
@@ -135,6 +136,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.websocket_protocol = websockets.protocol  # uvicorn's `ws` option for this app
+    app.state.event_types = event_types  # every declared event by name, for tests and tools
     return app
 
 

@@ -1,11 +1,15 @@
-"""What a feature hands the composition root: its routes and its background loops."""
+"""What a feature hands the composition root: its routes, its background loops and the events
+it declares (see `hub.events.EventType`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.routing import BaseRoute
+
+from hub.events import EventType
 
 
 @dataclass(frozen=True)
@@ -21,3 +25,4 @@ class Loop:
 class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
+    events: Sequence[EventType[Any]] = ()  # every event the feature emits

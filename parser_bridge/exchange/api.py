@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,6 +15,7 @@ from hub.http import api, invalid_from, is_json_content_type, read_body
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
 from parser_bridge.exchange import money
+from parser_bridge.exchange.events import AmountOut, SubtotalOut
 from parser_bridge.exchange.requests import AlreadyFinal, ExchangeRequests, UnknownRequest
 
 
@@ -24,16 +24,11 @@ class ExchangeAccepted(BaseModel):
     status: Literal["pending"]
 
 
-class SubtotalOut(BaseModel):
-    denomination_id: int
-    subtotal_rub: Decimal
-
-
 class ExchangeOut(BaseModel):
     request_id: int
     status: Literal["pending", "completed", "failed"]
     breakdown: list[SubtotalOut]
-    total_rub: Decimal | None
+    total_rub: AmountOut | None
     error: str | None
 
 

@@ -10,6 +10,7 @@ from hub.feature import Feature, Loop
 from hub.identity import Authenticator
 from hub.settings import Settings
 from parser_bridge.exchange.api import ExchangeApi
+from parser_bridge.exchange.events import EXCHANGE_RESULT
 from parser_bridge.exchange.requests import ExchangeRequests
 
 
@@ -21,4 +22,5 @@ def exchange_feature(settings: Settings, db: Database, events: EventBus,
     return Feature(
         routes=ExchangeApi(exchange, authenticator, settings.exchange_service_token).routes(),
         loops=[Loop("exchange forwarding", exchange.forward_due, 0.05)] if exchange.offered else [],
+        events=(EXCHANGE_RESULT,),
     )

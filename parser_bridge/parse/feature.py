@@ -15,6 +15,7 @@ from hub.feature import Feature, Loop
 from hub.identity import Authenticator
 from hub.settings import Settings
 from parser_bridge.parse.api import ParseApi
+from parser_bridge.parse.events import PARSE_COMPLETED
 from parser_bridge.parse.fetch import PageFetcher
 from parser_bridge.parse.job_queue import JobQueue
 from parser_bridge.parse.queue_embedded import EmbeddedJobQueue
@@ -42,4 +43,5 @@ def parse_feature(settings: Settings, db: Database, events: EventBus,
             Loop("parse dispatch", parse.dispatch_unqueued, 1.0),
             Loop("parse timeouts", parse.expire_overdue, 1.0),
         ),
+        events=(PARSE_COMPLETED,),
     )
