@@ -21,6 +21,7 @@ from auth.sessions import CHECK_SECONDS, RevocationWatch
 from auth.tokens import TokenCodec
 from chat import chat_feature
 from hub import migrate
+from hub.asyncapi import build_asyncapi
 from hub.broker import Broker
 from hub.broker_memory import MemoryBroker
 from hub.db import Database
@@ -100,7 +101,8 @@ def create_app(settings: Settings) -> Starlette:
     ]
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     event_types = declared(event for feature in features for event in feature.events)
-    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
+    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION),
+                 lambda: build_asyncapi(event_types, "Notification hub", VERSION))
     routes.extend(ops.routes())
     loops = [loop for feature in features for loop in feature.loops]
 
