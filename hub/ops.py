@@ -49,7 +49,8 @@ class OpsApi:
             Route("/api/asyncapi.json", self.asyncapi, methods=["GET"]),
         ]
 
-    @api(summary="Liveness: 200 while the process lives", tag="ops", response=Status)
+    @api(summary="Liveness: 200 while the process lives", tag="ops", response=Status,
+         uses_database=False)
     async def healthz(self, _request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -64,18 +65,19 @@ class OpsApi:
             return json_response({"error": "unavailable", "detail": f"down: {', '.join(down)}"}, 503)
         return json_response({"status": "ready"})
 
-    @api(summary="Prometheus metrics of this process", tag="ops", content_type="text/plain")
+    @api(summary="Prometheus metrics of this process", tag="ops", content_type="text/plain",
+         uses_database=False)
     async def metrics(self, _request: Request) -> Response:
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @api(summary="This document", tag="ops")
+    @api(summary="This document", tag="ops", uses_database=False)
     async def openapi(self, _request: Request) -> Response:
         if self._openapi_doc is None:
             self._openapi_doc = self._openapi()
         return json_response(self._openapi_doc)
 
     @api(summary="The AsyncAPI 3 document of the WebSocket /ws: frames, events, close codes",
-         tag="ops")
+         tag="ops", uses_database=False)
     async def asyncapi(self, _request: Request) -> Response:
         if self._asyncapi_doc is None:
             self._asyncapi_doc = self._asyncapi()
