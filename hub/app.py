@@ -22,6 +22,7 @@ from auth.sessions import CHECK_SECONDS, RevocationWatch
 from auth.tokens import TokenCodec
 from chat import chat_feature
 from hub import migrate
+from hub.asyncapi import build_asyncapi
 from hub.broker import Broker
 from hub.broker_memory import MemoryBroker
 from hub.db import Database
@@ -33,7 +34,7 @@ from hub.errors import (
     http_exception_handler,
     internal_error_handler,
 )
-from hub.events import EventBus
+from hub.events import EventBus, declared
 from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.openapi import build_openapi
@@ -110,7 +111,9 @@ def create_app(settings: Settings) -> Starlette:
     push = web_push(settings, db, metrics, registry, accounts, features)
     features.append(push.feature)
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
-    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
+    event_types = declared(event for feature in features for event in feature.events)
+    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION),
+                 lambda: build_asyncapi(event_types, "Notification hub", VERSION))
     routes.extend(ops.routes())
     loops = [loop for feature in features for loop in feature.loops]
 
@@ -149,6 +152,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.websocket_protocol = websockets.protocol  # uvicorn's `ws` option for this app
+    app.state.event_types = event_types  # every declared event by name, for tests and tools
     return app
 
 

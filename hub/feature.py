@@ -1,13 +1,15 @@
-"""What a feature hands the composition root: its routes, its background loops and the rules
-for pushing its events (Web Push, protocol §13)."""
+"""What a feature hands the composition root: its routes, its background loops, the events it
+declares (see `hub.events.EventType`) and the rules for pushing them (Web Push, protocol §13)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.routing import BaseRoute
 
+from hub.events import EventType
 from hub.push_rules import PushRule
 
 
@@ -24,4 +26,5 @@ class Loop:
 class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
+    events: Sequence[EventType[Any]] = ()  # every event the feature emits
     push_rules: Mapping[str, PushRule] = field(default_factory=dict)  # by event name

@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from hub.client import Event, HubClient, HubClosed, PasswordLogin, Reset, api_url_of
 from hub.db import Database
+from hub.events import Event as NewEvent
 from hub.events import EventBus
 from hub.settings import Settings
 from hub.streams import StoredEvent
@@ -154,7 +155,8 @@ async def write_events(settings: Settings, user_id: int, count: int) -> list[int
     try:
         for _ in range(count):
             async with EventBus(db, nobody_listens).transaction() as tx:
-                written += await tx.emit([user_id], "test.client", {"label": "down"})
+                event = NewEvent.published("test.client", b'{"label":"down"}')
+                written += await tx.emit([user_id], event)
     finally:
         await db.close()
     return [e.id for e in written]
