@@ -32,6 +32,7 @@ from hub.errors import (
     http_exception_handler,
     internal_error_handler,
 )
+from hub.event_stream import EventStreamApi
 from hub.events import EventBus
 from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
@@ -43,6 +44,7 @@ from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
+from hub.stream_tickets import make_ticket_store
 from hub.supervise import supervise
 from hub.web import WebFront
 from hub.ws import WebSocketApi
@@ -79,6 +81,11 @@ def create_app(settings: Settings) -> Starlette:
         revocations,
     )
     websockets = WebSocketApi(settings, db, registry, accounts, metrics)
+    tickets = make_ticket_store(settings.stream_ticket_ttl, settings.redis_url,
+                                settings.redis_channel_prefix)
+    event_stream = EventStreamApi(settings, db, registry, accounts, metrics, websockets.read_events,
+                                  tickets, limiter, auth_attempts(settings.auth_rate_limit),
+                                  revocations.is_revoked)
     features: list[Feature] = [
         Feature(loops=(
             Loop("publish watermarks", publisher.flush_watermarks, 0.5),
@@ -89,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
+        Feature(routes=event_stream.routes()),
         Feature(routes=AuthApi(
             accounts, db, limiter, auth_attempts(settings.auth_rate_limit),
             Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
@@ -115,6 +123,7 @@ def create_app(settings: Settings) -> Starlette:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync)
             stack.push_async_callback(limiter.close)
+            stack.push_async_callback(tickets.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)
             tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
