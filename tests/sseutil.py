@@ -28,14 +28,32 @@ class StreamReader:
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self._lines = response.aiter_lines()
         self.pings = 0
         self.welcome: dict[str, Any] = {}
+        self.welcome_id: str | None = None
+        # a task reads the lines, so that a timed-out wait does not end the response's iterator
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._reading = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for line in self.response.aiter_lines():
+                self._lines.put_nowait(line)
+        except httpx.HTTPError:
+            pass
+        finally:
+            self._lines.put_nowait(None)
+
+    async def close(self) -> None:
+        self._reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reading
+        await self.response.aclose()
 
     async def next(self, timeout: float = WAIT) -> Message:
         fields: dict[str, str] = {}
         async with asyncio.timeout(timeout):
-            async for line in self._lines:
+            while (line := await self._lines.get()) is not None:
                 if line == "":
                     if fields:
                         return Message(fields.get("event", "message"),
@@ -47,6 +65,7 @@ class StreamReader:
                 name, _, value = line.partition(":")
                 value = value.removeprefix(" ")
                 fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
+        self._lines.put_nowait(None)  # for the next call too
         raise EOFError("the stream ended")
 
     async def events(self, count: int, timeout: float = WAIT) -> list[Message]:
@@ -89,17 +108,20 @@ async def open_stream(http: httpx.AsyncClient, token: str | None = None, *,
         request = http.build_request("GET", STREAM, params=params, headers=sent,
                                      timeout=httpx.Timeout(WAIT, read=None))
         response = await http.send(request, stream=True)
+    if response.status_code != 200:
+        body = await response.aread()
+        await response.aclose()
+        raise AssertionError(f"{response.status_code}: {body.decode()}")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    reader = StreamReader(response)
     try:
-        assert response.status_code == 200, (await response.aread()).decode()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        reader = StreamReader(response)
         welcome = await reader.next()
         assert welcome.event == "welcome", welcome
         reader.welcome = welcome.data
-        reader.welcome_id = welcome.id  # type: ignore[attr-defined]
+        reader.welcome_id = welcome.id
         yield reader
     finally:
-        await response.aclose()
+        await reader.close()
 
 
 async def ticket(http: httpx.AsyncClient, token: str) -> str:

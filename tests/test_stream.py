@@ -4,16 +4,22 @@ in the same order as /ws, exact resume, `recovered`, tickets, refusals, and ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import signal
 import socket
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 
 from hub.settings import Settings
-from tests.conftest import RunningHub, register, serve_hub
+from tests.conftest import RunningHub, free_port, register, serve_hub
 from tests.sseutil import STREAM, TICKETS, Message, open_stream, ticket
+from tests.test_processes import HUB, _env
 from tests.wsutil import connect, make_users, mint, publish_to
 
 
@@ -72,12 +78,12 @@ async def test_an_unknown_position_gives_recovered_false_and_no_replay(hub: Runn
         await publish_to(hub, [user_id], "old")
     async with open_stream(hub.http, token) as stream:
         epoch = stream.welcome["epoch"]
-        assert stream.welcome_id == f"{epoch}:3"  # type: ignore[attr-defined]
+        assert stream.welcome_id == f"{epoch}:3"
     for head, last_event_id in enumerate(("other-epoch:1", f"{epoch}:99", "garbage"), start=3):
         async with open_stream(hub.http, token, headers={"Last-Event-ID": last_event_id}) as stream:
             assert stream.welcome["recovered"] is False and stream.welcome["last_event_id"] == head
             # an EventSource reconnecting from here resumes from the head, not the refused id
-            assert stream.welcome_id == f"{epoch}:{head}"  # type: ignore[attr-defined]
+            assert stream.welcome_id == f"{epoch}:{head}"
             await publish_to(hub, [user_id], "after")
             (message,) = await stream.events(1)
             assert message.data["id"] == head + 1
@@ -202,3 +208,41 @@ async def test_errors_before_the_stream_have_the_contract_shape(hub: RunningHub)
         response = await http.get(STREAM, headers={"Authorization": "Bearer not-a-token"})
     assert response.status_code == 401
     assert set(response.json()) >= {"error", "detail"}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigterm_ends_the_stream_with_server_restarting_and_logs_no_ticket(
+        settings: Settings, workers: str, tmp_path: Path) -> None:
+    ((_user_id, token),) = await make_users(settings, 1)
+    log_path = tmp_path / "hub.log"
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([HUB, "serve", "--port", str(port), "--workers", workers],
+                                   env={**_env(settings), "LOG_LEVEL": "INFO"}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.2)
+            value = await ticket(http, token)
+            async with open_stream(http, params={"ticket": value}) as stream:
+                process.send_signal(signal.SIGTERM)
+                ended = await stream.ended(timeout=30)
+            assert ended.data["code"] == "server_restarting"
+        async with asyncio.timeout(30):
+            while process.poll() is None:
+                await asyncio.sleep(0.1)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    log_text = log_path.read_text(errors="replace")
+    assert value not in log_text and "ticket=" not in log_text
+    if workers == "1":  # uvicorn's access log, which gunicorn's workers do not write here
+        assert "GET /api/v1/stream?… HTTP/1.1" in log_text
