@@ -186,12 +186,10 @@ class ChatApi:
     async def post_message(self, request: Request) -> Response:
         user_id = await self._user(request)
         chat_id = _chat_id(request)
-        key = idempotency.check_key(request.headers.get("idempotency-key"))
+        key = idempotency.read_key(request)
         body = await read_json(request, NewMessage)
         answer, replayed = await self._service.post_message(user_id, chat_id, body.text, key)
-        # The replay marker is the publish API's, so clients treat both calls alike.
-        headers = {"Idempotent-Replayed": "true"} if replayed else None
-        return Response(answer.body, answer.status_code, headers=headers, media_type="application/json")
+        return idempotency.response(answer, replayed)  # the publish API's replay marker too
 
     @api(summary="Messages of a chat, newest first, by keyset (before_id)", tag="chat",
          query=MessagesQuery, response=MessagePage, auth="user", errors=(401, 404, 422))

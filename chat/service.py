@@ -16,15 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import IntegrityError
 
 from chat import queries
 from chat.queries import ChatRow, chat_json, message_json
-from hub import idempotency
 from hub.db import Database, utcnow
 from hub.errors import Conflict, Forbidden, Invalid, NotFound
-from hub.events import EventBus
-from hub.idempotency import StoredAnswer
+from hub.events import EventBus, Transaction
+from hub.idempotency import KeyedRequest, StoredAnswer, answer_once
 from hub.ratelimit import Limit, RateLimiter
 from hub.users import existing_user_ids
 
@@ -146,37 +144,24 @@ class ChatService:
         A new post (not a replay) spends one unit of the sender's posting allowance first; with
         none left it is 429 with the seconds until the next post is accepted, and nothing is
         written (no message, no event, no idempotency key)."""
-        scope = f"chat:{sender_id}"
-        print_ = idempotency.fingerprint(f"{chat_id}\n{text}".encode())
-        if idempotency_key is not None:
-            async with self._db.sessions() as session:
-                stored = await idempotency.lookup(session, scope, idempotency_key, print_)
-            if stored is not None:
-                return stored, True
-        await self._limiter.enforce(self._post_limit, str(sender_id), "posting too fast")
-        try:
-            async with self._events.transaction() as tx:
-                session = tx.session
-                head = await queries.lock_chat(session, chat_id, sender_id)
-                if head is None:
-                    raise _no_chat(chat_id)
-                now = utcnow()
-                message_id = await queries.insert_message(session, chat_id, head, sender_id, text, now)
-                answer = StoredAnswer(201, orjson.dumps(
-                    message_json(message_id, chat_id, sender_id, head.member_name, text, now)))
-                if idempotency_key is not None:
-                    await idempotency.remember(session, scope, idempotency_key, print_, answer)
-                member_ids = await queries.member_ids(session, chat_id)
-                await tx.emit_json(member_ids, "chat.message", answer.body)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            async with self._db.sessions() as session:
-                stored = await idempotency.lookup(session, scope, idempotency_key, print_)
-            if stored is None:
-                raise
-            return stored, True
-        return answer, False
+        keyed = KeyedRequest.of(f"chat:{sender_id}", idempotency_key, f"{chat_id}\n{text}".encode())
+
+        async def post(tx: Transaction) -> StoredAnswer:
+            head = await queries.lock_chat(tx.session, chat_id, sender_id)
+            if head is None:
+                raise _no_chat(chat_id)
+            now = utcnow()
+            message_id = await queries.insert_message(tx.session, chat_id, head, sender_id, text, now)
+            answer = StoredAnswer(201, orjson.dumps(
+                message_json(message_id, chat_id, sender_id, head.member_name, text, now)))
+            member_ids = await queries.member_ids(tx.session, chat_id)
+            await tx.emit_json(member_ids, "chat.message", answer.body)
+            return answer
+
+        async def spend_allowance() -> None:
+            await self._limiter.enforce(self._post_limit, str(sender_id), "posting too fast")
+
+        return await answer_once(self._db, self._events, keyed, post, before_work=spend_allowance)
 
     async def messages(self, user_id: int, chat_id: int, before_id: int | None,
                        limit: int) -> dict[str, Any]:

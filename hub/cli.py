@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hub.settings import ConfigError, Settings
+from hub.env import ConfigError, report
+from hub.settings import Settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_server(settings, args.host, args.port, args.workers)
     except ConfigError as exc:
-        print(f"hub: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return report("hub", exc)
     except KeyboardInterrupt:
         return 130
 

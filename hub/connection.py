@@ -106,15 +106,15 @@ class Outlet(Protocol):
 class Connection:
     """Outbound state of one socket. `offer` never blocks; `stop` ends it for good."""
 
-    __slots__ = ("_bytes", "_catch_up", "_ended", "_expiry", "_fill_to", "_max_bytes",
+    __slots__ = ("_bytes", "_catch_up", "_clock", "_ended", "_expiry", "_fill_to", "_max_bytes",
                  "_max_messages", "_metrics", "_outlet", "_queue", "_read", "_started", "_task",
                  "_unsent", "delivered", "encoding", "expires_at", "session_id", "transport",
                  "user_id")
 
     def __init__(self, user_id: int, expires_at: float, outlet: Outlet, read: ReadEvents,
                  metrics: Metrics, max_messages: int, max_bytes: int,
-                 session_id: str | None = None, encoding: EventEncoding = WEBSOCKET_EVENTS,
-                 transport: str = WEBSOCKET) -> None:
+                 session_id: str | None = None, clock: Callable[[], float] = time.time,
+                 encoding: EventEncoding = WEBSOCKET_EVENTS, transport: str = WEBSOCKET) -> None:
         self.user_id = user_id
         self.encoding = encoding  # what `offer` is given: this encoding of each event
         self.transport = transport  # WEBSOCKET or STREAM
@@ -124,6 +124,7 @@ class Connection:
         self._outlet = outlet
         self._read = read
         self._metrics = metrics
+        self._clock = clock  # unix time, the clock of `expires_at` and of events' `created_at`
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._ended = False
@@ -176,7 +177,7 @@ class Connection:
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - time.time()),
+        self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - self._clock()),
                                     self._end, TokenExpired("access token expired"))
 
     def revoke(self) -> None:
@@ -204,7 +205,7 @@ class Connection:
         outlet = self._outlet
         outlet.write(frame)
         self.delivered = event_id
-        self._metrics.deliveries.observe(max(0.0, time.time() - created_at))
+        self._metrics.deliveries.observe(max(0.0, self._clock() - created_at))
         buffered = outlet.buffered()
         if buffered == 0:  # the socket took everything written so far
             self._unsent = 0

@@ -198,7 +198,7 @@ class EventStreamApi:
         connection = Connection(identity.user_id, identity.expires_at, outlet, self.read_events,
                                 self.metrics, self.settings.ws_queue_max_messages,
                                 self.settings.ws_queue_max_bytes, identity.session_id,
-                                SSE_EVENTS, STREAM)
+                                encoding=SSE_EVENTS, transport=STREAM)
         if not await self.registry.register(connection):
             raise RateLimited("too many connections for this user", BUSY_RETRY_AFTER)
         try:

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,7 +14,7 @@ from starlette.routing import Route
 from hub import idempotency, streams
 from hub.db import Database
 from hub.errors import Invalid, NotFound, TooLarge
-from hub.events import EventBus
+from hub.events import EventBus, Transaction
 from hub.http import api, read_json_and_body, read_query, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.settings import Settings
@@ -77,7 +76,7 @@ class PublishApi:
          headers=("Idempotency-Key",), errors=(403, 409, 413, 415, 422))
     async def publish(self, request: Request) -> Response:
         require_service_token(request, self._api_key, "HUB_API_KEY")
-        key = idempotency.check_key(request.headers.get("idempotency-key"))
+        key = idempotency.read_key(request)
         body, raw = await read_json_and_body(request, PublishBody)
         data_json = _data_json(raw, body.data)
         if len(data_json) > MAX_DATA_BYTES:
@@ -89,26 +88,16 @@ class PublishApi:
                 async with self._db.sessions() as session:
                     raise _unknown_users(user_ids, await existing_user_ids(session, user_ids))
             return Response(_answer(written), status_code=202, media_type="application/json")
-        print_ = idempotency.fingerprint(raw)
-        async with self._db.sessions() as session:
-            stored = await idempotency.lookup(session, "publish", key, print_)
-        if stored is not None:
-            return _replay(stored)
-        try:
-            async with self._events.transaction() as tx:
-                written = await tx.emit_json(user_ids, body.name, data_json)
-                if len(written) != len(user_ids):  # raising rolls the append back
-                    raise _unknown_users(user_ids, {event.user_id for event in written})
-                answer = _answer(written)
-                await idempotency.remember(tx.session, "publish", key, print_,
-                                           idempotency.StoredAnswer(202, answer))
-        except IntegrityError:
-            async with self._db.sessions() as session:
-                stored = await idempotency.lookup(session, "publish", key, print_)
-            if stored is None:
-                raise
-            return _replay(stored)
-        return Response(answer, status_code=202, media_type="application/json")
+        keyed = idempotency.KeyedRequest("publish", key, idempotency.fingerprint(raw))
+
+        async def append(tx: Transaction) -> idempotency.StoredAnswer:
+            written = await tx.emit_json(user_ids, body.name, data_json)
+            if len(written) != len(user_ids):  # raising rolls the append back
+                raise _unknown_users(user_ids, {event.user_id for event in written})
+            return idempotency.StoredAnswer(202, _answer(written))
+
+        answer, replayed = await idempotency.answer_once(self._db, self._events, keyed, append)
+        return idempotency.response(answer, replayed)
 
     @api(summary="The caller's stream history after an id", tag="publish", query=EventsQuery,
          response=EventsOut, auth="user", errors=(401, 422))
@@ -148,9 +137,4 @@ def _unknown_users(user_ids: list[int], known: Iterable[int]) -> Invalid:
     unknown = sorted(set(user_ids).difference(known))
     shown = ", ".join(map(str, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
     return Invalid({"user_ids": f"unknown user ids: {shown}"})
-
-
-def _replay(stored: idempotency.StoredAnswer) -> Response:
-    return Response(stored.body, status_code=stored.status_code, media_type="application/json",
-                    headers={"Idempotent-Replayed": "true"})
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import uvicorn
 
+from hub.env import ConfigError
 from hub.http_protocol import http_protocol
-from hub.settings import ConfigError, Settings
+from hub.settings import Settings
 
 log = logging.getLogger("hub.server")
 

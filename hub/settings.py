@@ -1,18 +1,20 @@
 """Configuration, read once from the environment and validated before anything starts.
 
-A bad value raises `ConfigError` whose message is one line that says how to fix it; the CLI
-prints it and exits non-zero.
+Values are read with the shared reader of `hub.env`: a bad value raises its `ConfigError`
+(re-exported here), one line that says how to fix it; the CLI prints it and exits 2.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from hub.env import HTTP_URL_SCHEMES, LOG_LEVELS, REDIS_URL_SCHEMES, EnvReader
+from hub.env import ConfigError as ConfigError  # re-exported: the error of Settings.from_env
 
 log = logging.getLogger("hub.settings")
 
@@ -26,10 +28,6 @@ MIN_SECRET_BITS_PER_CHAR = 3.0  # hex is 4, base64url 6; "aaaa…" is 0 and "aba
 GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 ENVIRONMENTS = ("dev", "production")
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or invalid; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ class Settings:
         return cls(
             env=env,
             database_url=normalize_database_url(r.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
-            redis_url=r.optional_url("REDIS_URL", ("redis://", "rediss://", "unix://")),
+            redis_url=r.optional_url("REDIS_URL", REDIS_URL_SCHEMES),
             redis_channel_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
             jwt_secret=secret,
             jwt_algorithm=r.choice("JWT_ALGORITHM", "HS256", JWT_ALGORITHMS),
@@ -122,12 +120,12 @@ class Settings:
             http_max_header_bytes=r.integer("HTTP_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
             hub_api_key=r.secret("HUB_API_KEY", env),
             parser_service_token=r.secret("PARSER_SERVICE_TOKEN", env),
-            exchange_service_url=r.optional_url("EXCHANGE_SERVICE_URL", ("http://", "https://")),
+            exchange_service_url=r.optional_url("EXCHANGE_SERVICE_URL", HTTP_URL_SCHEMES),
             exchange_service_token=r.secret("EXCHANGE_SERVICE_TOKEN", env),
             allowed_origins=r.origins("ALLOWED_ORIGINS"),
             parse_timeout=r.number("PARSE_TIMEOUT", 30.0, minimum=0.1),
             parse_max_pending=r.integer("PARSE_MAX_PENDING", 10, minimum=1),
-            parser_allow_private=r.choice("PARSER_ALLOW_PRIVATE", "0", ("0", "1")) == "1",
+            parser_allow_private=r.flag("PARSER_ALLOW_PRIVATE"),
             exchange_retry_window=r.number("EXCHANGE_RETRY_WINDOW", 60.0, minimum=0.1),
             stream_retention_events=r.integer("STREAM_RETENTION_EVENTS", 10_000, minimum=1),
             stream_retention_seconds=r.integer("STREAM_RETENTION_SECONDS", 7 * 24 * 3600, minimum=1),
@@ -138,7 +136,7 @@ class Settings:
             auth_rate_limit=r.integer("AUTH_RATE_LIMIT", 20, minimum=1),
             login_failure_limit=r.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1),
             login_failure_window=r.integer("LOGIN_FAILURE_WINDOW", 15 * 60, minimum=1),
-            log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
             tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
         )
 
@@ -178,51 +176,8 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-class _Reader:
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def text(self, name: str, default: str) -> str:
-        """The trimmed value; unset and blank both mean the default."""
-        return self._environ.get(name, "").strip() or default
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(name, default) or default
-        if value not in allowed:
-            raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-        return value
-
-    def integer(self, name: str, default: int, minimum: int) -> int:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-        if value < minimum:
-            raise ConfigError(f"{name}={value} is below its minimum of {minimum}")
-        return value
-
-    def number(self, name: str, default: float, minimum: float) -> float:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
-        if not value >= minimum or value == float("inf"):
-            raise ConfigError(f"{name}={raw} must be a finite number of at least {minimum}")
-        return value
-
-    def optional_url(self, name: str, schemes: tuple[str, ...]) -> str | None:
-        value = self.text(name, "")
-        if not value:
-            return None
-        if not value.startswith(schemes):
-            raise ConfigError(f"{name} must start with {' or '.join(schemes)}")
-        return value
+class _Reader(EnvReader):
+    """The shared reader, plus the hub's own kinds of value: secrets and browser origins."""
 
     def secret(self, name: str, env: str) -> str | None:
         value = self.text(name, "")
@@ -232,17 +187,6 @@ class _Reader:
             check_secret_strength(name, value)
         return value
 
-    def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        """Comma-separated IP addresses or CIDR networks."""
-        found = self.csv(name, default)
-        for value in found:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ConfigError(f"{name}: {value!r} is not an IP address or a network like "
-                                  "10.0.0.0/8") from None
-        return found
-
     def origins(self, name: str) -> tuple[str, ...]:
         found = []
         for value in self.csv(name):
@@ -251,12 +195,6 @@ class _Reader:
                 raise ConfigError(f"{name}: {value!r} is not an origin like https://chat.example.com")
             found.append(origin)
         return tuple(found)
-
-    def csv(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        raw = self._environ.get(name)
-        if raw is None:
-            return default
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}

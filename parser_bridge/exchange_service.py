@@ -8,9 +8,10 @@ decimals, and the breakdown is PUT to `HUB_URL/api/exchange_result` with the tok
 back-off for about a minute while the hub is unreachable. SIGTERM: stop accepting, give the
 jobs in flight a few seconds to deliver, exit 0.
 
-Environment, read once at start: HUB_URL (default http://127.0.0.1:8000),
-EXCHANGE_SERVICE_TOKEN (required), EXCHANGE_DELAY (seconds, `1-3` by default: a range or one
-number), EXCHANGE_RESULT_RETRY_WINDOW (seconds, 60).
+Environment, read once at start with the hub's reader (`hub.env`; a bad value is one line on
+stderr and exit status 2): HUB_URL (default http://127.0.0.1:8000), EXCHANGE_SERVICE_TOKEN
+(required), EXCHANGE_DELAY (seconds, `1-3` by default: a range or one number),
+EXCHANGE_RESULT_RETRY_WINDOW (seconds, 60), LOG_LEVEL (INFO).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import logging
 import os
 import random
 import signal
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -38,20 +38,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hub.env import HTTP_URL_SCHEMES, LOG_LEVELS, ConfigError, EnvReader, report
 from hub.errors import TooLarge
 from hub.http import bearer_token, invalid_from, read_body
 from hub.responses import json_response
 from hub.supervise import backoff_delay
-from parser_bridge import exchange_money as money
+from parser_bridge.exchange import money
 
 log = logging.getLogger("parser_bridge.exchange_service")
 MAX_JOBS = 1000
 SHUTDOWN_GRACE = 10.0
 PUT_TIMEOUT = 5.0
-
-
-class ConfigError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,7 @@ class ServiceConfig:
     token: str
     delay: tuple[float, float] = (1.0, 3.0)
     result_retry_window: float = 60.0
+    log_level: str = "INFO"
 
     @property
     def result_url(self) -> str:
@@ -67,20 +65,16 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServiceConfig:
-        hub_url = environ.get("HUB_URL", "").strip() or "http://127.0.0.1:8000"
-        if not hub_url.startswith(("http://", "https://")):
-            raise ConfigError("HUB_URL must start with http:// or https://")
-        token = environ.get("EXCHANGE_SERVICE_TOKEN", "").strip()
-        if not token:
-            raise ConfigError("EXCHANGE_SERVICE_TOKEN must be set (the hub's EXCHANGE_SERVICE_TOKEN)")
-        window_text = environ.get("EXCHANGE_RESULT_RETRY_WINDOW", "").strip() or "60"
-        try:
-            window = float(window_text)
-        except ValueError:
-            raise ConfigError(f"EXCHANGE_RESULT_RETRY_WINDOW={window_text!r} is not a number") from None
-        if not 0 < window <= 86400:
-            raise ConfigError("EXCHANGE_RESULT_RETRY_WINDOW must be between 0 and 86400 seconds")
-        return cls(hub_url, token, parse_delay(environ.get("EXCHANGE_DELAY", "")), window)
+        """Read the service's variables (module docstring); raises ConfigError on a bad one."""
+        r = EnvReader(environ)
+        return cls(
+            hub_url=r.url("HUB_URL", HTTP_URL_SCHEMES, "http://127.0.0.1:8000"),
+            token=r.required("EXCHANGE_SERVICE_TOKEN", "the hub's EXCHANGE_SERVICE_TOKEN"),
+            delay=parse_delay(r.text("EXCHANGE_DELAY", "")),
+            result_retry_window=r.number("EXCHANGE_RESULT_RETRY_WINDOW", 60.0, minimum=0.1,
+                                         maximum=86400),
+            log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+        )
 
 
 def parse_delay(text: str) -> tuple[float, float]:
@@ -208,15 +202,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args(argv)
-    environ = os.environ if environ is None else environ
-    level = environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-    logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = ServiceConfig.from_env(environ)
+        config = ServiceConfig.from_env(os.environ if environ is None else environ)
     except ConfigError as exc:
-        print(f"exchange service: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return report("exchange service", exc)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = ExchangeService(config)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler it found;
     # a no-op handler there makes a graceful stop exit 0 instead of dying by the signal

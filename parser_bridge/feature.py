@@ -1,51 +1,21 @@
-"""The parser bridge as the composition root sees it: routes of §7 and §8 and their loops.
-
-With REDIS_URL, parse jobs go to Redis for `python -m parser_bridge.worker` processes (the
-protocol of seed 001, keys prefixed with REDIS_CHANNEL_PREFIX). Without it (one embedded
-process), the hub fetches pages itself with the same fetcher and address policy, so the whole
-flow works with no other process; PARSER_ALLOW_PRIVATE=1 lets that embedded fetcher reach
-private addresses, for development only.
-"""
+"""The parser bridge as the composition root sees it: the parse feature (§7) and the exchange
+feature (§8) as one `Feature`, so `create_app` wires the package in one line."""
 
 from __future__ import annotations
 
 from hub.db import Database
 from hub.events import EventBus
-from hub.feature import Feature, Loop
+from hub.feature import Feature
 from hub.identity import Authenticator
 from hub.settings import Settings
-from parser_bridge.exchange_api import ExchangeApi
-from parser_bridge.exchange_requests import ExchangeRequests
-from parser_bridge.fetch import PageFetcher
-from parser_bridge.job_queue import JobQueue
-from parser_bridge.parse_api import ParseApi
-from parser_bridge.parse_requests import ParseRequests
-from parser_bridge.queue_embedded import EmbeddedJobQueue
-
-RESULTS_INTERVAL = 0.25  # results are picked up well within the promised second
+from parser_bridge.exchange.feature import exchange_feature
+from parser_bridge.parse.feature import parse_feature
 
 
 def parser_bridge_feature(settings: Settings, db: Database, events: EventBus,
                           authenticator: Authenticator) -> Feature:
-    """Build the feature; nothing connects until the app's loops start."""
-    queue: JobQueue
-    if settings.redis_url is not None:
-        from parser_bridge.queue_redis import RedisJobQueue
-
-        queue = RedisJobQueue(settings.redis_url, settings.redis_channel_prefix)
-    else:
-        queue = EmbeddedJobQueue(PageFetcher(allow_private=settings.parser_allow_private))
-    parse = ParseRequests(db, events, queue, settings.parse_timeout, settings.parse_max_pending)
-    exchange = ExchangeRequests(db, events, settings.exchange_service_url,
-                                settings.exchange_service_token, settings.exchange_retry_window)
-    return Feature(
-        routes=[*ParseApi(parse, authenticator, settings.parser_service_token).routes(),
-                *ExchangeApi(exchange, authenticator, settings.exchange_service_token).routes()],
-        loops=(
-            *queue.loops(),
-            Loop("parse results", parse.collect_results, RESULTS_INTERVAL),
-            Loop("parse dispatch", parse.dispatch_unqueued, 1.0),
-            Loop("parse timeouts", parse.expire_overdue, 1.0),
-            *([Loop("exchange forwarding", exchange.forward_due, 0.05)] if exchange.offered else []),
-        ),
-    )
+    """Build both features; nothing connects until the app's loops start."""
+    parts = (parse_feature(settings, db, events, authenticator),
+             exchange_feature(settings, db, events, authenticator))
+    return Feature(routes=[route for part in parts for route in part.routes],
+                   loops=[loop for part in parts for loop in part.loops])

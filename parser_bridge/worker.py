@@ -15,11 +15,12 @@ the taker takes jobs while a slot would otherwise stay idle, so a job of another
 one user's slow pages is found and started at once. Up to PARSER_MAX_WAITING taken jobs wait
 in this worker for a slot.
 
-Environment, read once at start: REDIS_URL (required), REDIS_CHANNEL_PREFIX (as the hub's),
+Environment, read once at start with the hub's reader (`hub.env`; a bad value is one line on
+stderr and exit status 2): REDIS_URL (required), REDIS_CHANNEL_PREFIX (as the hub's),
 PARSER_ALLOW_PRIVATE (0/1), PARSER_ALLOW_NETWORKS (CIDRs allowed even if private, e.g. an
 intranet: `10.20.0.0/16,192.168.5.7/32`), PARSER_CONCURRENCY (8), PARSER_USER_CONCURRENCY (4),
 PARSER_MAX_WAITING (1000), PARSER_FETCH_TIMEOUT (seconds, 10), PARSER_RESULT_TTL (seconds,
-3600), PARSER_HEARTBEAT_TTL (seconds, 15).
+3600), PARSER_HEARTBEAT_TTL (seconds, 15), LOG_LEVEL (INFO).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -40,18 +40,15 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from hub.env import LOG_LEVELS, REDIS_URL_SCHEMES, ConfigError, EnvReader, report
 from hub.supervise import backoff_delay
-from parser_bridge.address_policy import Network, parse_networks
-from parser_bridge.fair_queue import FairQueue
-from parser_bridge.fetch import PageFetcher
-from parser_bridge.parse_result import ParseJob, result_key, tasks_key
+from parser_bridge.parse.address_policy import Network, parse_networks
+from parser_bridge.parse.fair_queue import FairQueue
+from parser_bridge.parse.fetch import PageFetcher
+from parser_bridge.parse.result import ParseJob, result_key, tasks_key
 
 log = logging.getLogger("parser_bridge.worker")
 TAKE_TIMEOUT = 1  # seconds a consumer blocks on BLMOVE before it looks at the stop flag
-
-
-class ConfigError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -67,45 +64,27 @@ class WorkerConfig:
     result_ttl: int = 3600
     heartbeat_ttl: float = 15.0
     worker_id: str = ""
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerConfig:
-        redis_url = environ.get("REDIS_URL", "").strip()
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL must be set to the hub's Redis (redis://host:6379/0)")
-        allow = environ.get("PARSER_ALLOW_PRIVATE", "0").strip() or "0"
-        if allow not in ("0", "1"):
-            raise ConfigError(f"PARSER_ALLOW_PRIVATE={allow!r} must be 0 or 1")
-        try:
-            networks = parse_networks(environ.get("PARSER_ALLOW_NETWORKS", ""))
-        except ValueError as exc:
-            raise ConfigError(f"PARSER_ALLOW_NETWORKS: {exc}") from None
+        """Read the worker's variables (module docstring); raises ConfigError on a bad one."""
+        r = EnvReader(environ)
         return cls(
-            redis_url=redis_url,
-            allowed_networks=networks,
-            key_prefix=environ.get("REDIS_CHANNEL_PREFIX", "").strip(),
-            allow_private=allow == "1",
-            concurrency=int(_number(environ, "PARSER_CONCURRENCY", 8, 1, 1000)),
-            user_concurrency=int(_number(environ, "PARSER_USER_CONCURRENCY", 4, 1, 1000)),
-            max_waiting=int(_number(environ, "PARSER_MAX_WAITING", 1000, 1, 1_000_000)),
-            fetch_timeout=_number(environ, "PARSER_FETCH_TIMEOUT", 10.0, 0.1, 600),
-            result_ttl=int(_number(environ, "PARSER_RESULT_TTL", 3600, 1, 30 * 86400)),
-            heartbeat_ttl=_number(environ, "PARSER_HEARTBEAT_TTL", 15.0, 1, 3600),
+            redis_url=r.required_url("REDIS_URL", REDIS_URL_SCHEMES,
+                                     "the hub's Redis, e.g. redis://host:6379/0"),
+            key_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
+            allow_private=r.flag("PARSER_ALLOW_PRIVATE"),
+            allowed_networks=r.parsed("PARSER_ALLOW_NETWORKS", parse_networks),
+            concurrency=r.integer("PARSER_CONCURRENCY", 8, minimum=1, maximum=1000),
+            user_concurrency=r.integer("PARSER_USER_CONCURRENCY", 4, minimum=1, maximum=1000),
+            max_waiting=r.integer("PARSER_MAX_WAITING", 1000, minimum=1, maximum=1_000_000),
+            fetch_timeout=r.number("PARSER_FETCH_TIMEOUT", 10.0, minimum=0.1, maximum=600),
+            result_ttl=r.integer("PARSER_RESULT_TTL", 3600, minimum=1, maximum=30 * 86400),
+            heartbeat_ttl=r.number("PARSER_HEARTBEAT_TTL", 15.0, minimum=1, maximum=3600),
             worker_id=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
         )
-
-
-def _number(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw} must be between {low:g} and {high:g}")
-    return value
 
 
 class ParserWorker:
@@ -281,15 +260,11 @@ async def serve(config: WorkerConfig) -> None:
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
-    environ = os.environ if environ is None else environ
-    level = environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-    logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = WorkerConfig.from_env(environ)
+        config = WorkerConfig.from_env(os.environ if environ is None else environ)
     except ConfigError as exc:
-        print(f"parser worker: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return report("parser worker", exc)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.allow_private:
         log.warning("PARSER_ALLOW_PRIVATE=1: private and loopback addresses will be fetched")
     asyncio.run(serve(config))

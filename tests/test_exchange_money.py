@@ -8,8 +8,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from parser_bridge import exchange_money as money
-from parser_bridge.exchange_service import ConfigError, parse_delay
+from hub.env import ConfigError
+from parser_bridge.exchange import money
+from parser_bridge.exchange_service import parse_delay
 
 
 def order(rate: str, *bills: tuple[int, str, int]) -> money.ExchangeOrder:

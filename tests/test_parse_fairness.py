@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from hub.settings import Settings
-from parser_bridge.fair_queue import FairQueue, QueueFull
+from parser_bridge.parse.fair_queue import FairQueue, QueueFull
 from tests.conftest import Account, RunningHub, register, serve_hub, unique_name
 from tests.page_server import TITLE, PageServer, serve_pages
 from tests.parser_worker_process import run_worker

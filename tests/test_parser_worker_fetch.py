@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from parser_bridge.address_policy import is_public, parse_networks
-from parser_bridge.fetch import FetchError, PageFetcher
-from parser_bridge.html_title import extract_title
+from parser_bridge.parse.address_policy import is_public, parse_networks
+from parser_bridge.parse.fetch import FetchError, PageFetcher
+from parser_bridge.parse.html_title import extract_title
 from tests.page_server import PAGE, TITLE, PageServer, serve_pages
 
 

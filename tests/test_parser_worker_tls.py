@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from parser_bridge.fetch import FetchError, PageFetcher
+from parser_bridge.parse.fetch import FetchError, PageFetcher
 from tests.certs import self_signed
 from tests.conftest import free_port
 

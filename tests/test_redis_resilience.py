@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 
 from hub import broker_redis
 from hub.broker import BrokerUnavailable
-from hub.broker_redis import SUBSCRIBE_TIMEOUT, RedisBroker
+from hub.broker_redis import RedisBroker
 from hub.settings import Settings
 from tests.certs import self_signed
 from tests.conftest import RUN_ID, TEST_AUTH_RATE_LIMIT, TEST_SECRET, free_port, register, serve_hub
@@ -300,14 +300,16 @@ async def test_broker_notices_a_silently_dead_connection(private_redis: PrivateR
 
 
 async def test_an_unconfirmed_subscribe_brings_a_reconnect_and_a_resync(
-        private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture) -> None:
+        private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Health pings far apart: only the missing SUBSCRIBE confirmation can reveal the dead link."""
+    monkeypatch.setattr(broker_redis, "SUBSCRIBE_TIMEOUT", 1.0)  # 5 s in production
     first, second = (f"test{RUN_ID}:unconfirmed:{next(_ids)}" for _ in range(2))
     async with broker_behind_proxy(private_redis, 120) as (proxy, broker, inbox, direct):
         async with asyncio.timeout(WAIT):
             await broker.subscribe(first)
         proxy.blackhole()
-        async with asyncio.timeout(SUBSCRIBE_TIMEOUT + WAIT):
+        async with asyncio.timeout(broker_redis.SUBSCRIBE_TIMEOUT + WAIT):
             await broker.subscribe(second)  # gives up waiting after SUBSCRIBE_TIMEOUT
         assert f"no confirmation of SUBSCRIBE {second}" in caplog.text
         await wait_until(lambda: inbox.resyncs == 1, "a reconnect after the unconfirmed SUBSCRIBE")

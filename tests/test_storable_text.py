@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from hub.db import Database
 from hub.settings import Settings
 from hub.storable_text import clean, clean_json, unstorable_json_path
-from parser_bridge.models import ParseRequest
+from parser_bridge.parse.models import ParseRequest
 from tests.conftest import Account, RunningHub, register, serve_hub, unique_name
 from tests.page_server import NUL_PAGE_CLEANED, PageServer, serve_pages
 from tests.parser_worker_process import run_worker

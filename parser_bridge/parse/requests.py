@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.db import Database, rfc3339, utcnow
 from hub.events import EventBus, Transaction
 from hub.models import User
-from parser_bridge.job_queue import Job, JobQueue, QueueUnavailable
-from parser_bridge.models import PARSE_FAILURE, PARSE_SUCCESS, PENDING, ParseRequest
-from parser_bridge.parse_result import ParseResult
+from parser_bridge.parse.job_queue import Job, JobQueue, QueueUnavailable
+from parser_bridge.parse.models import PARSE_FAILURE, PARSE_SUCCESS, PENDING, ParseRequest
+from parser_bridge.parse.result import ParseResult
 
 log = logging.getLogger("parser_bridge.parse")
 DISPATCH_GRACE = 2.0  # seconds a fresh row is left to the request that created it

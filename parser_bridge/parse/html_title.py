@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from parser_bridge.parse_result import MAX_TITLE_CHARS
+from parser_bridge.parse.result import MAX_TITLE_CHARS
 
 FEED_CHUNK = 64 * 1024
 _SPACE = re.compile(r"\s+")

@@ -15,8 +15,8 @@ from hub.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable, Unsu
 from hub.http import api, invalid_from, is_json_content_type, read_body
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
-from parser_bridge import exchange_money as money
-from parser_bridge.exchange_requests import AlreadyFinal, ExchangeRequests, UnknownRequest
+from parser_bridge.exchange import money
+from parser_bridge.exchange.requests import AlreadyFinal, ExchangeRequests, UnknownRequest
 
 
 class ExchangeAccepted(BaseModel):

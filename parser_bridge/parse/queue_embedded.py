@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping, Sequence
 
 from hub.feature import Loop
-from parser_bridge.fair_queue import FairQueue, QueueFull
-from parser_bridge.fetch import PageFetcher
-from parser_bridge.job_queue import Job, QueueUnavailable
+from parser_bridge.parse.fair_queue import FairQueue, QueueFull
+from parser_bridge.parse.fetch import PageFetcher
+from parser_bridge.parse.job_queue import Job, QueueUnavailable
 
 
 class EmbeddedJobQueue:

@@ -14,8 +14,8 @@ from hub.errors import Conflict, NotFound, RateLimited
 from hub.http import api, read_json, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
-from parser_bridge.parse_requests import AlreadyFinal, ParseRequests, TooManyPending, UnknownRequest
-from parser_bridge.parse_result import ParseResult
+from parser_bridge.parse.requests import AlreadyFinal, ParseRequests, TooManyPending, UnknownRequest
+from parser_bridge.parse.result import ParseResult
 
 
 class ParseBody(BaseModel):

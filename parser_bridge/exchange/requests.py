@@ -28,8 +28,8 @@ from sqlalchemy import select, update
 from hub.db import Database, utcnow
 from hub.events import EventBus, Transaction
 from hub.storable_text import clean
-from parser_bridge import exchange_money as money
-from parser_bridge.models import EXCHANGE_COMPLETED, EXCHANGE_FAILED, PENDING, ExchangeRequest
+from parser_bridge.exchange import money
+from parser_bridge.exchange.models import EXCHANGE_COMPLETED, EXCHANGE_FAILED, PENDING, ExchangeRequest
 
 log = logging.getLogger("parser_bridge.exchange")
 MAX_DB_ID = 2**31 - 1

@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub.feature import Loop
-from parser_bridge.job_queue import Job, QueueUnavailable
-from parser_bridge.parse_result import encode_job, result_key, tasks_key
+from parser_bridge.parse.job_queue import Job, QueueUnavailable
+from parser_bridge.parse.result import encode_job, result_key, tasks_key
 
 log = logging.getLogger("parser_bridge.queue")
 MGET_BATCH = 500

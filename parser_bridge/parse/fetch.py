@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import httpx
 
 from hub.storable_text import clean
-from parser_bridge.address_policy import AddressRefused, Network, resolve
-from parser_bridge.html_title import extract_title
-from parser_bridge.parse_result import ParseResult
+from parser_bridge.parse.address_policy import AddressRefused, Network, resolve
+from parser_bridge.parse.html_title import extract_title
+from parser_bridge.parse.result import ParseResult
 
-log = logging.getLogger("parser_bridge.fetch")
+log = logging.getLogger("parser_bridge.parse.fetch")
 MAX_PAGE_BYTES = 5 * 1024 * 1024
 MAX_REDIRECTS = 5
 USER_AGENT = "notification-hub-parser/0.1 (+https://github.com/)"

@@ -1,4 +1,4 @@
-"""Tables of the parser bridge: parse requests and exchange requests, each owned by one user.
+"""The table of the exchange feature: exchange requests, each owned by one user.
 
 Money and rates are stored as decimal text (never floats), so SQLite and PostgreSQL give back
 exactly what was written.
@@ -14,30 +14,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from hub.db import Base, UTCDateTime, utcnow
 
 PENDING = "pending"
-# parse requests end in one of these
-PARSE_SUCCESS, PARSE_FAILURE = "success", "failure"
-# exchange requests end in one of these
+# an exchange request ends in one of these
 EXCHANGE_COMPLETED, EXCHANGE_FAILED = "completed", "failed"
-
-
-class ParseRequest(Base):
-    """A page to fetch for `owner_id`. `queued_at` is set once the job reached the queue;
-    a pending row without it is pushed again by the dispatcher."""
-
-    __tablename__ = "parse_requests"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    url: Mapped[str] = mapped_column(String(2048))
-    status: Mapped[str] = mapped_column(String(16), default=PENDING)
-    title: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    html: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
-    queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    __table_args__ = (Index("ix_parse_requests_status_created_at", "status", "created_at"),)
 
 
 class ExchangeRequest(Base):

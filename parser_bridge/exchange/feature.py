@@ -1,0 +1,24 @@
+"""The exchange feature as the composition root sees it: the routes of protocol §8 and the loop
+that hands requests to the exchange service (`python -m parser_bridge.exchange_service`, at
+EXCHANGE_SERVICE_URL); without that URL the feature answers 503 and runs no loop."""
+
+from __future__ import annotations
+
+from hub.db import Database
+from hub.events import EventBus
+from hub.feature import Feature, Loop
+from hub.identity import Authenticator
+from hub.settings import Settings
+from parser_bridge.exchange.api import ExchangeApi
+from parser_bridge.exchange.requests import ExchangeRequests
+
+
+def exchange_feature(settings: Settings, db: Database, events: EventBus,
+                     authenticator: Authenticator) -> Feature:
+    """Build the feature; nothing connects until the app's loops start."""
+    exchange = ExchangeRequests(db, events, settings.exchange_service_url,
+                                settings.exchange_service_token, settings.exchange_retry_window)
+    return Feature(
+        routes=ExchangeApi(exchange, authenticator, settings.exchange_service_token).routes(),
+        loops=[Loop("exchange forwarding", exchange.forward_due, 0.05)] if exchange.offered else [],
+    )
