@@ -16,10 +16,12 @@ position to resume from: that is the moment to load state.
 
 Reconnects: any close but a terminal one is followed by a full-jitter exponential back-off
 (uniform in [0, min(cap, base * 2**attempt)]; the attempt count restarts once a connection has
-stayed up `stable_after` seconds), then a resume. Terminal, raised from `events()` as `HubClosed`:
-4003, 1008, 1009, HTTP 401/403/404 at the handshake, and 4001 when the token provider cannot
-refresh. Tokens come from a `TokenProvider`; when it knows the expiry, the client sends a
-`refresh` frame before the access token expires.
+stayed up `stable_after` seconds), then a resume. Close codes follow `hub.close_codes`
+(`action_for`): a terminal code, HTTP 401/403/404 at the handshake, and 4001 when the token
+provider cannot refresh (or a fresh token is refused at once) are raised from `events()` as
+`HubClosed`; after 4001 the client refreshes its token before reconnecting. Tokens come from a
+`TokenProvider`; when it knows the expiry, the client sends a `refresh` frame before the access
+token expires.
 
 `transport="stream"` reads the same stream from `GET /api/v1/stream` (protocol §12, for networks
 that break WebSockets; hub/client_stream.py) with the same guarantees and the same behaviour on
@@ -47,12 +49,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from hub.client_stream import STREAM_PATH, EventStreamSocket
+from hub.close_codes import CloseAction, CloseCode, action_for
 
 log = logging.getLogger("hub.client")
 
-TERMINAL_CLOSE_CODES = frozenset({4003, 1008, 1009})  # and 4001 once a refresh has failed
 TERMINAL_HTTP_STATUSES = frozenset({401, 403, 404})
-AUTH_FAILED = 4001
 TRANSPORTS = ("ws", "stream")
 
 
@@ -217,13 +218,13 @@ class HubClient:
             try:
                 token = await (self._tokens.refresh() if refresh_first else self._tokens.current())
             except RefreshFailed as exc:
-                raise HubClosed(AUTH_FAILED, str(exc)) from exc
+                raise HubClosed(CloseCode.AUTH_FAILED, str(exc)) from exc
             except Exception as exc:  # the login service may be restarting too
                 log.warning("could not get an access token: %r", exc)
                 attempt = await self._pause(attempt)
                 continue
             fresh_token, refresh_first = refresh_first, False
-            welcomed, started, code = False, time.monotonic(), 1006
+            welcomed, started, code = False, time.monotonic(), int(CloseCode.ABNORMAL)
             try:
                 async with self._connect() as socket:
                     self._socket = socket
@@ -243,9 +244,9 @@ class HubClient:
                     finally:
                         keeper.cancel()
                         await asyncio.gather(keeper, return_exceptions=True)
-                    code = socket.close_code or 1006
+                    code = socket.close_code or CloseCode.ABNORMAL
             except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else 1006
+                code = exc.rcvd.code if exc.rcvd is not None else CloseCode.ABNORMAL
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status in TERMINAL_HTTP_STATUSES:
@@ -259,9 +260,11 @@ class HubClient:
                 self._socket = None
             if self._closing.is_set():
                 return
-            if code in TERMINAL_CLOSE_CODES or (code == AUTH_FAILED and fresh_token and not welcomed):
+            action = action_for(code)
+            refused_fresh = action is CloseAction.REFRESH and fresh_token and not welcomed
+            if action is CloseAction.TERMINAL or refused_fresh:
                 raise HubClosed(code, "the hub refused this client; reconnecting would not help")
-            refresh_first = code == AUTH_FAILED
+            refresh_first = action is CloseAction.REFRESH
             if welcomed and time.monotonic() - started >= self._stable_after:
                 attempt = 0
             log.info("connection closed (%d); reconnecting", code)

@@ -25,12 +25,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 from websockets.http11 import Response
 
+from hub.close_codes import CloseCode
+
 STREAM_PATH = "/api/v1/stream"
 # the stream's end (its error event's code, or the HTTP status refusing it) as a /ws close code
-END_CODES = {"token_expired": 4001, "session_revoked": 4001, "slow_consumer": 4009,
-             "history_gone": 4009, "server_restarting": 1012, "internal": 1011}
-STATUS_CODES = {401: 4001, 429: 4008}
-ABNORMAL = 1006
+END_CODES = {"token_expired": CloseCode.AUTH_FAILED, "session_revoked": CloseCode.AUTH_FAILED,
+             "slow_consumer": CloseCode.SLOW_CONSUMER, "history_gone": CloseCode.HISTORY_GONE,
+             "server_restarting": CloseCode.RESTARTING, "internal": CloseCode.INTERNAL}
+STATUS_CODES = {401: CloseCode.AUTH_FAILED, 429: CloseCode.RATE_LIMITED}
+ABNORMAL = CloseCode.ABNORMAL
 
 
 class EventStreamSocket:

@@ -13,7 +13,7 @@ SSE message for the HTTP stream); the registry encodes each event once per encod
 user's connections.
 What the socket has not sent yet is bounded the same way (frames written since its buffer was
 last seen empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
-which the socket closes with 4009 (the client resumes and loses nothing).
+which the socket closes with `CloseCode.SLOW_CONSUMER` (the client resumes and loses nothing).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class ConnectionEnded(Exception):
 
 
 class StreamGap(ConnectionEnded):
-    """Events this connection must deliver are no longer in the store (retention removed them)."""
+    """Events this connection must deliver are no longer in the store (retention removed them);
+    the socket closes with `CloseCode.HISTORY_GONE`."""
 
 
 class SlowConsumer(ConnectionEnded):
@@ -49,7 +50,7 @@ class SlowConsumer(ConnectionEnded):
 
 
 class AuthEnded(ConnectionEnded):
-    """The connection's authentication no longer holds (the socket closes with 4001)."""
+    """The connection's authentication no longer holds (the socket closes with `CloseCode.AUTH_FAILED`)."""
 
 
 class TokenExpired(AuthEnded):
@@ -181,7 +182,7 @@ class Connection:
                                     self._end, TokenExpired("access token expired"))
 
     def revoke(self) -> None:
-        """Its session was revoked: end the connection (the socket closes with 4001)."""
+        """Its session was revoked: end the connection (the socket closes with `CloseCode.AUTH_FAILED`)."""
         self._end(SessionRevoked("session revoked: sign in again"))
 
     def stop(self) -> None:
@@ -281,10 +282,10 @@ def resume_served(head: StreamHead, resume_id: int | None, resume_epoch: str | N
             and head.trimmed_id <= resume_id <= head.last_id)
 
 
-def welcome(user_id: int, head: StreamHead, recovered: bool) -> dict[str, object]:
+def welcome_object(user_id: int, epoch: str, last_event_id: int, recovered: bool) -> dict[str, object]:
     """The welcome object of protocol §4.3 (the `/ws` frame and the stream's `welcome` event)."""
-    return {"type": "welcome", "user_id": user_id, "epoch": head.epoch,
-            "last_event_id": head.last_id, "recovered": recovered}
+    return {"type": "welcome", "user_id": user_id, "epoch": epoch,
+            "last_event_id": last_event_id, "recovered": recovered}
 
 
 def text_frame(data: bytes) -> bytes:

@@ -44,7 +44,7 @@ from hub.connection import (
     StreamGap,
     TokenExpired,
     resume_served,
-    welcome,
+    welcome_object,
 )
 from hub.db import Database
 from hub.errors import RateLimited, Unauthorized, Unavailable
@@ -270,7 +270,8 @@ class StreamOutlet(Response):
         self._connection = connection
         self._id_prefix = b"id: %s:" % head.epoch.encode()
         after = resume_id if recovered and resume_id is not None else head.last_id
-        self._chunks.append(sse_message("welcome", welcome(connection.user_id, head, recovered),
+        self._chunks.append(sse_message("welcome", welcome_object(connection.user_id, head.epoch,
+                                                                   head.last_id, recovered),
                                         f"{head.epoch}:{after}"))
         self._start = (after, head.last_id if recovered else None)
 

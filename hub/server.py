@@ -26,7 +26,7 @@ ORPHAN_CHECK_SECONDS = 2.0  # how often a gunicorn worker checks that its master
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Server settings the contract depends on: proxy headers from trusted proxies only, a
     graceful shutdown, request heads bounded in time and size (hub/http_protocol.py, uvicorn's
-    `http` option). WebSocket upgrades go to the app's own protocol (hub/ws.py, passed as
+    `http` option). WebSocket upgrades go to the app's own protocol (hub/ws_socket.py, passed as
     uvicorn's `ws` option from `app.state.websocket_protocol`), which keeps the contract's
     pings, frame limit and close codes; it offers no compression: that would cost CPU per
     socket for every event, where each event is otherwise encoded once for all its recipients."""

@@ -13,6 +13,7 @@ from dataclasses import replace
 import httpx
 import orjson
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from hub.client import Event, HubClient, HubClosed, PasswordLogin, Reset, api_url_of
 from hub.db import Database
@@ -186,6 +187,38 @@ async def test_an_invalid_token_is_terminal(hub: RunningHub) -> None:
     with pytest.raises(HubClosed) as closed:
         await drain(client)
     assert closed.value.code == 4001
+
+
+@pytest.mark.parametrize(("code", "terminal"), [
+    (1002, True), (1007, True), (1009, True), (4003, True), (4500, True),
+    (1011, False), (4009, False), (4010, False), (4400, False),
+])
+async def test_the_client_follows_the_close_code_enumeration(code: int, terminal: bool) -> None:
+    """A server that opens like the hub (auth, welcome) and then closes with `code`: the client
+    stops (HubClosed) on a terminal code (`hub.close_codes.action_for`, unknown codes by range)
+    and reconnects on any other. 1002 and 1007 used to be retried forever."""
+    connects = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connects
+        connects += 1
+        await ws.recv()
+        await ws.send(orjson.dumps({"type": "welcome", "user_id": 1, "epoch": "e",
+                                    "last_event_id": 0, "recovered": False}).decode())
+        await ws.close(code, "closed by the test")
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = HubClient(f"ws://127.0.0.1:{port}/ws", "token", backoff_base=0.01, backoff_cap=0.05)
+        if terminal:
+            with pytest.raises(HubClosed) as closed:
+                await drain(client)
+            assert (closed.value.code, connects) == (code, 1)
+        else:
+            async with consuming(client) as consumer:
+                for _ in range(3):
+                    assert isinstance(await consumer.next(), Reset)
+            assert connects >= 3
 
 
 async def test_a_wrong_url_is_terminal(hub: RunningHub) -> None:

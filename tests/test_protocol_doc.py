@@ -5,8 +5,9 @@ What the test reads in docs/protocol.md (keep these conventions when editing it)
 - a call is a table row whose first cell is `` `METHOD /path` `` (a path parameter written
   `{anything}`, a query string allowed after `?`); `GET /ws` stands for the WebSocket upgrade;
 - frame types are the first cells (`` `ping` ``) of the tables under the headings
-  "Client frames" and "Server frames"; close codes the first cells (`` `4001` ``) of the table
-  under "Close codes", whose "sent by" column says `hub` for the codes the hub sends; event names
+  "Client frames" and "Server frames"; close codes the rows (`` | `4001` | AUTH_FAILED | hub |
+  ``) of the table under "Close codes", compared with `hub.close_codes.CloseCode` (name, sender,
+  and a "client should" cell starting with "terminal" exactly for the terminal codes); event names
   the first cells of the table under "5. Events the hub produces"; error codes the second cells
   of the table under "2. Errors";
 - settings: the one list is the README's configuration table (rows `` | `NAME` | ``), which
@@ -18,8 +19,8 @@ What the test reads in docs/protocol.md (keep these conventions when editing it)
   and the marks are emptied once the work landed. Settings the document names may be pending
   too (PENDING_SETTINGS); *(landing)* elsewhere in a row or paragraph is for the reader only.
 
-Where the code has no enumeration yet (frame types, close codes, event names are bare literals;
-issue 14 asks for one each), they are collected from the code's syntax tree, as noted per helper.
+Where the code has no enumeration yet (frame types and event names are bare literals; issue 14
+asks for one each), they are collected from the code's syntax tree, as noted per helper.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from hub import errors, ws
 from hub.app import create_app
+from hub.close_codes import CloseAction, CloseCode, SentBy
 from hub.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +179,7 @@ def _written_types(tree: ast.Module) -> set[str]:
 
 
 def test_every_frame_type_is_documented_and_every_documented_type_exists() -> None:
-    hub_trees = [_tree("hub/ws.py"), _tree("hub/connection.py")]
+    hub_trees = [_tree("hub/ws_socket.py"), _tree("hub/ws_frames.py"), _tree("hub/connection.py")]
     server = set().union(*(_written_types(tree) for tree in hub_trees))
     client = set().union(*(_compared_types(tree) for tree in hub_trees))
     assert server >= {"welcome", "event", "pong"} and client >= {"auth", "ping"}, \
@@ -197,91 +199,28 @@ def test_every_frame_type_is_documented_and_every_documented_type_exists() -> No
 # close codes
 
 
-def _is_close_code(value: int) -> bool:
-    return 1000 <= value <= 1015 or 3000 <= value <= 4999
-
-
-def _module_ints(tree: ast.Module) -> dict[str, int]:
-    """Module-level integer constants, including `A, B = 1, 2`."""
-    found: dict[str, int] = {}
-    for node in tree.body:
-        if not isinstance(node, ast.Assign):
-            continue
-        for target in node.targets:
-            pairs = (zip(target.elts, node.value.elts, strict=True)
-                     if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
-                     else [(target, node.value)])
-            for name, value in pairs:
-                if (isinstance(name, ast.Name) and isinstance(value, ast.Constant)
-                        and isinstance(value.value, int)):
-                    found[name.id] = value.value
-    return found
-
-
-def _hub_close_codes() -> set[int]:
-    """Codes hub/ws.py closes with: the first argument of `_close`, `send_close` and `fail`, or
-    the argument after `self._close` handed to a timer; plus 1009, which websockets sends for a
-    frame over the `max_size` the hub sets."""
-    tree = _tree("hub/ws.py")
-    constants = _module_ints(tree)
-
-    def value(node: ast.expr) -> set[int]:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return {node.value}
-        if isinstance(node, ast.Name) and node.id.islower():
-            return set()  # `_close` handing its own parameter on
-        assert isinstance(node, ast.Name) and node.id in constants, \
-            f"hub/ws.py closes with {ast.unparse(node)}: make it a module constant or update this test"
-        return {constants[node.id]}
-
-    codes: set[int] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        name = node.func.attr if isinstance(node.func, ast.Attribute) else None
-        if name in ("_close", "send_close", "fail") and node.args:
-            codes |= value(node.args[0])
-        for before, after in zip(node.args, node.args[1:], strict=False):
-            if isinstance(before, ast.Attribute) and before.attr == "_close":
-                codes |= value(after)
-        if any(keyword.arg == "max_size" for keyword in node.keywords):
-            codes.add(1009)
-    return codes
-
-
-def _client_close_codes() -> set[int]:
-    """Every integer literal in a close code's range in hub/client.py, and the entries of the
-    browser client's `CloseCode` table."""
-    python = {node.value for node in ast.walk(_tree("hub/client.py"))
-              if isinstance(node, ast.Constant) and isinstance(node.value, int)
-              and _is_close_code(node.value)}
-    js = _source("hub/static/hub-client.js")
-    table = re.search(r"CloseCode = Object\.freeze\(\{(.*?)\}\)", js, re.DOTALL)
-    assert table is not None, "hub-client.js: the CloseCode table moved; update this test"
-    return python | {int(code) for code in re.findall(r"\b[A-Z_]+:\s*(\d{4})\b", table.group(1))}
-
-
-def _doc_close_codes() -> tuple[set[int], set[int]]:
-    """Every documented close code, and those whose "sent by" cell names the hub."""
-    documented, by_hub = set(), set()
+def _doc_close_codes() -> dict[int, tuple[str, str, str]]:
+    """Every documented close code: its name, "sent by" and "client should" cells."""
+    rows = {}
     for line in _section("Close codes").splitlines():
-        match = re.match(r"^\|\s*`(\d{4})`\s*\|([^|]*)\|([^|]*)\|", line)
+        match = re.match(r"^\|\s*`(\d{4})`\s*\|\s*([A-Z_]+)\s*\|([^|]*)\|[^|]*\|([^|]*)\|", line)
         if match:
-            code = int(match.group(1))
-            documented.add(code)
-            if "hub" in match.group(3):
-                by_hub.add(code)
-    return documented, by_hub
+            rows[int(match.group(1))] = (match.group(2), match.group(3).strip(), match.group(4).strip())
+    return rows
 
 
-def test_every_close_code_is_documented_and_every_documented_code_is_used() -> None:
-    hub_codes = _hub_close_codes()
-    assert {4001, 4003, 4008, 4009, 1009, 1011, 1012} <= hub_codes, \
-        "the close codes are no longer found where this test looks: update _hub_close_codes"
-    documented, by_hub = _doc_close_codes()
-    assert by_hub == hub_codes, "docs/protocol.md § Close codes: the rows sent by the hub"
-    assert documented == hub_codes | _client_close_codes(), \
-        "docs/protocol.md § Close codes: every code of hub/ws.py, hub/client.py and hub-client.js"
+def test_every_close_code_is_documented_and_every_documented_code_is_in_the_enumeration() -> None:
+    documented = _doc_close_codes()
+    assert {4001, 4003, 4008, 4009, 1009, 1011, 1012} <= set(documented), \
+        "the close codes are no longer found where this test looks: update _doc_close_codes"
+    assert set(documented) == set(CloseCode), "docs/protocol.md § Close codes: one row per CloseCode"
+    for code in CloseCode:
+        name, sent_by, should = documented[code]
+        assert (name, sent_by) == (code.name, code.sent_by.value), f"docs/protocol.md § Close codes: {code}"
+        assert should.startswith("terminal") == (code.action is CloseAction.TERMINAL), \
+            f"docs/protocol.md § Close codes: what a client should do on {code}"
+    hub_sent = {code for code in CloseCode if code.sent_by is SentBy.HUB}
+    assert {4001, 4003, 4008, 4009, 4010, 1009, 1011, 1012} <= hub_sent
 
 
 # events

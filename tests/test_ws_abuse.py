@@ -1,6 +1,7 @@
 """A WebSocket client that misbehaves on purpose costs the hub little and nobody else anything:
 every frame counts against the frame budget, a socket the hub is closing is not read any more,
-fragmented messages are bounded, and a malformed handshake is refused without an error."""
+fragmented messages are bounded, a malformed handshake is refused without an error, and a peer
+that stops reading for good is ended as a slow consumer."""
 
 from __future__ import annotations
 
@@ -15,9 +16,18 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
 from hub.settings import Settings
-from hub.ws import CLOSE_GRACE
+from hub.ws_socket import CLOSE_GRACE
 from tests.conftest import RunningHub, serve_hub
-from tests.wsutil import HANDSHAKE, WAIT, client_frame, connect, make_users, publish_to, raw_socket
+from tests.wsutil import (
+    HANDSHAKE,
+    WAIT,
+    StalledReader,
+    client_frame,
+    connect,
+    make_users,
+    publish_to,
+    raw_socket,
+)
 
 PING, CONT, TEXT = 0x9, 0x0, 0x1
 
@@ -144,3 +154,31 @@ async def test_a_duplicate_origin_header_is_refused_with_400_and_logs_no_error(
     writer.close()
     assert (await hub.http.get("/healthz")).status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _metric(hub: RunningHub, name: str) -> float:
+    text = (await hub.http.get("/metrics")).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+async def test_a_peer_that_stops_reading_for_good_is_ended_as_a_slow_consumer(settings: Settings) -> None:
+    """The peer's TCP stack stays alive but its application never reads again: the server's send
+    buffer fills and the keepalive cannot drop the peer either (its close waits for that buffer
+    to drain). Overflowing the outbound bound must still end the connection: unregistered,
+    counted as a slow consumer, not held for as long as the peer lives."""
+    async with serve_hub(replace(settings, ws_ping_interval=30, ws_queue_max_messages=20)) as hub:
+        ((user_id, token),) = await make_users(hub.settings, 1)
+        stalled = await StalledReader.open(hub.ws_url, token)
+        try:
+            async def burst() -> None:
+                for _ in range(15):
+                    await publish_to(hub, [user_id], data={"pad": "x" * 60_000})
+
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(burst() for _ in range(10)))  # ~9 MB, 150 events
+            async with asyncio.timeout(5):
+                while await _metric(hub, "hub_connections") != 0:
+                    await asyncio.sleep(0.1)
+            assert await _metric(hub, "hub_slow_consumer_disconnects_total") == 1
+        finally:
+            stalled._sock.close()

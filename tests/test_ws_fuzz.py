@@ -23,7 +23,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
 from hub.settings import Settings
-from hub.ws import CLOSE_GRACE
+from hub.ws_socket import CLOSE_GRACE
 from tests.conftest import RunningHub, serve_hub
 from tests.wsutil import client_frame, connect, make_users, publish_to, raw_socket
 

@@ -8,7 +8,14 @@ from dataclasses import replace
 
 import pytest
 import websockets
+from sqlalchemy import update
 
+from hub import streams
+from hub.close_codes import CloseCode
+from hub.db import Database
+from hub.metrics import Metrics
+from hub.models import Stream
+from hub.retention import Retention
 from hub.settings import Settings
 from tests.conftest import RunningHub, serve_hub
 from tests.wsutil import WAIT, Socket, StalledReader, connect, make_users, mint, publish_to
@@ -179,3 +186,29 @@ async def test_a_peer_that_never_answers_pings_is_dropped(settings: Settings) ->
         await asyncio.sleep(1.5)
         await silent.read_to_end(timeout=5)
         assert silent.close_code == 1011
+
+
+async def test_missed_events_trimmed_away_close_the_socket_with_history_gone(hub: RunningHub) -> None:
+    """An event that skips ahead sends the connection to the store for the ids between; when
+    retention removed them, the hub cannot deliver every id in order and closes with
+    HISTORY_GONE (4010), not SLOW_CONSUMER (4009, whose promise is that nothing is lost); the
+    resume from where it stopped then answers `recovered: false`."""
+    ((user_id, token),) = await make_users(hub.settings, 1)
+    sock = await connect(hub.ws_url, token)
+    start = sock.welcome["last_event_id"]
+    db = Database(hub.settings.database_url)
+    db.open()
+    try:
+        async with db.sessions.begin() as session:  # two events the broker never carries...
+            await streams.append(session, [user_id], "test.gone", b"{}")
+            await streams.append(session, [user_id], "test.gone", b"{}")
+            await session.execute(update(Stream).where(Stream.user_id == user_id)
+                                  .values(published_id=start + 2))  # ...nor the relay republishes
+        await Retention(db, Metrics(), keep_events=1, keep_seconds=3600).step()  # start + 1 is gone
+    finally:
+        await db.close()
+    assert (await publish_to(hub, [user_id]))[str(user_id)] == start + 3
+    assert await sock.closed() == CloseCode.HISTORY_GONE
+    resumed = await connect(hub.ws_url, token, last_event_id=start, epoch=sock.welcome["epoch"])
+    assert resumed.welcome["recovered"] is False
+    await resumed.close()

@@ -1,9 +1,10 @@
-"""The hub's own WebSocket layer (`hub.ws.HubSocket`): handshake, frame encoding and parsing, and
-what an idle socket costs."""
+"""The hub's own WebSocket layer (`hub.ws_socket.HubSocket`): handshake, frame encoding and
+parsing, what an idle socket costs, and sockets ending cleanly however their peer leaves."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 
@@ -81,6 +82,21 @@ async def test_invalid_utf8_in_a_text_frame_closes_with_1007(hub: RunningHub) ->
     assert await sock.closed() == 1007
 
 
+async def test_a_refresh_cut_short_by_a_close_leaves_no_coroutine_unawaited(hub: RunningHub) -> None:
+    """A `refresh` frame starts a task; a bad frame read in the same chunk closes the socket,
+    which cancels that task before it ever ran. Its work must still be closed properly, not
+    reported ("coroutine ... was never awaited") when collected."""
+    ((_, token),) = await make_users(hub.settings, 1)
+    for _ in range(5):
+        sock = await connect(hub.ws_url, token)
+        protocol = sock.ws.protocol
+        protocol.send_frame(Frame(Opcode.TEXT, json.dumps({"type": "refresh", "token": token}).encode()))
+        protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "\xff"}'))
+        sock.ws.transport.write(b"".join(protocol.data_to_send()))
+        assert await sock.closed() == 1007
+    gc.collect()  # an unawaited coroutine is reported when collected (an error under pytest)
+
+
 async def test_idle_sockets_hold_no_task_and_still_get_their_events(hub: RunningHub) -> None:
     """The hub runs in this test's event loop: its tasks are counted here. 30 authenticated
     sockets that idle add no task; the first event of each still arrives."""
@@ -138,3 +154,41 @@ async def test_pings_before_the_auth_frame_are_answered_and_auth_still_works(hub
     assert (frames[0].opcode, bytes(frames[0].data)) == (Opcode.PONG, b"early")
     assert json.loads(frames[1].data)["user_id"] == user_id
     writer.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # with Redis, the last socket of a user unsubscribes
+async def test_peers_leaving_while_events_flow_end_cleanly(hub: RunningHub,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Peers vanish without a closing handshake while events are being written to them: each
+    socket ends from its transport's `connection_lost`, possibly inside the broker's callback
+    that is writing to the user's connections (so the registry's unregister is deferred, and
+    the last socket of a user starts an UNSUBSCRIBE in the background). None of it may surface
+    as an ERROR log or as a task exception never retrieved. A timing race: each round drops 20
+    sockets while events flow to all of them."""
+    users = await make_users(hub.settings, 20)
+    user_ids = [user_id for user_id, _ in users]
+    stop = asyncio.Event()
+
+    async def pump() -> None:
+        while not stop.is_set():
+            await publish_to(hub, user_ids)
+
+    pumps = [asyncio.create_task(pump()) for _ in range(12)]
+    errors: list[str] = []
+    try:
+        async with asyncio.timeout(90):
+            for _ in range(60):
+                sockets = await asyncio.gather(*(connect(hub.ws_url, token) for _, token in users))
+                await asyncio.sleep(0.05)
+                for sock in sockets:
+                    sock.ws.transport.close()  # gone without a closing handshake
+                await asyncio.sleep(0.05)
+                gc.collect()  # "Task exception was never retrieved" is reported at collection
+                errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+                if errors:
+                    break
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*pumps)
+    assert errors == []

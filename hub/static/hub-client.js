@@ -16,31 +16,53 @@
 // - reconnects with exponential back-off and full jitter, at once on `online` and when the tab
 //   becomes visible; a ping every 25 s notices a dead socket;
 // - refreshes the access token before it expires (REST refresh, then the `refresh` frame);
-// - close codes are "reconnect" (1006, 1011, 1012, 4008, 4009, ...) or "terminal": 4003, and 4001
-//   once a token refresh has failed too; terminal ends the session ("signed-out").
+// - close codes (hub/close_codes.py, mirrored by `CloseCode` below) are "reconnect" (1006, 1011,
+//   1012, 4008, 4009, 4010, ...), "refresh" (4001: new token, then reconnect; terminal once a token
+//   refresh has failed too) or "terminal" (1002, 1007, 1008, 1009: this client's own mistake
+//   would repeat; 4003); terminal ends the session ("signed-out"). A code this version does not
+//   know is terminal in 4500–4999 and reconnect otherwise.
 
 const ACCESS_LEAD_MAX_MS = 60_000; // refresh this long before expiry at most...
 const ACCESS_LEAD_FRACTION = 0.2; // ...or this part of the token's life, whichever is less
 const WELCOME_TIMEOUT_MS = 15_000;
 const MAX_AUTH_FAILURES = 2; // 4001 closes in a row, each after a successful refresh
 
+// The protocol's close codes: the same names and numbers as hub/close_codes.py, and the same
+// action for each (tests/test_close_codes.py compares them).
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
   ABNORMAL: 1006,
+  INVALID_DATA: 1007,
+  POLICY_VIOLATION: 1008,
   TOO_BIG: 1009,
   INTERNAL: 1011,
   RESTARTING: 1012,
+  CLIENT_TIMEOUT: 4000, // ours: no welcome or pong in time
   AUTH_FAILED: 4001,
   FORBIDDEN: 4003,
   RATE_LIMITED: 4008,
   SLOW_CONSUMER: 4009,
-  CLIENT_TIMEOUT: 4000, // ours: no welcome or pong in time
+  HISTORY_GONE: 4010,
 });
+const TERMINAL_CLOSE_CODES = new Set([
+  CloseCode.PROTOCOL_ERROR,
+  CloseCode.INVALID_DATA,
+  CloseCode.POLICY_VIOLATION,
+  CloseCode.TOO_BIG,
+  CloseCode.FORBIDDEN,
+]);
+const REFRESH_CLOSE_CODES = new Set([CloseCode.AUTH_FAILED]);
+const KNOWN_CLOSE_CODES = new Set(Object.values(CloseCode));
+const TERMINAL_RANGE = [4500, 4999]; // for codes this version does not know (a newer hub's)
 
-/** "reconnect" or "terminal" for a close code; 4001 is terminal only after a refresh failed. */
+/** "reconnect", "refresh" (a new token first) or "terminal" for a close code. */
 export function closeKind(code) {
-  return code === CloseCode.FORBIDDEN ? "terminal" : "reconnect";
+  if (TERMINAL_CLOSE_CODES.has(code)) return "terminal";
+  if (REFRESH_CLOSE_CODES.has(code)) return "refresh";
+  if (KNOWN_CLOSE_CODES.has(code)) return "reconnect";
+  return code >= TERMINAL_RANGE[0] && code <= TERMINAL_RANGE[1] ? "terminal" : "reconnect";
 }
 
 /** An answer of the hub's REST API that was not a success: `status`, `code`, `detail`. */
@@ -431,11 +453,12 @@ export class HubClient extends Emitter {
     if (ws !== this.#ws) return;
     this.#forgetSocket();
     if (!this.#session) return;
-    if (closeKind(code) === "terminal") {
-      this.#endSession(reason || "forbidden");
+    const kind = closeKind(code);
+    if (kind === "terminal") {
+      this.#endSession(reason || "closed by the hub");
       return;
     }
-    if (code === CloseCode.AUTH_FAILED) {
+    if (kind === "refresh") {
       this.#authFailures += 1;
       if (this.#authFailures > MAX_AUTH_FAILURES) {
         this.#endSession(reason || "authentication failed");
@@ -446,7 +469,7 @@ export class HubClient extends Emitter {
       this.refreshTokens().then(() => this.#connect(), () => this.#retryLater());
       return;
     }
-    if (code === CloseCode.SLOW_CONSUMER) this.#attempt = 0; // resume at once
+    if (code === CloseCode.SLOW_CONSUMER || code === CloseCode.HISTORY_GONE) this.#attempt = 0; // resume at once
     if (code === CloseCode.RATE_LIMITED) this.#attempt = Math.max(this.#attempt, 4);
     this.#retryLater();
   }
