@@ -13,7 +13,8 @@ from playwright.async_api import expect
 from hub.settings import Settings
 from tests.browser.chat_page import ChatPage
 from tests.browser.conftest import Pages
-from tests.conftest import free_port, serve_hub, unique_name
+from tests.conftest import free_port, register, serve_hub, unique_name
+from tests.wsutil import publish_to
 
 HEAD_LIMIT = 64 * 1024
 
@@ -30,11 +31,19 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
+class Refusal:
+    """Whether the proxy refuses upgrades now (a test may lift the block)."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+
 @contextlib.asynccontextmanager
-async def upgrade_refusing_proxy(upstream_port: int) -> AsyncIterator[int]:
+async def upgrade_refusing_proxy(upstream_port: int, refusal: Refusal | None = None) -> AsyncIterator[int]:
     """A TCP proxy to 127.0.0.1:`upstream_port` that drops any connection whose first request asks
     for a WebSocket upgrade (a browser opens each WebSocket on a connection of its own)."""
     tasks: set[asyncio.Task[None]] = set()
+    refusal = refusal or Refusal()
 
     async def serve(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
@@ -42,7 +51,7 @@ async def upgrade_refusing_proxy(upstream_port: int) -> AsyncIterator[int]:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             client_writer.close()
             return
-        if b"\nupgrade: websocket" in head.lower():
+        if refusal.on and b"\nupgrade: websocket" in head.lower():
             client_writer.close()  # the handshake fails, as behind a proxy that strips upgrades
             return
         try:
@@ -107,3 +116,42 @@ async def test_the_chat_page_falls_back_to_the_stream_and_chats_live_through_a_r
             texts = await alice.by("message-text").all_text_contents()
             assert len(texts) == len(set(texts)) == 6
             assert second.base_url.endswith(f":{port}")
+
+
+CLIENT = """async ([username, password]) => {
+  const { HubClient } = await import("/static/hub-client.js");
+  window.got = [];
+  window.transports = [];
+  window.hub = new HubClient({ storageKey: "probe", webSocketRetryMs: 1000, backoffBaseMs: 50,
+                               backoffCapMs: 200 });
+  window.hub.on("event", (event) => window.got.push(event.id));
+  window.hub.on("transport", ({ transport }) => window.transports.push(transport));
+  await window.hub.signIn(username, password);
+}"""
+
+
+async def _until(page: object, condition: str, timeout: float = 15) -> None:
+    async with asyncio.timeout(timeout):
+        while not await page.evaluate(condition):  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+
+
+async def test_the_client_goes_back_to_the_websocket_once_it_opens_again(settings: Settings,
+                                                                        pages: Pages) -> None:
+    port = free_port()
+    refusal = Refusal()
+    async with upgrade_refusing_proxy(port, refusal) as proxy_port, serve_hub(settings, port) as hub:
+        account = await register(hub.http)
+        page = await pages.open()
+        await page.goto(f"http://127.0.0.1:{proxy_port}/")
+        await page.evaluate(CLIENT, [account.username, account.password])
+        await _until(page, "() => hub.transport === 'stream' && hub.state === 'connected'")
+        first = await publish_to(hub, [account.id], "on.stream")
+        await _until(page, f"() => got.includes({first[str(account.id)]})")
+        refusal.on = False  # the network lets WebSockets through again
+        await _until(page, "() => hub.transport === 'websocket' && hub.state === 'connected'")
+        second = await publish_to(hub, [account.id], "on.socket")
+        await _until(page, f"() => got.includes({second[str(account.id)]})")
+        assert await page.evaluate("() => transports") == ["stream", "websocket"]
+        got = await page.evaluate("() => got")
+        assert got == sorted(set(got)) and got[-1] == second[str(account.id)]
