@@ -309,10 +309,13 @@ class StreamOutlet(Response):
         assert connection is not None
         loop = asyncio.get_running_loop()
         control = scope.get(CONTROL)
+        watcher: asyncio.Task[None] | None = None
         if isinstance(control, BoundedHeadProtocol):
             self._control = control
             control.on_shutdown = self._shutdown
-        watcher = loop.create_task(self._watch(receive))
+            control.on_lost = self._lost
+        else:  # another server: a task waits for the disconnect
+            watcher = loop.create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             if not self._finished:
@@ -323,13 +326,14 @@ class StreamOutlet(Response):
             if not self._disconnected:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self._finished = True
             for timer in (self._timer, self._deadline):
                 if timer is not None:
                     timer.cancel()
             if self._control is not None:
-                self._control.on_shutdown = None
+                self._control.on_shutdown = self._control.on_lost = None
             connection.stop()
             api.registry.unregister(connection)
             self._resolve_flushed()
@@ -359,6 +363,9 @@ class StreamOutlet(Response):
         """Wait for the peer to go away (the request has no body to read)."""
         while (await receive())["type"] != "http.disconnect":
             pass
+        self._lost()
+
+    def _lost(self) -> None:
         self._disconnected = True
         self._finished = True
         if self._connection is not None:

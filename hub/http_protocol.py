@@ -10,8 +10,9 @@ closed. Between requests uvicorn's keep-alive timeout applies, as before.
 
 A long-lived response (the event stream, hub/event_stream.py) reaches its connection through
 the request's scope (`scope[CONTROL]`, this protocol): it is told of the server's graceful
-shutdown (`on_shutdown`, so it can say goodbye before uvicorn waits for it) and may `abort` the
-connection of a peer that stopped reading.
+shutdown (`on_shutdown`, so it can say goodbye before uvicorn waits for it) and of the peer's
+leaving (`on_lost`, without a task waiting on `receive`), and may `abort` the connection of a
+peer that stopped reading.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes: int | None = 0  # bytes of the head being read; None between heads
         self._head_timer: asyncio.TimerHandle | None = None
         self.on_shutdown: Callable[[], None] | None = None  # set by a long-lived response
+        self.on_lost: Callable[[], None] | None = None  # likewise: the peer is gone
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,7 +59,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        lost, self.on_lost = self.on_lost, None
         super().connection_lost(exc)
+        if lost is not None:
+            lost()
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is None:
@@ -89,7 +94,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes = None
         self._cancel_head_timer()
         self.scope[CONTROL] = self  # type: ignore[literal-required]
-        self.on_shutdown = None
+        self.on_shutdown = self.on_lost = None
         super().on_headers_complete()
 
     def shutdown(self) -> None:

@@ -246,3 +246,17 @@ async def test_sigterm_ends_the_stream_with_server_restarting_and_logs_no_ticket
     assert value not in log_text and "ticket=" not in log_text
     if workers == "1":  # uvicorn's access log, which gunicorn's workers do not write here
         assert "GET /api/v1/stream?… HTTP/1.1" in log_text
+
+
+async def test_a_client_that_leaves_is_unregistered_at_once(hub: RunningHub) -> None:
+    ((user_id, token),) = await make_users(hub.settings, 1)
+    async with open_stream(hub.http, token):
+        pass
+    async with asyncio.timeout(5):
+        while True:  # the peer's close reaches the stream through the HTTP protocol
+            if "hub_stream_connections 0.0" in (await hub.http.get("/metrics")).text:
+                break
+            await asyncio.sleep(0.05)
+    async with open_stream(hub.http, token) as stream:  # and its user's channel still works
+        await publish_to(hub, [user_id], "after")
+        assert (await stream.events(1))[0].event == "after"
