@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from chat.service import ChatService
 from hub import idempotency
-from hub.errors import NotFound
-from hub.http import api, read_json, read_query
+from hub.http import api, link, only_json_type, read_json, read_path, read_query
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
 from hub.storable_text import StorableText
@@ -23,15 +22,26 @@ MAX_INT64 = 2**63 - 1
 MAX_TEXT = 4000
 MAX_TITLE = 100
 MAX_NEW_MEMBERS = 1000
-# C0 and C1 controls and DEL; text no database can store is StorableText's to refuse.
-_TEXT_REFUSED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_TITLE_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls and DEL: the bodies of regex character classes, shared by the check and
+# the documented pattern. Text no database can store (lone surrogates, which no JSON Schema
+# validator can see either) is StorableText's to refuse.
+_TEXT_REFUSED = r"\x00-\x08\x0b-\x1f\x7f-\x9f"
+_TITLE_REFUSED = r"\x00-\x1f\x7f-\x9f"
 
 
-def _trimmed(limit: int, refused: re.Pattern[str], allowed: str) -> AfterValidator:
+def trimmed_pattern(limit: int, refused: str) -> str:
+    """The regex of what `_trimmed(limit, refused, ...)` accepts: no refused character, and
+    1 to `limit` characters between the first and the last that `str.strip` keeps."""
+    space, visible, any_ = rf"[^\S{refused}]", rf"[^\s{refused}]", rf"[^{refused}]"
+    return rf"^{space}*{visible}(?:{any_}{{0,{limit - 2}}}{visible})?{space}*$"
+
+
+def _trimmed(limit: int, refused: str, allowed: str) -> AfterValidator:
+    refused_re = re.compile(f"[{refused}]")
+
     def check(value: str) -> str:
         # Refused anywhere, the ends included: trimming must not hide a control character.
-        if refused.search(value):
+        if refused_re.search(value):
             raise ValueError(f"must not contain control characters{allowed}")
         value = value.strip()
         if not value:
@@ -43,8 +53,12 @@ def _trimmed(limit: int, refused: re.Pattern[str], allowed: str) -> AfterValidat
     return AfterValidator(check)
 
 
-MessageText = Annotated[StorableText, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab")]
-Title = Annotated[StorableText, _trimmed(MAX_TITLE, _TITLE_REFUSED, "")]
+MessageText = Annotated[StorableText, _trimmed(MAX_TEXT, _TEXT_REFUSED, " other than newline and tab"),
+                        WithJsonSchema({"type": "string",
+                                        "pattern": trimmed_pattern(MAX_TEXT, _TEXT_REFUSED)})]
+Title = Annotated[StorableText, _trimmed(MAX_TITLE, _TITLE_REFUSED, ""),
+                  WithJsonSchema({"type": "string", "pattern": trimmed_pattern(MAX_TITLE, _TITLE_REFUSED)})]
+ChatId = Annotated[int, Field(ge=1, le=MAX_INT32)]
 UserId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT32)]
 MessageId = Annotated[int, Field(strict=True, gt=0, le=MAX_INT64)]
 
@@ -73,8 +87,18 @@ class ReadMark(BaseModel):
 
 
 class MessagesQuery(BaseModel):
-    before_id: Annotated[int | None, Field(gt=0, le=MAX_INT64)] = None
+    # Absent means "from the newest"; there is no null on the wire.
+    before_id: Annotated[int | None, Field(gt=0, le=MAX_INT64,
+                                           json_schema_extra=only_json_type("integer"))] = None
     limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class ChatPath(BaseModel):
+    chat_id: ChatId
+
+
+class UserPath(BaseModel):
+    user_id: Annotated[int, Field(ge=1, le=MAX_INT32)]
 
 
 class MemberOut(BaseModel):
@@ -117,6 +141,21 @@ class BlockList(BaseModel):
     items: list[MemberOut]
 
 
+_CHAT = "/api/v1/chats/{chat_id:int}"
+_FROM_CHAT = {"chat_id": "$response.body#/id"}
+_FROM_MESSAGE = {"chat_id": "$response.body#/chat_id"}
+CHAT_LINKS = {
+    "GetChat": link("GET", _CHAT, _FROM_CHAT),
+    "AddMember": link("POST", _CHAT + "/members", _FROM_CHAT),
+    "PostMessage": link("POST", _CHAT + "/messages", _FROM_CHAT),
+    "ListMessages": link("GET", _CHAT + "/messages", _FROM_CHAT),
+}
+MESSAGE_LINKS = {
+    "MarkRead": link("POST", _CHAT + "/read", _FROM_MESSAGE, {"message_id": "$response.body#/id"}),
+    "ListMessages": link("GET", _CHAT + "/messages", _FROM_MESSAGE),
+}
+
+
 class ChatApi:
     """Routes of §6. User tokens are checked by the `Authenticator` the composition root hands in."""
 
@@ -128,12 +167,12 @@ class ChatApi:
         return [
             Route("/api/v1/chats", self.create_chat, methods=["POST"]),
             Route("/api/v1/chats", self.list_chats, methods=["GET"]),
-            Route("/api/v1/chats/{chat_id:int}", self.get_chat, methods=["GET"]),
-            Route("/api/v1/chats/{chat_id:int}/members", self.add_member, methods=["POST"]),
-            Route("/api/v1/chats/{chat_id:int}/members/me", self.leave, methods=["DELETE"]),
-            Route("/api/v1/chats/{chat_id:int}/messages", self.post_message, methods=["POST"]),
-            Route("/api/v1/chats/{chat_id:int}/messages", self.list_messages, methods=["GET"]),
-            Route("/api/v1/chats/{chat_id:int}/read", self.mark_read, methods=["POST"]),
+            Route(_CHAT, self.get_chat, methods=["GET"]),
+            Route(_CHAT + "/members", self.add_member, methods=["POST"]),
+            Route(_CHAT + "/members/me", self.leave, methods=["DELETE"]),
+            Route(_CHAT + "/messages", self.post_message, methods=["POST"]),
+            Route(_CHAT + "/messages", self.list_messages, methods=["GET"]),
+            Route(_CHAT + "/read", self.mark_read, methods=["POST"]),
             Route("/api/v1/blocks", self.block, methods=["POST"]),
             Route("/api/v1/blocks", self.list_blocks, methods=["GET"]),
             Route("/api/v1/blocks/{user_id:int}", self.unblock, methods=["DELETE"]),
@@ -141,7 +180,8 @@ class ChatApi:
 
     @api(summary="Create a chat (the creator is a member); emits chat.created. 403 if a member "
                  "blocks the creator; 422 beyond CHAT_MAX_MEMBERS members", tag="chat",
-         body=NewChat, response=ChatOut, status=201, auth="user", errors=(401, 403, 413, 415, 422))
+         body=NewChat, response=ChatOut, status=201, auth="user", errors=(401, 403, 413, 415, 422),
+         links=CHAT_LINKS)
     async def create_chat(self, request: Request) -> Response:
         user_id = await self._user(request)
         body = await read_json(request, NewChat)
@@ -154,15 +194,15 @@ class ChatApi:
         user_id = await self._user(request)
         return json_response({"items": await self._service.list_chats(user_id)})
 
-    @api(summary="One chat of the caller", tag="chat", response=ChatOut, auth="user",
-         errors=(401, 404))
+    @api(summary="One chat of the caller", tag="chat", path=ChatPath, response=ChatOut,
+         auth="user", errors=(401, 404))
     async def get_chat(self, request: Request) -> Response:
         user_id = await self._user(request)
         return json_response(await self._service.get_chat(user_id, _chat_id(request)))
 
     @api(summary="Add a member; emits chat.member_added to every member, the new one too. 403 "
                  "if they block the caller; 422 when the chat has CHAT_MAX_MEMBERS members",
-         tag="chat", body=NewMember, response=ChatOut, status=201, auth="user",
+         tag="chat", body=NewMember, path=ChatPath, response=ChatOut, status=201, auth="user",
          errors=(401, 403, 404, 409, 413, 415, 422))
     async def add_member(self, request: Request) -> Response:
         user_id = await self._user(request)
@@ -172,7 +212,7 @@ class ChatApi:
 
     @api(summary="Leave a chat; emits chat.member_left to the remaining members. The leaver "
                  "gets nothing more of it; the last member to leave deletes it", tag="chat",
-         status=204, auth="user", errors=(401, 404))
+         path=ChatPath, status=204, auth="user", errors=(401, 404))
     async def leave(self, request: Request) -> Response:
         user_id = await self._user(request)
         await self._service.leave(user_id, _chat_id(request))
@@ -181,8 +221,9 @@ class ChatApi:
     @api(summary="Post a message; emits chat.message to every member. A retry with the same "
                  "Idempotency-Key within 24 h returns the first answer. 429 with Retry-After "
                  "beyond CHAT_POST_RATE per second (bursts of CHAT_POST_BURST)", tag="chat",
-         body=NewMessage, response=MessageOut, status=201, auth="user",
-         errors=(401, 404, 409, 413, 415, 422, 429), headers=("Idempotency-Key",))
+         body=NewMessage, path=ChatPath, response=MessageOut, status=201, auth="user",
+         errors=(401, 404, 409, 413, 415, 422, 429),
+         headers={idempotency.HEADER: idempotency.KEY_SCHEMA}, links=MESSAGE_LINKS)
     async def post_message(self, request: Request) -> Response:
         user_id = await self._user(request)
         chat_id = _chat_id(request)
@@ -192,7 +233,8 @@ class ChatApi:
         return idempotency.response(answer, replayed)  # the publish API's replay marker too
 
     @api(summary="Messages of a chat, newest first, by keyset (before_id)", tag="chat",
-         query=MessagesQuery, response=MessagePage, auth="user", errors=(401, 404, 422))
+         query=MessagesQuery, path=ChatPath, response=MessagePage, auth="user",
+         errors=(401, 404, 422))
     async def list_messages(self, request: Request) -> Response:
         user_id = await self._user(request)
         chat_id = _chat_id(request)
@@ -201,8 +243,8 @@ class ChatApi:
             await self._service.messages(user_id, chat_id, query.before_id, query.limit))
 
     @api(summary="Mark messages read up to message_id (only moves forward); emits chat.read "
-                 "to the other members", tag="chat", body=ReadMark, status=204, auth="user",
-         errors=(401, 404, 413, 415, 422))
+                 "to the other members", tag="chat", body=ReadMark, path=ChatPath, status=204,
+         auth="user", errors=(401, 404, 413, 415, 422))
     async def mark_read(self, request: Request) -> Response:
         user_id = await self._user(request)
         chat_id = _chat_id(request)
@@ -226,12 +268,10 @@ class ChatApi:
         return json_response({"items": await self._service.blocks(user_id)})
 
     @api(summary="Unblock a user (not blocked: no change); 404 for an unknown user", tag="chat",
-         status=204, auth="user", errors=(401, 404))
+         path=UserPath, status=204, auth="user", errors=(401, 404))
     async def unblock(self, request: Request) -> Response:
         user_id = await self._user(request)
-        blocked_id = int(request.path_params["user_id"])
-        if not 0 < blocked_id <= MAX_INT32:
-            raise NotFound(f"no user {blocked_id}")
+        blocked_id = read_path(request, UserPath).user_id
         await self._service.unblock(user_id, blocked_id)
         return Response(status_code=204)
 
@@ -240,9 +280,6 @@ class ChatApi:
 
 
 def _chat_id(request: Request) -> int:
-    chat_id = int(request.path_params["chat_id"])
-    if not 0 < chat_id <= MAX_INT32:
-        raise NotFound(f"no chat {chat_id} among yours")
-    return chat_id
+    return read_path(request, ChatPath).chat_id
 
 

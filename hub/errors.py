@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from hub.responses import json_response
 
@@ -121,10 +122,22 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     detail = exc.detail
     if exc.status_code == 404:
         detail = f"no such resource: {request.url.path}"
-    elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
     headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
     return json_response({"error": code, "detail": detail}, exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path. Starlette's 405 names only the
+    methods of the first route that matched the path, and a path with one route per method
+    (GET and POST /api/v1/chats) would then answer `Allow: POST` to a GET-able resource."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:

@@ -8,7 +8,8 @@ document cannot drift from what the server accepts.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from hub.errors import Forbidden, Invalid, TooLarge, UnsupportedMediaType
+from hub.errors import Forbidden, Invalid, NotFound, TooLarge, UnsupportedMediaType
 from hub.storable_text import loads_allowing_surrogates, may_spell_surrogates, unstorable_json_path
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -34,35 +35,79 @@ class ApiSpec:
     body: type[BaseModel] | None = None
     body_required: bool = True
     query: type[BaseModel] | None = None
+    path: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
     auth: str | None = None  # "user", "hub_api_key", "parser_token", "exchange_token"
     errors: Sequence[int] = ()
-    headers: Sequence[str] = ()
+    headers: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     content_type: str = "application/json"
-    extra: dict[str, Any] = field(default_factory=dict)
+    links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    uses_database: bool = True  # then a lost database connection is a 503 (hub.errors)
 
 
 def api(*, summary: str, tag: str, body: type[BaseModel] | None = None,
         body_required: bool = True, query: type[BaseModel] | None = None,
-        response: type[BaseModel] | None = None, status: int = 200, auth: str | None = None,
-        errors: Sequence[int] = (), headers: Sequence[str] = (),
-        content_type: str = "application/json") -> Callable[[E], E]:
+        path: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
+        status: int = 200, auth: str | None = None, errors: Sequence[int] = (),
+        headers: Mapping[str, dict[str, Any]] | None = None,
+        content_type: str = "application/json",
+        links: Mapping[str, dict[str, Any]] | None = None,
+        uses_database: bool = True) -> Callable[[E], E]:
     """Attach an `ApiSpec` to an endpoint (a function or a method); `hub.openapi` reads it.
 
-    `body` and `query` must be the models the endpoint passes to `read_json`/`read_query`."""
+    `body`, `query` and `path` must be the models the endpoint passes to `read_json`,
+    `read_query` and `read_path`; `headers` maps each optional request header to the JSON
+    schema of the values the endpoint accepts; `links` are OpenAPI link objects of the success
+    answer (what a client can call next with the ids it got). An endpoint that `uses_database`
+    may answer 503 (`hub.errors.database_error_handler`), which the document adds."""
     if auth is not None and auth not in AUTH_SCHEMES:
         raise ValueError(f"api(auth={auth!r}): use one of {', '.join(AUTH_SCHEMES)}")
     spec = ApiSpec(summary=summary, tag=tag, body=body, body_required=body_required,
-                   query=query, response=response,
-                   status=status, auth=auth, errors=tuple(errors), headers=tuple(headers),
-                   content_type=content_type)
+                   query=query, path=path, response=response, status=status, auth=auth,
+                   errors=tuple(errors), headers=dict(headers or {}), content_type=content_type,
+                   links=dict(links or {}), uses_database=uses_database)
 
     def attach(endpoint: E) -> E:
         endpoint.__api__ = spec  # type: ignore[attr-defined]
         return endpoint
 
     return attach
+
+
+def only_json_type(kind: str) -> Callable[[dict[str, Any]], None]:
+    """A pydantic `json_schema_extra` that keeps only the `kind` branch of a field's `anyOf`,
+    for a field whose validator refuses the other branches (a Decimal that must be a JSON
+    number), or whose other branch cannot be sent (a null query parameter is just absent)."""
+    def keep(schema: dict[str, Any]) -> None:
+        branch = next(b for b in schema.pop("anyOf") if b.get("type") == kind)
+        schema.update(branch)
+        if schema.get("default", 0) is None:
+            del schema["default"]
+
+    return keep
+
+
+def operation_id(method: str, path: str) -> str:
+    """The operationId of `method` on the route `path` (e.g. `get_api_v1_chats_chat_id`)."""
+    return f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', openapi_path(path).lower()).strip('_')}"
+
+
+def link(method: str, path: str, parameters: dict[str, str] | None = None,
+         body: Any = None) -> dict[str, Any]:
+    """An OpenAPI link object to the operation `method` on the route `path`; values are runtime
+    expressions such as `$response.body#/id`."""
+    found: dict[str, Any] = {"operationId": operation_id(method, path)}
+    if parameters:
+        found["parameters"] = parameters
+    if body is not None:
+        found["requestBody"] = body
+    return found
+
+
+def openapi_path(path: str) -> str:
+    """The OpenAPI form of a route path: `{chat_id:int}` becomes `{chat_id}`."""
+    return re.sub(r"{(\w+)(:\w+)?}", r"{\1}", path)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -129,6 +174,15 @@ def read_query(request: Request, model: type[M]) -> M:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
         raise invalid_from(exc) from None
+
+
+def read_path(request: Request, model: type[M]) -> M:
+    """Validate the path parameters as `model`. An id outside the model's range names no
+    resource (and would overflow the database's integer), so it is a 404, like an unknown id."""
+    try:
+        return model.model_validate(request.path_params)
+    except ValidationError:
+        raise NotFound(f"no such resource: {request.url.path}") from None
 
 
 def invalid_from(exc: ValidationError) -> Invalid:

@@ -26,6 +26,12 @@ from hub.models import IdempotencyKey
 
 TTL = dt.timedelta(hours=24)
 MAX_KEY_LENGTH = 255
+HEADER = "Idempotency-Key"
+# What `check_key` accepts, for the OpenAPI document (the HTTP layer drops surrounding spaces,
+# so a key needs one visible character).
+KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+              "pattern": "^[ -~]*[!-~][ -~]*$",
+              "description": "a retry with the same key within 24 h returns the first answer"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,7 @@ def fingerprint(body: bytes) -> str:
 def read_key(request: Request) -> str | None:
     """The request's Idempotency-Key, or None; 422 when it is empty, too long or not
     printable ASCII."""
-    return check_key(request.headers.get("idempotency-key"))
+    return check_key(request.headers.get(HEADER))
 
 
 def check_key(key: str | None) -> str | None:
@@ -107,7 +113,7 @@ def check_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not key or len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
-        raise Invalid({"Idempotency-Key": f"1 to {MAX_KEY_LENGTH} printable ASCII characters"})
+        raise Invalid({HEADER: f"1 to {MAX_KEY_LENGTH} printable ASCII characters"})
     return key
 
 

@@ -44,7 +44,8 @@ class OpsApi:
             Route("/api/openapi.json", self.openapi, methods=["GET"]),
         ]
 
-    @api(summary="Liveness: 200 while the process lives", tag="ops", response=Status)
+    @api(summary="Liveness: 200 while the process lives", tag="ops", response=Status,
+         uses_database=False)
     async def healthz(self, _request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -59,11 +60,12 @@ class OpsApi:
             return json_response({"error": "unavailable", "detail": f"down: {', '.join(down)}"}, 503)
         return json_response({"status": "ready"})
 
-    @api(summary="Prometheus metrics of this process", tag="ops", content_type="text/plain")
+    @api(summary="Prometheus metrics of this process", tag="ops", content_type="text/plain",
+         uses_database=False)
     async def metrics(self, _request: Request) -> Response:
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @api(summary="This document", tag="ops")
+    @api(summary="This document", tag="ops", uses_database=False)
     async def openapi(self, _request: Request) -> Response:
         if self._openapi_doc is None:
             self._openapi_doc = self._openapi()

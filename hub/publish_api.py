@@ -73,7 +73,7 @@ class PublishApi:
 
     @api(summary="Publish an event to users (durable, ordered per user)", tag="publish",
          body=PublishBody, response=PublishOut, status=202, auth="hub_api_key",
-         headers=("Idempotency-Key",), errors=(403, 409, 413, 415, 422))
+         headers={idempotency.HEADER: idempotency.KEY_SCHEMA}, errors=(403, 409, 413, 415, 422))
     async def publish(self, request: Request) -> Response:
         require_service_token(request, self._api_key, "HUB_API_KEY")
         key = idempotency.read_key(request)
@@ -100,7 +100,7 @@ class PublishApi:
         return idempotency.response(answer, replayed)
 
     @api(summary="The caller's stream history after an id", tag="publish", query=EventsQuery,
-         response=EventsOut, auth="user", errors=(401, 422))
+         response=EventsOut, auth="user", errors=(401, 404, 422))
     async def history(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._auth)
         query = read_query(request, EventsQuery)

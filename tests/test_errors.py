@@ -129,6 +129,18 @@ async def test_404_and_405_have_the_error_shape(hub: RunningHub) -> None:
     assert_error(put_healthz, 405, "method_not_allowed")
 
 
+async def test_405_allow_names_every_method_of_the_path(hub: RunningHub) -> None:
+    """GET and POST /api/v1/chats are two routes; a 405 on that path named only the first's POST."""
+    async with asyncio.timeout(30):
+        chats = await hub.http.delete("/api/v1/chats")
+        messages = await hub.http.put("/api/v1/chats/1/messages")
+        healthz = await hub.http.post("/healthz")
+    assert_error(chats, 405, "method_not_allowed")
+    assert chats.headers["allow"] == "GET, HEAD, POST"
+    assert messages.headers["allow"] == "GET, HEAD, POST"
+    assert healthz.headers["allow"] == "GET, HEAD"
+
+
 async def test_errors_carry_exactly_error_and_detail(hub: RunningHub) -> None:
     async with asyncio.timeout(30):
         unauthorized = await hub.http.get("/api/v1/auth/me")

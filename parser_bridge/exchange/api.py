@@ -6,17 +6,25 @@ import hmac
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from hub.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable, UnsupportedMediaType
-from hub.http import api, invalid_from, is_json_content_type, read_body
+from hub.http import api, invalid_from, is_json_content_type, link, read_body, read_path
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
 from parser_bridge.exchange import money
-from parser_bridge.exchange.requests import AlreadyFinal, ExchangeRequests, UnknownRequest
+from parser_bridge.exchange.requests import MAX_DB_ID, AlreadyFinal, ExchangeRequests, UnknownRequest
+
+# Written as JSON numbers with their exact digits (`money.number`).
+AmountOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
+_EXCHANGE = "/api/v1/exchange/{request_id:int}"
+
+
+class ExchangePath(BaseModel):
+    request_id: Annotated[int, Field(ge=1, le=MAX_DB_ID)]
 
 
 class ExchangeAccepted(BaseModel):
@@ -26,14 +34,14 @@ class ExchangeAccepted(BaseModel):
 
 class SubtotalOut(BaseModel):
     denomination_id: int
-    subtotal_rub: Decimal
+    subtotal_rub: AmountOut
 
 
 class ExchangeOut(BaseModel):
     request_id: int
     status: Literal["pending", "completed", "failed"]
     breakdown: list[SubtotalOut]
-    total_rub: Decimal | None
+    total_rub: AmountOut | None
     error: str | None
 
 
@@ -72,13 +80,14 @@ class ExchangeApi:
     def routes(self) -> list[Route]:
         return [
             Route("/api/v1/exchange", self.submit, methods=["POST"]),
-            Route("/api/v1/exchange/{request_id:int}", self.show, methods=["GET"]),
+            Route(_EXCHANGE, self.show, methods=["GET"]),
             Route("/api/exchange_result", self.result, methods=["PUT"]),
         ]
 
     @api(summary="Convert bills to roubles; exchange.result follows", tag="exchange",
          body=money.ExchangeOrder, response=ExchangeAccepted, status=202, auth="user",
-         errors=(401, 413, 415, 422, 503))
+         errors=(401, 413, 415, 422, 503),
+         links={"GetExchange": link("GET", _EXCHANGE, {"request_id": "$response.body#/request_id"})})
     async def submit(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
         if not self._requests.offered:
@@ -91,11 +100,11 @@ class ExchangeApi:
         view = await self._requests.submit(identity.user_id, order)
         return json_response({"request_id": view.request_id, "status": view.status}, 202)
 
-    @api(summary="One of your exchange requests", tag="exchange", response=ExchangeOut,
-         auth="user", errors=(401, 404))
+    @api(summary="One of your exchange requests", tag="exchange", path=ExchangePath,
+         response=ExchangeOut, auth="user", errors=(401, 404))
     async def show(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
-        view = await self._requests.get(identity.user_id, request.path_params["request_id"])
+        view = await self._requests.get(identity.user_id, read_path(request, ExchangePath).request_id)
         if view is None:
             raise NotFound("no such exchange request of yours")
         return json_response(view.to_json())

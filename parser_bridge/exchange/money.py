@@ -15,16 +15,35 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from hub.http import only_json_type
 
 CENT = Decimal("0.01")
 MAX_BILLS = 100
+
+
+def _json_number(value: Any) -> Any:
+    """Amounts are JSON numbers (protocol §8): a string that pydantic would read as a Decimal
+    is refused, as the OpenAPI document says."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# pydantic describes a Decimal as "a number or a string"; only the number is accepted.
+_number_schema = only_json_type("number")
+_JSON_NUMBER = BeforeValidator(_json_number)
 # bounds keep every product exact in a 60-digit context and every amount printable
-Rate = Annotated[Decimal, Field(gt=0, le=Decimal(10) ** 9, decimal_places=8)]
-Denomination = Annotated[Decimal, Field(gt=0, le=Decimal(10) ** 9, decimal_places=6)]
+Rate = Annotated[Decimal, Field(gt=0, le=Decimal(10) ** 9, decimal_places=8, json_schema_extra=_number_schema,
+                                description="a JSON number; at most 8 decimal places"), _JSON_NUMBER]
+Denomination = Annotated[Decimal, Field(gt=0, le=Decimal(10) ** 9, decimal_places=6,
+                                        json_schema_extra=_number_schema,
+                                        description="a JSON number; at most 6 decimal places"), _JSON_NUMBER]
 Count = Annotated[int, Field(strict=True, ge=0, le=10**9)]
 DenominationId = Annotated[int, Field(strict=True, ge=-(2**53), le=2**53)]
-Money = Annotated[Decimal, Field(ge=0, le=Decimal(10) ** 30)]
+Money = Annotated[Decimal, Field(ge=0, le=Decimal(10) ** 30, json_schema_extra=_number_schema,
+                                 description="a JSON number"), _JSON_NUMBER]
 
 
 class Bill(BaseModel):

@@ -11,16 +11,37 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hub.errors import Conflict, NotFound, RateLimited
-from hub.http import api, read_json, require_service_token
+from hub.http import api, link, read_json, read_path, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
-from parser_bridge.parse.requests import AlreadyFinal, ParseRequests, TooManyPending, UnknownRequest
+from parser_bridge.parse.requests import (
+    MAX_DB_ID,
+    AlreadyFinal,
+    ParseRequests,
+    TooManyPending,
+    UnknownRequest,
+)
 from parser_bridge.parse.result import ParseResult
+
+_HEX4 = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join((  # the textual forms of RFC 4291 §2.2 without an embedded IPv4 address
+    f"(?:{_HEX4}:){{7}}{_HEX4}", f"(?:{_HEX4}:){{1,7}}:",
+    *(f"(?:{_HEX4}:){{1,{6 - n}}}(?::{_HEX4}){{1,{n + 1}}}" for n in range(6)),
+    f":(?:(?::{_HEX4}){{1,7}}|:)",
+))
+_PORT = "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# http(s), an optional user, a host name (ASCII letters and digits, `.`, `-`, `_`, `~`, `%`;
+# an IDN in its xn-- form) or a bracketed IPv6 address, an optional port of 0-65535, then
+# anything printable: URLs that `urlsplit` reads with a host and a valid port. A pattern, so
+# that the OpenAPI document states the rule the server applies.
+URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?"
+               rf"(?:[A-Za-z0-9._~%-]+|\[(?:{_IPV6})\])(?::{_PORT})?"
+               r"(?:[/?#][^\s\x00-\x1f\x7f]*)?$")
 
 
 class ParseBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=URL_PATTERN)]
 
     @field_validator("url")
     @classmethod
@@ -36,6 +57,14 @@ class ParseBody(BaseModel):
         if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
             raise ValueError("must not contain spaces or control characters")
         return value
+
+
+class ParsePath(BaseModel):
+    request_id: Annotated[int, Field(ge=1, le=MAX_DB_ID)]
+
+
+_PARSE = "/api/v1/parse/{request_id:int}"
+_FROM_ACCEPTED = {"request_id": "$response.body#/request_id"}
 
 
 class ParseAccepted(BaseModel):
@@ -65,14 +94,16 @@ class ParseApi:
     def routes(self) -> list[Route]:
         return [
             Route("/api/v1/parse", self.submit, methods=["POST"]),
-            Route("/api/v1/parse/{request_id:int}", self.show, methods=["GET"]),
-            Route("/api/v1/parse/{request_id:int}/html", self.page, methods=["GET"]),
-            Route("/api/v1/parse/{request_id:int}/result", self.result, methods=["PUT"]),
+            Route(_PARSE, self.show, methods=["GET"]),
+            Route(_PARSE + "/html", self.page, methods=["GET"]),
+            Route(_PARSE + "/result", self.result, methods=["PUT"]),
         ]
 
     @api(summary="Ask for a page to be fetched; parse.completed follows", tag="parser",
          body=ParseBody, response=ParseAccepted, status=202, auth="user",
-         errors=(401, 413, 415, 422, 429))
+         errors=(401, 413, 415, 422, 429),
+         links={"GetParse": link("GET", _PARSE, _FROM_ACCEPTED),
+                "PutResult": link("PUT", _PARSE + "/result", _FROM_ACCEPTED)})
     async def submit(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
         body = await read_json(request, ParseBody)
@@ -82,20 +113,20 @@ class ParseApi:
             raise RateLimited(f"{exc}: wait for a result (PARSE_MAX_PENDING)", exc.retry_after) from None
         return json_response({"request_id": view.request_id, "status": view.status}, 202)
 
-    @api(summary="One of your parse requests", tag="parser", response=ParseOut, auth="user",
-         errors=(401, 404))
+    @api(summary="One of your parse requests", tag="parser", path=ParsePath, response=ParseOut,
+         auth="user", errors=(401, 404))
     async def show(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
-        view = await self._requests.get(identity.user_id, request.path_params["request_id"])
+        view = await self._requests.get(identity.user_id, read_path(request, ParsePath).request_id)
         if view is None:
             raise NotFound("no such parse request of yours")
         return json_response(view.to_json())
 
     @api(summary="The fetched page, as a text/plain attachment (never rendered)", tag="parser",
-         auth="user", errors=(401, 404), content_type="text/plain")
+         path=ParsePath, auth="user", errors=(401, 404), content_type="text/plain")
     async def page(self, request: Request) -> Response:
         identity = await authenticate_request(request, self._authenticator)
-        request_id = request.path_params["request_id"]
+        request_id = read_path(request, ParsePath).request_id
         html = await self._requests.html(identity.user_id, request_id)
         if html is None:
             raise NotFound("no fetched page: the request is not yours, not done or failed")
@@ -107,13 +138,14 @@ class ParseApi:
         })
 
     @api(summary="The parser's result (PARSER_SERVICE_TOKEN); the first result wins",
-         tag="parser", body=ParseResult, response=ParseOut, auth="parser_token",
+         tag="parser", body=ParseResult, path=ParsePath, response=ParseOut, auth="parser_token",
          errors=(403, 404, 409, 413, 415, 422))
     async def result(self, request: Request) -> Response:
         require_service_token(request, self._parser_token, "PARSER_SERVICE_TOKEN")
+        request_id = read_path(request, ParsePath).request_id
         result = await read_json(request, ParseResult)
         try:
-            view = await self._requests.complete(request.path_params["request_id"], result)
+            view = await self._requests.complete(request_id, result)
         except UnknownRequest:
             raise NotFound("no such parse request") from None
         except AlreadyFinal:

@@ -49,7 +49,13 @@ class ParseResult(BaseModel):
     Validated as is (REST), text the database cannot store is refused (422); `success`,
     `failure` and `from_queue` clean it instead, for the page came from a third party."""
 
-    model_config = ConfigDict(extra="ignore")
+    # What `_complete` requires, for the OpenAPI document.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {"status": {"const": "success"}, "html": {"type": "string"}},
+         "required": ["html"]},
+        {"properties": {"status": {"const": "failure"}, "error": {"type": "string", "minLength": 1}},
+         "required": ["error"]},
+    ]})
 
     status: Literal["success", "failure"]
     title: StorableText | None = None
