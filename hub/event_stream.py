@@ -183,7 +183,9 @@ class EventStreamApi:
 
     @api(summary="The user's event stream as Server-Sent Events (protocol §12)", tag="stream",
          query=StreamQuery, auth="user", errors=(401, 422, 429, 503),
-         headers=("Last-Event-ID",), content_type="text/event-stream")
+         headers={"Last-Event-ID": {"type": "string", "maxLength": 200,
+                                    "description": "<epoch>:<event id> to resume after"}},
+         content_type="text/event-stream")
     async def stream(self, request: Request) -> Response:
         if any(name in request.query_params for name in URL_TOKENS):
             raise Unauthorized("an access token in the URL is refused: send Authorization: "
