@@ -46,21 +46,25 @@ async def upgrade_refusing_proxy(upstream_port: int, refusal: Refusal | None = N
     refusal = refusal or Refusal()
 
     async def serve(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_writer: asyncio.StreamWriter | None = None
         try:
-            head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), 10)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            client_writer.close()
-            return
-        if refusal.on and b"\nupgrade: websocket" in head.lower():
-            client_writer.close()  # the handshake fails, as behind a proxy that strips upgrades
-            return
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
-        except OSError:
-            client_writer.close()
-            return
-        upstream_writer.write(head)
-        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+            try:
+                head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), 10)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                return
+            if refusal.on and b"\nupgrade: websocket" in head.lower():
+                return  # the handshake fails, as behind a proxy that strips upgrades
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+            except OSError:
+                return
+            upstream_writer.write(head)
+            await asyncio.gather(_pipe(client_reader, upstream_writer),
+                                 _pipe(upstream_reader, client_writer))
+        finally:  # cancelled at the end of the test too: every socket closed
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.close()
 
     def spawn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(serve(reader, writer))
@@ -76,6 +80,7 @@ async def upgrade_refusing_proxy(upstream_port: int, refusal: Refusal | None = N
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
 
 
 async def test_the_chat_page_falls_back_to_the_stream_and_chats_live_through_a_restart(
