@@ -57,6 +57,10 @@ VERSION = "0.1.0"
 def make_broker(settings: Settings) -> Broker:
     if settings.redis_url is None:
         return MemoryBroker()
+    if settings.redis_cluster:
+        from hub.broker_redis_cluster import RedisClusterBroker
+
+        return RedisClusterBroker(settings.redis_url)
     from hub.broker_redis import RedisBroker
 
     return RedisBroker(settings.redis_url)
@@ -71,7 +75,8 @@ def create_app(settings: Settings) -> Starlette:
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
                         settings.ws_max_connections_per_user)
     events = EventBus(db, publisher.publish)
-    limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix)
+    limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix,
+                                cluster=settings.redis_cluster)
     revocations = RevocationWatch(db, settings.access_token_ttl, registry.close_sessions)
     accounts = Accounts(
         db,
@@ -121,7 +126,7 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(db.close)
             if settings.uses_sqlite:
                 await migrate.upgrade(db)
-            await broker.open(registry.dispatch, registry.resync)
+            await broker.open(registry.dispatch, registry.resync, registry.resync_channels)
             stack.push_async_callback(limiter.close)
             stack.push_async_callback(tickets.close)
             stack.push_async_callback(broker.close)

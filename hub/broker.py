@@ -5,15 +5,18 @@ Guarantees: at most once, in publish order per channel, to every process subscri
 moment of the publish. Nothing more: events published while a process is not subscribed
 (its connection to the broker is down) are lost to it, which is why `open` takes an
 `on_resync` callback, called after every reconnect once every channel is subscribed again, so
-the hub re-reads what it may have missed from the event store.
+the hub re-reads what it may have missed from the event store. A broker that can lose some
+channels and keep the others (the Redis Cluster broker: one master failing, one slot moving)
+calls `on_resync_channels` with the affected channels instead, when it is given.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 Deliver = Callable[[str, bytes], None]
+ResyncChannels = Callable[[Collection[str]], None]
 CHANNEL = "notifications:"
 
 
@@ -35,7 +38,8 @@ class Broker(ABC):
     name: str = "broker"
 
     @abstractmethod
-    async def open(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
+    async def open(self, deliver: Deliver, on_resync: Callable[[], None],
+                   on_resync_channels: ResyncChannels | None = None) -> None:
         """Connect and start listening; returns once ready."""
 
     @abstractmethod

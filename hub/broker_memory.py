@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from hub.broker import Broker, Deliver
+from hub.broker import Broker, Deliver, ResyncChannels
 
 
 class MemoryBroker(Broker):
@@ -16,7 +16,8 @@ class MemoryBroker(Broker):
         self._deliver: Deliver | None = None
         self._channels: set[str] = set()
 
-    async def open(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
+    async def open(self, deliver: Deliver, on_resync: Callable[[], None],
+                   on_resync_channels: ResyncChannels | None = None) -> None:
         self._deliver = deliver
 
     async def close(self) -> None:

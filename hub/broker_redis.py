@@ -30,7 +30,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from hub.broker import Broker, BrokerUnavailable, Deliver
+from hub.broker import Broker, BrokerUnavailable, Deliver, ResyncChannels
 from hub.supervise import backoff_delay
 
 log = logging.getLogger("hub.broker.redis")
@@ -63,7 +63,9 @@ class RedisBroker(Broker):
         self._heard = self._pinged = 0.0
         self.reconnects = 0
 
-    async def open(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
+    async def open(self, deliver: Deliver, on_resync: Callable[[], None],
+                   on_resync_channels: ResyncChannels | None = None) -> None:
+        # one connection carries every channel: a reconnect re-reads them all (on_resync)
         self._deliver = deliver
         self._on_resync = on_resync
         self._closed = False

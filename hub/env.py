@@ -123,6 +123,25 @@ class EnvReader:
             return default
         return tuple(part.strip() for part in raw.split(",") if part.strip())
 
+    def redis_cluster(self, name: str) -> bool:
+        """`name` (REDIS_CLUSTER: `true`/`false`), checked with REDIS_URL: a cluster needs one or
+        more comma-separated `redis://`/`rediss://` node URLs; several URLs need a cluster."""
+        from hub.redis_clients import cluster_url_problem
+
+        cluster = self.choice(name, "false", ("false", "true")) == "true"
+        url = self.text("REDIS_URL", "")
+        if cluster:
+            if not url:
+                raise ConfigError("REDIS_CLUSTER=true needs REDIS_URL: one or more comma-separated "
+                                  "redis:// or rediss:// URLs of cluster nodes")
+            problem = cluster_url_problem(url)
+            if problem is not None:
+                raise ConfigError(f"REDIS_URL with REDIS_CLUSTER=true: {problem}")
+        elif "," in url:
+            raise ConfigError("REDIS_URL lists several servers: set REDIS_CLUSTER=true for a Redis "
+                              "Cluster, or give one URL")
+        return cluster
+
     def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         """Comma-separated IP addresses or CIDR networks."""
         found = self.csv(name, default)

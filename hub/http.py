@@ -185,13 +185,18 @@ def read_path(request: Request, model: type[M]) -> M:
         raise NotFound(f"no such resource: {request.url.path}") from None
 
 
+PATTERN_MISMATCH = "is not in the form this field accepts (its pattern is in /api/openapi.json)"
+
+
 def invalid_from(exc: ValidationError) -> Invalid:
     fields: dict[str, str] = {}
     for error in exc.errors(include_url=False, include_input=False):
         if error["type"] == "json_invalid":
             return Invalid({"body": "not valid JSON"}, "body: not valid JSON")
         location = ".".join(str(part) for part in error["loc"]) or "body"
-        fields.setdefault(location, error["msg"])
+        # pydantic's message would quote the whole regular expression back at the client
+        message = (PATTERN_MISMATCH if error["type"] == "string_pattern_mismatch" else error["msg"])
+        fields.setdefault(location, message)
     return Invalid(fields)
 
 

@@ -156,15 +156,16 @@ return {1, '0'}
 
 class RedisRateLimiter(RateLimiter):
     """Buckets in Redis under `{prefix}ratelimit:`, one atomic script call per hit, shared by
-    every process on that Redis. Fails open (see the module docstring)."""
+    every process on that Redis. Fails open (see the module docstring). On a Redis Cluster the
+    script's one key routes it to the key's master."""
 
-    def __init__(self, metrics: Metrics, url: str, prefix: str = "") -> None:
+    def __init__(self, metrics: Metrics, url: str, prefix: str = "", *, cluster: bool = False) -> None:
         super().__init__(metrics)
-        import redis.asyncio as aioredis
+        from hub.redis_clients import redis_client
 
-        self._redis = aioredis.from_url(url, socket_timeout=REDIS_TIMEOUT * 2,
-                                        socket_connect_timeout=REDIS_TIMEOUT * 2,
-                                        health_check_interval=30)
+        self._redis = redis_client(url, cluster=cluster, socket_timeout=REDIS_TIMEOUT * 2,
+                                   socket_connect_timeout=REDIS_TIMEOUT * 2,
+                                   health_check_interval=30)
         self._script = self._redis.register_script(GCRA_SCRIPT)
         self._prefix = prefix + "ratelimit:"
         self._warned_at = -math.inf
@@ -173,13 +174,13 @@ class RedisRateLimiter(RateLimiter):
         await self._redis.aclose()
 
     async def hit(self, key: str, rate: float, burst: int, cost: int = 1) -> Decision:
-        from redis.exceptions import RedisError
+        from hub.redis_clients import REDIS_FAILURES
 
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 allowed, wait = await self._script(keys=[self._prefix + key],
                                                    args=[repr(1.0 / rate), burst, cost])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             now = time.monotonic()
             if now - self._warned_at >= WARN_EVERY:
                 self._warned_at = now
@@ -188,11 +189,12 @@ class RedisRateLimiter(RateLimiter):
         return Decision(bool(allowed), int(wait) / 1e6)
 
 
-def make_rate_limiter(metrics: Metrics, redis_url: str | None, prefix: str) -> RateLimiter:
+def make_rate_limiter(metrics: Metrics, redis_url: str | None, prefix: str, *,
+                      cluster: bool = False) -> RateLimiter:
     """Redis-backed when the deployment has Redis (limits hold across processes), else in-process."""
     if redis_url is None:
         return MemoryRateLimiter(metrics)
-    return RedisRateLimiter(metrics, redis_url, prefix)
+    return RedisRateLimiter(metrics, redis_url, prefix, cluster=cluster)
 
 
 def client_address(request: Request) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from hub.broker import CHANNEL, Broker, user_channel
 from hub.connection import STREAM, Connection, EventEncoding
@@ -135,6 +135,17 @@ class Registry:
         self._metrics.broker_reconnects.inc()
         for entry in self._users.values():
             for connection in entry.connections:
+                connection.catch_up()
+
+    def resync_channels(self, channels: Collection[str]) -> None:
+        """After the broker lost some channels (a cluster master failing, a slot moving): the
+        connections of those users re-read what they may have missed; the others are left be."""
+        self._metrics.broker_reconnects.inc()
+        for channel in channels:
+            if not channel.startswith(self._prefix):
+                continue
+            entry = self._users.get(int(channel[len(self._prefix):]))
+            for connection in entry.connections if entry is not None else ():
                 connection.catch_up()
 
 

@@ -38,6 +38,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
     redis_channel_prefix: str = ""
+    redis_cluster: bool = False  # REDIS_URL names the nodes of a Redis Cluster (sharded pub/sub)
     jwt_secret: str = field(default="", repr=False)
     jwt_algorithm: str = "HS256"
     jwt_secret_generated: bool = False
@@ -101,6 +102,7 @@ class Settings:
             database_url=normalize_database_url(r.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
             redis_url=r.optional_url("REDIS_URL", REDIS_URL_SCHEMES),
             redis_channel_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
+            redis_cluster=r.redis_cluster("REDIS_CLUSTER"),
             jwt_secret=secret,
             jwt_algorithm=r.choice("JWT_ALGORITHM", "HS256", JWT_ALGORITHMS),
             jwt_secret_generated=generated,

@@ -15,8 +15,14 @@ the taker takes jobs while a slot would otherwise stay idle, so a job of another
 one user's slow pages is found and started at once. Up to PARSER_MAX_WAITING taken jobs wait
 in this worker for a slot.
 
+On a Redis Cluster (REDIS_CLUSTER=true, REDIS_URL naming its nodes as for the hub) the
+processing list is `{parser:tasks}:processing:{worker}`: its hash tag puts it in the slot of
+`parser:tasks`, so BLMOVE between the two stays one atomic command; every other key keeps its
+§7 name.
+
 Environment, read once at start with the hub's reader (`hub.env`; a bad value is one line on
-stderr and exit status 2): REDIS_URL (required), REDIS_CHANNEL_PREFIX (as the hub's),
+stderr and exit status 2): REDIS_URL (required), REDIS_CLUSTER and REDIS_CHANNEL_PREFIX (as the
+hub's),
 PARSER_ALLOW_PRIVATE (0/1), PARSER_ALLOW_NETWORKS (CIDRs allowed even if private, e.g. an
 intranet: `10.20.0.0/16,192.168.5.7/32`), PARSER_CONCURRENCY (8), PARSER_USER_CONCURRENCY (4),
 PARSER_MAX_WAITING (1000), PARSER_FETCH_TIMEOUT (seconds, 10), PARSER_RESULT_TTL (seconds,
@@ -36,11 +42,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from hub.env import LOG_LEVELS, REDIS_URL_SCHEMES, ConfigError, EnvReader, report
+from hub.redis_clients import REDIS_FAILURES, RedisClient, redis_client
 from hub.supervise import backoff_delay
 from parser_bridge.parse.address_policy import Network, parse_networks
 from parser_bridge.parse.fair_queue import FairQueue
@@ -54,6 +59,7 @@ TAKE_TIMEOUT = 1  # seconds a consumer blocks on BLMOVE before it looks at the s
 @dataclass(frozen=True)
 class WorkerConfig:
     redis_url: str
+    redis_cluster: bool = False
     key_prefix: str = ""
     allow_private: bool = False
     allowed_networks: tuple[Network, ...] = ()
@@ -73,6 +79,7 @@ class WorkerConfig:
         return cls(
             redis_url=r.required_url("REDIS_URL", REDIS_URL_SCHEMES,
                                      "the hub's Redis, e.g. redis://host:6379/0"),
+            redis_cluster=r.redis_cluster("REDIS_CLUSTER"),
             key_prefix=r.text("REDIS_CHANNEL_PREFIX", ""),
             allow_private=r.flag("PARSER_ALLOW_PRIVATE"),
             allowed_networks=r.parsed("PARSER_ALLOW_NETWORKS", parse_networks),
@@ -96,11 +103,13 @@ class ParserWorker:
         self._fetcher = fetcher
         prefix = config.key_prefix
         self.tasks = tasks_key(prefix)
-        self.processing = f"{prefix}parser:processing:{config.worker_id}"
-        self._processing_pattern = f"{prefix}parser:processing:*"
+        processing = (f"{{{self.tasks}}}:processing:" if config.redis_cluster
+                      else f"{prefix}parser:processing:")
+        self.processing = processing + config.worker_id
+        self._processing_pattern = processing + "*"
         self._heartbeat_prefix = f"{prefix}parser:worker:"
         self._stopping = asyncio.Event()
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._jobs: FairQueue[tuple[ParseJob, bytes]] = FairQueue(
             slots=config.concurrency, per_user=config.user_concurrency, max_waiting=config.max_waiting)
 
@@ -109,9 +118,10 @@ class ParserWorker:
 
     async def run(self) -> None:
         """Work until `stop()`; then finish the fetches in flight (bounded) and return."""
-        self._redis = aioredis.from_url(
-            self.config.redis_url, socket_connect_timeout=5, socket_keepalive=True,
-            socket_timeout=TAKE_TIMEOUT + 5, max_connections=self.config.concurrency + 4)
+        self._redis = redis_client(
+            self.config.redis_url, cluster=self.config.redis_cluster, socket_connect_timeout=5,
+            socket_keepalive=True, socket_timeout=TAKE_TIMEOUT + 5,
+            max_connections=self.config.concurrency + 4)
         await self._first_beat()  # before taking any job, so no reaper takes ours for a dead worker's
         upkeep = [
             asyncio.create_task(self._every(self.config.heartbeat_ttl / 3, self._beat), name="heartbeat"),
@@ -153,7 +163,7 @@ class ParserWorker:
                 if raw is not None:
                     await self._hold(cast("bytes", raw))  # the stub says str; redis-py gives bytes
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 delay = backoff_delay(failures, base=0.2, cap=5.0)
                 log.warning("taking jobs: Redis error (%s); retrying in %.1fs", exc, delay)
@@ -174,7 +184,7 @@ class ParserWorker:
             user, (job, raw) = taken
             try:
                 await self._answer(job, raw)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 # the job stays in the processing list; it is given back when this worker stops
                 log.warning("slot %d: could not store the answer to job %d (%s)", number, job.id, exc)
                 await asyncio.sleep(backoff_delay(1, base=0.5, cap=2.0))
@@ -201,7 +211,7 @@ class ParserWorker:
             try:
                 await self._beat()
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 delay = backoff_delay(failures, base=0.2, cap=5.0)
                 log.warning("Redis is not reachable yet (%s); retrying in %.1fs", exc, delay)
@@ -233,7 +243,7 @@ class ParserWorker:
             while await self._redis.lmove(self.processing, self.tasks, "RIGHT", "RIGHT") is not None:
                 log.info("gave an unfinished job back to the queue")
             await self._redis.delete(self._heartbeat_prefix + self.config.worker_id)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not give jobs back (the reaper of another worker will): %s", exc)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -243,7 +253,7 @@ class ParserWorker:
                 await step()
                 failures = 0
                 await asyncio.sleep(interval)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 failures += 1
                 log.warning("%s failed (%s)", step.__name__, exc)
                 await asyncio.sleep(max(interval, backoff_delay(failures, base=0.2, cap=5.0)))

@@ -18,7 +18,9 @@ import redis.asyncio as aioredis
 from hub.broker import Broker, BrokerUnavailable
 from hub.broker_memory import MemoryBroker
 from hub.broker_redis import RedisBroker
+from hub.broker_redis_cluster import RedisClusterBroker
 from tests.conftest import REDIS_BASE_URL, RUN_ID, free_port
+from tests.redis_cluster import redis_cluster  # noqa: F401  (the fixture, for the cluster case)
 
 WAIT = 5.0
 _ids = itertools.count(1)
@@ -84,22 +86,30 @@ class BrokerUnderTest:
 _names = itertools.count(1)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def broker_url(request: pytest.FixtureRequest) -> str | None:
-    """None for the memory broker, else the run's Redis (resolved here: a sync fixture may
-    request the async `redis_url` fixture lazily, an async one may not)."""
-    return None if request.param == "memory" else str(request.getfixturevalue("redis_url"))
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+def broker_url(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The kind of broker and its URL: none for memory, the run's Redis, or the test cluster
+    (resolved here: a sync fixture may request the async `redis_url` fixture lazily, an async
+    one may not)."""
+    if request.param == "memory":
+        return "memory", None
+    if request.param == "redis":
+        return "redis", str(request.getfixturevalue("redis_url"))
+    return "redis-cluster", request.getfixturevalue("redis_cluster").url
 
 
 @pytest.fixture
-async def under_test(broker_url: str | None) -> AsyncIterator[BrokerUnderTest]:
+async def under_test(broker_url: tuple[str, str | None]) -> AsyncIterator[BrokerUnderTest]:
     client_name: str | None = None
     broker: Broker
-    if broker_url is None:
+    kind, url = broker_url
+    if url is None:
         broker = MemoryBroker()
-    else:
+    elif kind == "redis":
         client_name = f"hub-test-{RUN_ID}-{next(_names)}"
-        broker = RedisBroker(broker_url, client_name=client_name)
+        broker = RedisBroker(url, client_name=client_name)
+    else:
+        broker = RedisClusterBroker(url, client_name=f"hub-test-{RUN_ID}-{next(_names)}")
     inbox = Inbox()
     async with asyncio.timeout(WAIT):
         await broker.open(inbox.deliver, inbox.on_resync)

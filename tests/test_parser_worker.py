@@ -85,8 +85,10 @@ async def test_worker_refuses_private_targets_without_the_override(
     async with run_worker(hub, PARSER_ALLOW_NETWORKS="127.0.0.1/32") as worker:
         allowed = await submit(hub, alice, pages.url("/page"))
         assert (await final(hub, alice, allowed))["title"] == TITLE
+        mapped = await hub.http.post("/api/v1/parse", json={"url": f"http://[::ffff:192.168.0.1]:{port}/"},
+                                     headers=alice.headers)
+        assert mapped.status_code == 422, mapped.text  # IPv4 inside IPv6 is refused at the door
         urls = [f"http://127.0.0.2:{port}/page", f"http://[::1]:{port}/page", "http://10.0.0.1/",
-                f"http://[::ffff:192.168.0.1]:{port}/",
                 pages.url(f"/redirect?to=http://127.0.0.2:{port}/page"),
                 pages.url("/redirect?to=http://192.168.1.1/admin")]
         for url in urls:

@@ -25,6 +25,7 @@ EVERY_VARIABLE = {
     "DATABASE_URL": "postgresql://hub:pw@db.internal:5433/hub",
     "REDIS_URL": "redis://cache:6380/2",
     "REDIS_CHANNEL_PREFIX": "staging:",
+    "REDIS_CLUSTER": "false",
     "JWT_SECRET": GOOD_SECRET,
     "JWT_ALGORITHM": "HS512",
     "ACCESS_TOKEN_TTL": "600",
@@ -68,6 +69,7 @@ EXPECTED = {
     "database_url": "postgresql+asyncpg://hub:pw@db.internal:5433/hub",
     "redis_url": "redis://cache:6380/2",
     "redis_channel_prefix": "staging:",
+    "redis_cluster": False,
     "jwt_secret": GOOD_SECRET,
     "jwt_algorithm": "HS512",
     "jwt_secret_generated": False,
@@ -205,6 +207,9 @@ def test_production_accepts_generated_secrets(good: str) -> None:
     ("DATABASE_URL", "hub.db"),
     ("REDIS_URL", "http://127.0.0.1:6379"),
     ("REDIS_URL", "127.0.0.1:6379"),
+    ("REDIS_URL", "redis://a:6379,redis://b:6379"),  # several servers without REDIS_CLUSTER
+    ("REDIS_CLUSTER", "yes"),
+    ("REDIS_CLUSTER", "true"),  # without REDIS_URL
     ("JWT_ALGORITHM", "none"),
     ("JWT_ALGORITHM", "RS256"),
     ("ACCESS_TOKEN_TTL", "15m"),
@@ -297,6 +302,25 @@ def test_origins_are_kept_as_browsers_send_them() -> None:
                                                      " http://localhost:5173, https://[::1]:8443"})
     assert settings.allowed_origins == ("https://chat.example", "https://chat.example",
                                         "http://localhost:5173", "https://[::1]:8443")
+
+
+def test_a_redis_cluster_is_named_by_one_or_several_node_urls() -> None:
+    many = Settings.from_env({"REDIS_CLUSTER": "true",
+                              "REDIS_URL": "redis://:pw@n1:7000, rediss://n2:7001"})
+    assert many.redis_cluster
+    assert Settings.from_env({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://n1:7000/0"}).redis_cluster
+    assert not Settings.from_env({"REDIS_URL": "redis://n1:7000"}).redis_cluster
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("unix:///run/redis.sock", "redis:// or rediss://"),
+    ("redis://n1:7000/3", "only database 0"),
+    ("redis://n1:7000,n2:7001", "redis:// or rediss://"),
+    ("redis://:7000", "names no host"),
+])
+def test_a_redis_cluster_url_is_checked(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env({"REDIS_CLUSTER": "true", "REDIS_URL": url})
 
 
 def test_rediss_and_unix_socket_urls_are_accepted() -> None:

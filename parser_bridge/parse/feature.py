@@ -30,7 +30,8 @@ def parse_feature(settings: Settings, db: Database, events: EventBus,
     if settings.redis_url is not None:
         from parser_bridge.parse.queue_redis import RedisJobQueue
 
-        queue = RedisJobQueue(settings.redis_url, settings.redis_channel_prefix)
+        queue = RedisJobQueue(settings.redis_url, settings.redis_channel_prefix,
+                              cluster=settings.redis_cluster)
     else:
         queue = EmbeddedJobQueue(PageFetcher(allow_private=settings.parser_allow_private))
     parse = ParseRequests(db, events, queue, settings.parse_timeout, settings.parse_max_pending)

@@ -1,5 +1,7 @@
 """The parse job queue on Redis, as the parser protocol of §7 has it: jobs are LPUSHed to
 `parser:tasks`, results are read from `parser:results:{id}` with one MGET per batch of ids.
+On a Redis Cluster (`REDIS_CLUSTER=true`) the key names stay those of §7, so the result keys of
+one batch lie in many slots: their MGET and DEL are split per slot (pipelined per node).
 
 The client connects lazily and is closed when the app cancels its loops at shutdown (the
 `parser redis connection` loop owns it). Redis errors become `QueueUnavailable` here.
@@ -11,10 +13,10 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
 from hub.feature import Loop
+from hub.redis_clients import REDIS_FAILURES, redis_client
 from parser_bridge.parse.job_queue import Job, QueueUnavailable
 from parser_bridge.parse.result import encode_job, result_key, tasks_key
 
@@ -24,10 +26,10 @@ PUSH_TIMEOUT = 2.0  # a POST waits no longer for Redis; the dispatcher pushes la
 
 
 class RedisJobQueue:
-    def __init__(self, url: str, key_prefix: str = "") -> None:
+    def __init__(self, url: str, key_prefix: str = "", *, cluster: bool = False) -> None:
         self._prefix = key_prefix
-        self._redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
-                                        health_check_interval=30)
+        self._redis = redis_client(url, cluster=cluster, socket_timeout=5, socket_connect_timeout=3,
+                                   health_check_interval=30)
 
     @property
     def tasks_key(self) -> str:
@@ -39,7 +41,7 @@ class RedisJobQueue:
         try:
             async with asyncio.timeout(PUSH_TIMEOUT):
                 await self._redis.lpush(self.tasks_key, *(encode_job(*job) for job in jobs))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise QueueUnavailable(f"cannot push to {self.tasks_key}: {exc}") from exc
 
     def may_hold_results(self) -> bool:
@@ -49,13 +51,17 @@ class RedisJobQueue:
         if not request_ids:
             return {}
         found: dict[int, bytes] = {}
+        batches = [request_ids[i:i + MGET_BATCH] for i in range(0, len(request_ids), MGET_BATCH)]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                batches = [request_ids[i:i + MGET_BATCH] for i in range(0, len(request_ids), MGET_BATCH)]
-                for batch in batches:
-                    pipe.mget([result_key(self._prefix, i) for i in batch])
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            if isinstance(self._redis, RedisCluster):
+                replies = [await self._redis.mget_nonatomic([result_key(self._prefix, i) for i in batch])
+                           for batch in batches]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for batch in batches:
+                        pipe.mget([result_key(self._prefix, i) for i in batch])
+                    replies = await pipe.execute()
+        except REDIS_FAILURES as exc:
             raise QueueUnavailable(f"cannot read parser results: {exc}") from exc
         for batch, values in zip(batches, replies, strict=True):
             for request_id, value in zip(batch, values, strict=True):
@@ -68,7 +74,7 @@ class RedisJobQueue:
             return
         try:
             await self._redis.delete(*(result_key(self._prefix, i) for i in request_ids))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not delete applied parser results (they expire on their own): %s", exc)
 
     def loops(self) -> Sequence[Loop]:

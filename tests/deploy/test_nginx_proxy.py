@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -257,12 +257,15 @@ async def test_metrics_are_not_public(proxy: Nginx, tls: ssl.SSLContext) -> None
 async def test_limited_answers_name_the_refill_time_in_retry_after(proxy: Nginx, tls: ssl.SSLContext) -> None:
     """Each limit's 429 says when the next request passes: one request's refill time (refresh at
     20r/m: 3 s; stream tickets at 12r/m: 5 s; logins at 60r/m: 1 s), and that is true."""
-    cases = [("/api/v1/auth/refresh", {"refresh_token": "not.a.token"}, 3),
-             ("/api/v1/stream/tickets", {}, 5),
-             ("/api/v1/auth/login", {"username": "nobody_here", "password": "wrong password"}, 1)]
+    # Each login names another user: the hub's own per-username limit must not be the one that trips.
+    cases: list[tuple[str, Callable[[int], dict[str, str]], int]] = [
+        ("/api/v1/auth/refresh", lambda _: {"refresh_token": "not.a.token"}, 3),
+        ("/api/v1/stream/tickets", lambda _: {}, 5),
+        ("/api/v1/auth/login", lambda n: {"username": f"nobody_{n}", "password": "wrong password"}, 1),
+    ]
     async with public_client(proxy.https_port, tls) as http:
-        for path, body, refill in cases:
-            answers = await asyncio.gather(*(http.post(path, json=body) for _ in range(15)))
+        for path, body_of, refill in cases:
+            answers = await asyncio.gather(*(http.post(path, json=body_of(n)) for n in range(15)))
             limited = [answer for answer in answers if answer.status_code == 429]
             assert limited, (path, [answer.status_code for answer in answers])
             for answer in limited:
@@ -271,7 +274,7 @@ async def test_limited_answers_name_the_refill_time_in_retry_after(proxy: Nginx,
                 assert answer.headers["x-content-type-options"] == "nosniff"
                 assert answer.headers["strict-transport-security"] == "max-age=63072000"
             await asyncio.sleep(refill + 0.2)
-            passed = await http.post(path, json=body)
+            passed = await http.post(path, json=body_of(15))
             assert passed.status_code != 429, (path, passed.text)
 
 
