@@ -3,8 +3,9 @@ the URL, for clients that cannot send headers (the browser's EventSource).
 
 A ticket is a random string handed to an authenticated user; it stands for that user's access
 token (its user, session and expiry) and works once, within its TTL, on any process of the
-deployment: in Redis (`SET ... PX`, taken with `GETDEL`) when the deployment has Redis, else in
-this process (the embedded mode runs one process). Only a hash of the ticket is stored, so a
+deployment: in Redis (`SET ... PX`, taken with `GETDEL`; one key per ticket, so a Redis Cluster
+routes each command to the key's master) when the deployment has Redis, else in this process
+(the embedded mode runs one process). Only a hash of the ticket is stored, so a
 copy of the store holds no usable ticket; tickets themselves are never logged.
 """
 
@@ -86,29 +87,28 @@ class MemoryTicketStore(TicketStore):
 class RedisTicketStore(TicketStore):
     """Tickets in Redis under `{prefix}stream_ticket:`, shared by every process on that Redis."""
 
-    def __init__(self, ttl: float, url: str, prefix: str = "") -> None:
+    def __init__(self, ttl: float, url: str, prefix: str = "", *, cluster: bool = False) -> None:
         super().__init__(ttl)
-        import redis.asyncio as aioredis
+        from hub.redis_clients import redis_client
 
-        self._redis = aioredis.from_url(url, socket_timeout=REDIS_TIMEOUT,
-                                        socket_connect_timeout=REDIS_TIMEOUT,
-                                        health_check_interval=30)
+        self._redis = redis_client(url, cluster=cluster, socket_timeout=REDIS_TIMEOUT,
+                                   socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30)
         self._prefix = prefix + "stream_ticket:"
 
     async def _put(self, key: str, value: str, ttl: float) -> None:
-        from redis.exceptions import RedisError
+        from hub.redis_clients import REDIS_FAILURES
 
         try:
             await self._redis.set(self._prefix + key, value, px=max(1, math.ceil(ttl * 1000)))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise TicketStoreError(f"Redis did not store the ticket: {exc}") from None
 
     async def _take(self, key: str) -> str | None:
-        from redis.exceptions import RedisError
+        from hub.redis_clients import REDIS_FAILURES
 
         try:
             value = await self._redis.getdel(self._prefix + key)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise TicketStoreError(f"Redis did not answer: {exc}") from None
         if value is None:
             return None
@@ -118,11 +118,12 @@ class RedisTicketStore(TicketStore):
         await self._redis.aclose()
 
 
-def make_ticket_store(ttl: float, redis_url: str | None, prefix: str) -> TicketStore:
+def make_ticket_store(ttl: float, redis_url: str | None, prefix: str, *,
+                      cluster: bool = False) -> TicketStore:
     """Redis-backed when the deployment has Redis (a ticket works on any process), else in-process."""
     if redis_url is None:
         return MemoryTicketStore(ttl)
-    return RedisTicketStore(ttl, redis_url, prefix)
+    return RedisTicketStore(ttl, redis_url, prefix, cluster=cluster)
 
 
 def _key(ticket: str) -> str:

@@ -260,3 +260,13 @@ async def test_a_client_that_leaves_is_unregistered_at_once(hub: RunningHub) -> 
     async with open_stream(hub.http, token) as stream:  # and its user's channel still works
         await publish_to(hub, [user_id], "after")
         assert (await stream.events(1))[0].event == "after"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_ticket_works_once_on_any_process_of_the_deployment(settings: Settings) -> None:
+    ((user_id, token),) = await make_users(settings, 1)
+    async with serve_hub(settings) as issuing, serve_hub(settings) as serving:
+        value = await ticket(issuing.http, token)
+        async with open_stream(serving.http, params={"ticket": value}) as stream:
+            assert stream.welcome["user_id"] == user_id
+        assert (await issuing.http.get(STREAM, params={"ticket": value})).status_code == 401
