@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chat.push import chat_message_rule
 from chat.routes import ChatApi
 from chat.service import ChatService
 from hub.db import Database
@@ -16,4 +17,5 @@ def chat_feature(db: Database, events: EventBus, authenticator: Authenticator,
     """The chat's routes, for the composition root. `post_limit` limits posting per sender on
     `limiter`. (Expired idempotency keys are removed by the core's retention loop.)"""
     service = ChatService(db, events, limiter, post_limit, max_members=max_members)
-    return Feature(routes=ChatApi(service, authenticator).routes())
+    return Feature(routes=ChatApi(service, authenticator).routes(),
+                   push_rules={"chat.message": chat_message_rule()})

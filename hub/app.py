@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
@@ -40,6 +41,9 @@ from hub.openapi import build_openapi
 from hub.ops import OpsApi
 from hub.publish_api import PublishApi
 from hub.publisher import Publisher
+from hub.push_api import PushApi
+from hub.push_crypto import VapidSigner, load_vapid_key, public_key_b64
+from hub.push_sender import PushDecider, PushSender
 from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
@@ -111,6 +115,8 @@ def create_app(settings: Settings) -> Starlette:
                      Limit("chat_post", settings.chat_post_rate, settings.chat_post_burst),
                      max_members=settings.chat_max_members),
     ]
+    push = web_push(settings, db, metrics, registry, accounts, features)
+    features.append(push.feature)
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
     routes.extend(ops.routes())
@@ -131,6 +137,9 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(tickets.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)
+            if push.sender is not None:
+                push.sender.open()
+                stack.push_async_callback(push.sender.close)
             tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
                                          name=loop.name) for loop in loops]
             stack.push_async_callback(_cancel, tasks)
@@ -150,6 +159,33 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.websocket_protocol = websockets.protocol  # uvicorn's `ws` option for this app
     return app
+
+
+@dataclass(frozen=True)
+class WebPush:
+    feature: Feature
+    sender: PushSender | None
+
+
+def web_push(settings: Settings, db: Database, metrics: Metrics, registry: Registry,
+             accounts: Accounts, features: list[Feature]) -> WebPush:
+    """Protocol §13: the routes always (they answer 404 when push is off), the loops only with a
+    VAPID key. The features' push rules say how their events read and when they count as seen."""
+    key = load_vapid_key(settings.vapid_private_key) if settings.vapid_private_key else None
+    api = PushApi(db, accounts, public_key_b64(key) if key else None,
+                  settings.push_max_subscriptions, settings.push_allow_private)
+    if key is None or settings.vapid_subject is None:
+        return WebPush(Feature(routes=api.routes()), None)
+    rules = {name: rule for feature in features for name, rule in feature.push_rules.items()}
+    decider = PushDecider(db, metrics, registry.delivered_marks, rules, settings.push_events,
+                          settings.push_delay, settings.push_ttl)
+    sender = PushSender(db, metrics, VapidSigner(key, settings.vapid_subject),
+                        settings.push_max_in_flight, settings.push_allow_private)
+    return WebPush(Feature(routes=api.routes(), loops=(
+        Loop("push delivered marks", decider.flush_delivered, 0.5),
+        Loop("push decisions", decider.decide, 1.0),
+        Loop("push sends", sender.step, 0.5),
+    )), sender)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

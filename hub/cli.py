@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="apply the database migrations")
+    commands.add_parser("vapid-keys", help="print a new VAPID key pair for Web Push as .env lines")
     listen = commands.add_parser("listen", help="print a user's live events as JSON lines")
     listen.add_argument("--url", required=True, help="the hub's WebSocket URL, e.g. ws://127.0.0.1:8000/ws")
     listen.add_argument("--token", default=os.environ.get("HUB_TOKEN"), help="an access token")
@@ -32,6 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     listen.add_argument("--transport", choices=("ws", "stream"), default="ws",
                         help="stream: read GET /api/v1/stream where WebSockets are blocked")
     args = parser.parse_args(argv)
+    if args.command == "vapid-keys":
+        from hub.push_crypto import generate_vapid_key, load_vapid_key, public_key_b64
+
+        private = generate_vapid_key()
+        print(f"VAPID_PRIVATE_KEY={private}")
+        print("VAPID_SUBJECT=mailto:you@example.com")
+        print(f"# public key (GET /api/v1/push/key serves it): {public_key_b64(load_vapid_key(private))}")
+        return 0
     if args.command == "listen":
         from hub.client import listen_command
 

@@ -1,11 +1,14 @@
-"""What a feature hands the composition root: its routes and its background loops."""
+"""What a feature hands the composition root: its routes, its background loops and the rules
+for pushing its events (Web Push, protocol §13)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from starlette.routing import BaseRoute
+
+from hub.push_rules import PushRule
 
 
 @dataclass(frozen=True)
@@ -21,3 +24,4 @@ class Loop:
 class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
+    push_rules: Mapping[str, PushRule] = field(default_factory=dict)  # by event name

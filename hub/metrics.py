@@ -60,6 +60,10 @@ class Metrics:
         self.rate_limited = Counter("hub_rate_limited_total",
                                     "Requests refused with 429 by a rate limit", ["limit"],
                                     registry=r)
+        self.push_sent = Counter("hub_push_sent_total",
+                                 "Web Push outcomes: sent, seen (not pushed), gone (subscription "
+                                 "deleted), retried, expired, rejected, abandoned",
+                                 ["result"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

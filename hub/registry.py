@@ -39,6 +39,7 @@ class Registry:
         self._max_per_user = max_per_user
         self._users: dict[int, _UserConnections] = {}
         self._leaving: set[asyncio.Future[None]] = set()
+        self._left_delivered: dict[int, int] = {}  # of connections gone since delivered_marks()
 
     def channel(self, user_id: int) -> str:
         return user_channel(self._channel_prefix, user_id)
@@ -77,6 +78,8 @@ class Registry:
         self._metrics.connections.dec()
         if connection.transport == STREAM:
             self._metrics.stream_connections.dec()
+        if connection.delivered > self._left_delivered.get(connection.user_id, 0):
+            self._left_delivered[connection.user_id] = connection.delivered
         if entry.connections:
             return
         del self._users[connection.user_id]
@@ -94,6 +97,16 @@ class Registry:
                 await self._broker.unsubscribe(self.channel(user_id))
             except Exception:
                 log.warning("unsubscribing user %s failed", user_id, exc_info=True)
+
+    def delivered_marks(self) -> dict[int, int]:
+        """The newest event id each user's local connections delivered, those that left since
+        the last call included (what Web Push counts as seen)."""
+        marks, self._left_delivered = self._left_delivered, {}
+        for user_id, entry in self._users.items():
+            for connection in entry.connections:
+                if connection.delivered > marks.get(user_id, 0):
+                    marks[user_id] = connection.delivered
+        return marks
 
     def dispatch(self, channel: str, payload: bytes) -> None:
         """Offer one event payload to every local connection of its user (encoded once per

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from hub.env import HTTP_URL_SCHEMES, LOG_LEVELS, REDIS_URL_SCHEMES, EnvReader
@@ -28,6 +30,8 @@ MIN_SECRET_BITS_PER_CHAR = 3.0  # hex is 4, base64url 6; "aaaa…" is 0 and "aba
 GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 ENVIRONMENTS = ("dev", "production")
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+EVENT_NAME = r"^[a-z][a-z0-9_.:-]{0,63}$"
+DEFAULT_PUSH_EVENTS = ("chat.message", "parse.completed", "exchange.result")
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,22 @@ class Settings:
     login_failure_window: int = 15 * 60
     log_level: str = "INFO"
     tls_certificate_file: str | None = None  # the served chain, for the certificate expiry metric
+    vapid_private_key: str | None = field(default=None, repr=False)  # Web Push is off without it
+    vapid_subject: str | None = None
+    push_events: tuple[str, ...] = DEFAULT_PUSH_EVENTS
+    push_delay: float = 10.0  # seconds an event waits to be seen before it is pushed
+    push_ttl: int = 86400
+    push_allow_private: bool = False
+    push_max_subscriptions: int = 10  # per user
+    push_max_in_flight: int = 100  # push requests open at once, per process
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def push_enabled(self) -> bool:
+        return self.vapid_private_key is not None
 
     @property
     def uses_sqlite(self) -> bool:
@@ -140,7 +156,36 @@ class Settings:
             login_failure_window=r.integer("LOGIN_FAILURE_WINDOW", 15 * 60, minimum=1),
             log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
             tls_certificate_file=r.text("TLS_CERTIFICATE_FILE", "") or None,
+            **_push_settings(r),
         )
+
+
+def _push_settings(r: _Reader) -> dict[str, Any]:
+    """Web Push (§13): off without `VAPID_PRIVATE_KEY`; with it, a usable P-256 key and a
+    `mailto:` or `https:` subject."""
+    key = r.text("VAPID_PRIVATE_KEY", "") or None
+    subject = r.text("VAPID_SUBJECT", "") or None
+    if key is not None:
+        from hub.push_crypto import load_vapid_key  # cryptography only when push is on
+
+        load_vapid_key(key)
+        if subject is None or not subject.startswith(("mailto:", "https://")):
+            raise ConfigError("VAPID_SUBJECT must be a mailto: or https: URL the push services can "
+                              "reach you at (e.g. mailto:ops@example.com) when VAPID_PRIVATE_KEY is set")
+    events = r.csv("PUSH_EVENTS") or DEFAULT_PUSH_EVENTS  # blank is the default, as everywhere
+    for name in events:
+        if not re.fullmatch(EVENT_NAME, name):
+            raise ConfigError(f"PUSH_EVENTS: {name!r} is not an event name ({EVENT_NAME})")
+    return {
+        "vapid_private_key": key,
+        "vapid_subject": subject,
+        "push_events": events,
+        "push_delay": r.number("PUSH_DELAY", 10.0, minimum=0.0),
+        "push_ttl": r.integer("PUSH_TTL", 86400, minimum=0, maximum=28 * 24 * 3600),
+        "push_allow_private": r.flag("PUSH_ALLOW_PRIVATE"),
+        "push_max_subscriptions": r.integer("PUSH_MAX_SUBSCRIPTIONS", 10, minimum=1),
+        "push_max_in_flight": r.integer("PUSH_MAX_IN_FLIGHT", 100, minimum=1),
+    }
 
 
 def check_secret_strength(name: str, value: str) -> None:

@@ -24,6 +24,7 @@ STATIC_FILES: dict[str, str] = {
     "dom.js": "text/javascript; charset=utf-8",
     "hub-client.js": "text/javascript; charset=utf-8",
     "notifications.js": "text/javascript; charset=utf-8",
+    "push.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
@@ -74,6 +75,7 @@ class WebFront:
         return [
             Route("/", self.index, methods=["GET", "HEAD"]),
             Route("/static/{name:str}", self.static, methods=["GET", "HEAD"]),
+            Route("/sw.js", self.service_worker, methods=["GET", "HEAD"]),
         ]
 
     async def index(self, request: Request) -> Response:
@@ -85,6 +87,12 @@ class WebFront:
         if media_type is None:
             raise NotFound(f"no static file {name!r}; the page uses only {', '.join(STATIC_FILES)}")
         return self._file(request, name, media_type)
+
+    async def service_worker(self, request: Request) -> Response:
+        """The Web Push service worker (§13), at the root so that its scope is the whole page."""
+        response = self._file(request, "sw.js", "text/javascript; charset=utf-8")
+        response.headers["Service-Worker-Allowed"] = "/"
+        return response
 
     def _file(self, request: Request, name: str, media_type: str) -> Response:
         path = self._dir / name

@@ -18,4 +18,5 @@ def parser_bridge_feature(settings: Settings, db: Database, events: EventBus,
     parts = (parse_feature(settings, db, events, authenticator),
              exchange_feature(settings, db, events, authenticator))
     return Feature(routes=[route for part in parts for route in part.routes],
-                   loops=[loop for part in parts for loop in part.loops])
+                   loops=[loop for part in parts for loop in part.loops],
+                   push_rules={name: rule for part in parts for name, rule in part.push_rules.items()})

@@ -44,10 +44,10 @@ from typing import cast
 
 from pydantic import ValidationError
 
+from hub.address_policy import Network, parse_networks
 from hub.env import LOG_LEVELS, REDIS_URL_SCHEMES, ConfigError, EnvReader, report
 from hub.redis_clients import REDIS_FAILURES, RedisClient, redis_client
 from hub.supervise import backoff_delay
-from parser_bridge.parse.address_policy import Network, parse_networks
 from parser_bridge.parse.fair_queue import FairQueue
 from parser_bridge.parse.fetch import PageFetcher
 from parser_bridge.parse.result import ParseJob, result_key, tasks_key

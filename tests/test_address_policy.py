@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from parser_bridge.parse.address_policy import AddressRefused, is_allowed, is_public, resolve
+from hub.address_policy import AddressRefused, is_allowed, is_public, resolve
 
 REFUSED = [
     # IPv4 special-purpose registry

@@ -17,6 +17,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from hub.migrate import alembic_config
+from hub.settings import Settings
 from tests.conftest import REDIS_BASE_URL, RUN_ID, free_port, private_database
 
 HUB = str(Path(sys.executable).with_name("hub"))
@@ -100,6 +101,8 @@ def test_migrate_an_unreachable_database_fails_without_a_traceback(tmp_path: Pat
     ({"ACCESS_TOKEN_TTL": "fifteen minutes"}, "ACCESS_TOKEN_TTL"),
     ({"DATABASE_URL": "mysql://localhost/hub"}, "DATABASE_URL"),
     ({"HUB_ENV": "prod"}, "HUB_ENV"),
+    ({"VAPID_PRIVATE_KEY": "not-a-key"}, "VAPID_PRIVATE_KEY"),
+    ({"VAPID_PRIVATE_KEY": "Q7f9ra2V7oOeP8kGLsHdbEAuEP9mhYkmB1y8OHZOjR0"}, "VAPID_SUBJECT"),
 ])
 @pytest.mark.parametrize("command", [["serve"], ["migrate"]])
 def test_a_configuration_error_is_one_line_and_non_zero(tmp_path: Path, variables: dict[str, str],
@@ -110,6 +113,14 @@ def test_a_configuration_error_is_one_line_and_non_zero(tmp_path: Path, variable
     assert len(lines) == 1, done.stderr
     assert named in lines[0]
     assert lines[0].startswith("hub: configuration error:")
+
+
+def test_vapid_keys_prints_a_usable_key(tmp_path: Path) -> None:
+    done = run_hub(["vapid-keys"], hub_env(tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split("=", 1) for line in done.stdout.splitlines() if not line.startswith("#"))
+    settings = Settings.from_env({**lines, "VAPID_SUBJECT": "mailto:ops@example.com"})
+    assert settings.push_enabled
 
 
 def test_several_workers_without_redis_are_refused(tmp_path: Path) -> None:

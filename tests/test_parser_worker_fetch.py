@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from parser_bridge.parse.address_policy import is_public, parse_networks
+from hub.address_policy import is_public, parse_networks
 from parser_bridge.parse.fetch import FetchError, PageFetcher
 from parser_bridge.parse.html_title import extract_title
 from tests.page_server import PAGE, TITLE, PageServer, serve_pages

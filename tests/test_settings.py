@@ -62,6 +62,14 @@ EVERY_VARIABLE = {
     "CHAT_POST_BURST": "8",
     "LOG_LEVEL": "WARNING",
     "TLS_CERTIFICATE_FILE": "/run/hub-tls/fullchain.pem",
+    "VAPID_PRIVATE_KEY": "Q7f9ra2V7oOeP8kGLsHdbEAuEP9mhYkmB1y8OHZOjR0",
+    "VAPID_SUBJECT": "mailto:ops@example.com",
+    "PUSH_EVENTS": "chat.message,deploy.done",
+    "PUSH_DELAY": "4.5",
+    "PUSH_TTL": "3600",
+    "PUSH_ALLOW_PRIVATE": "1",
+    "PUSH_MAX_SUBSCRIPTIONS": "3",
+    "PUSH_MAX_IN_FLIGHT": "20",
 }
 
 EXPECTED = {
@@ -107,6 +115,14 @@ EXPECTED = {
     "chat_post_burst": 8,
     "log_level": "WARNING",
     "tls_certificate_file": "/run/hub-tls/fullchain.pem",
+    "vapid_private_key": "Q7f9ra2V7oOeP8kGLsHdbEAuEP9mhYkmB1y8OHZOjR0",
+    "vapid_subject": "mailto:ops@example.com",
+    "push_events": ("chat.message", "deploy.done"),
+    "push_delay": 4.5,
+    "push_ttl": 3600,
+    "push_allow_private": True,
+    "push_max_subscriptions": 3,
+    "push_max_in_flight": 20,
 }
 
 

@@ -6,6 +6,7 @@ import { ChatView } from "./chat.js";
 import { byTestId, describeError, say } from "./dom.js";
 import { HubClient, HubError } from "./hub-client.js";
 import { NotificationsPanel } from "./notifications.js";
+import { PushButton, requestedChat } from "./push.js";
 
 const STATE_TEXT = {
   connecting: "connecting…",
@@ -34,6 +35,7 @@ const chats = new ChatView(client, (chatId) => {
   if (chatId !== null) setView("chat");
   else if (view === "chat") setView("list");
 });
+const push = new PushButton(client, byTestId("enable-push"));
 const notifications = new NotificationsPanel(client, byTestId("notifications"), (count) => {
   notificationCount.textContent = String(count);
   notificationCount.hidden = count === 0;
@@ -74,7 +76,10 @@ function showSignedIn(user) {
   setView("list");
   // The socket's first welcome asks for a full reload too ("resync") unless it resumed a stream
   // this tab already followed; the chat list is wanted at once either way.
-  chats.reload().catch((error) => console.error("loading chats failed", error));
+  const wanted = requestedChat(); // a push notification's click opened /?chat=<id>
+  chats.reload().then(() => (wanted !== null ? chats.open(wanted) : undefined))
+    .catch((error) => console.error("loading chats failed", error));
+  push.offer().catch((error) => console.error("web push unavailable", error));
   if (client.lastEventId > 0) notifications.loadRecent().catch(() => {});
 }
 

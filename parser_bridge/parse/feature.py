@@ -9,10 +9,13 @@ private addresses, for development only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hub.db import Database
 from hub.events import EventBus
 from hub.feature import Feature, Loop
 from hub.identity import Authenticator
+from hub.push_rules import Notice, PushRule
 from hub.settings import Settings
 from parser_bridge.parse.api import ParseApi
 from parser_bridge.parse.fetch import PageFetcher
@@ -36,6 +39,7 @@ def parse_feature(settings: Settings, db: Database, events: EventBus,
         queue = EmbeddedJobQueue(PageFetcher(allow_private=settings.parser_allow_private))
     parse = ParseRequests(db, events, queue, settings.parse_timeout, settings.parse_max_pending)
     return Feature(
+        push_rules={"parse.completed": PushRule(describe=describe_parse)},
         routes=ParseApi(parse, authenticator, settings.parser_service_token).routes(),
         loops=(
             *queue.loops(),
@@ -44,3 +48,11 @@ def parse_feature(settings: Settings, db: Database, events: EventBus,
             Loop("parse timeouts", parse.expire_overdue, 1.0),
         ),
     )
+
+
+def describe_parse(data: dict[str, Any]) -> Notice:
+    """A `parse.completed` push: the page's title, or why it failed; one topic per request."""
+    url = str(data["url"])
+    if data["status"] == "success":
+        return Notice("Page parsed", str(data.get("title") or url), f"parse-{int(data['request_id'])}")
+    return Notice("Page parse failed", f"{url}: {data.get('error')}", f"parse-{int(data['request_id'])}")

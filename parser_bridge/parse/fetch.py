@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from hub.address_policy import AddressRefused, Network, resolve
 from hub.storable_text import clean
-from parser_bridge.parse.address_policy import AddressRefused, Network, resolve
 from parser_bridge.parse.html_title import extract_title
 from parser_bridge.parse.result import ParseResult
 

@@ -52,7 +52,7 @@ async def test_every_static_file_is_served_with_its_type(hub: RunningHub, name: 
 async def test_every_module_the_page_imports_is_served() -> None:
     """A module import the whitelist misses would only fail in the browser: check it here."""
     shipped = {path.name for path in STATIC_DIR.iterdir()}
-    assert shipped == set(STATIC_FILES) | {"index.html"}
+    assert shipped == set(STATIC_FILES) | {"index.html", "sw.js"}  # sw.js is served at /sw.js
     for script in STATIC_DIR.glob("*.js"):
         for imported in re.findall(r'^import .* from "\./([^"]+)";$', script.read_text(), re.M):
             assert imported in STATIC_FILES, f"{script.name} imports {imported}, which is not served"

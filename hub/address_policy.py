@@ -1,4 +1,5 @@
-"""Which addresses the parser may connect to, decided after DNS resolution.
+"""Which addresses the hub connects to for users (parsed pages, Web Push endpoints), decided
+after DNS resolution.
 
 Only globally routable unicast addresses are allowed unless private ones were explicitly
 permitted. The rule is written out below from IANA's registries (the IPv4 and IPv6
@@ -101,7 +102,7 @@ async def resolve(host: str, port: int, *, allow_private: bool,
     refused = [ip for ip in addresses if not is_allowed(ip, allow_private, allowed)]
     if refused:
         raise AddressRefused(
-            f"refused to fetch {host}: it resolves to a private, loopback or reserved "
+            f"refused {host}: it resolves to a private, loopback or reserved "
             f"address ({refused[0]})")
     return addresses
 

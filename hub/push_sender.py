@@ -1,0 +1,238 @@
+"""Web Push decisions and sends (protocol §13), each a supervised loop of every hub process.
+
+- `flush_delivered` writes what this process's connections delivered (the `Registry`'s marks)
+  to `push_users.delivered_id`, so every process judges "seen" alike.
+- `decide` reads each subscribed user's stream past `scanned_id` up to the events committed
+  `PUSH_DELAY` ago; an event in `PUSH_EVENTS` that no connection delivered and no feature's
+  `seen` check (a chat's read marker) claims becomes one outbox row per subscription, and the
+  scan moves past it in the same commit. User rows are locked with SKIP LOCKED, so processes
+  split the users between them; the outbox's unique key keeps a push decided twice single.
+- `send` claims due rows (committed before any request, SKIP LOCKED), sends at most
+  `PUSH_MAX_IN_FLIGHT` at once and records each outcome: sent, 404/410 deletes the
+  subscription, 429 waits `Retry-After`, 5xx and network errors back off, all within the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from hub import push_store
+from hub.address_policy import AddressRefused, resolve
+from hub.db import Database, rfc3339, utcnow
+from hub.metrics import Metrics
+from hub.push_crypto import PushKeyError, VapidSigner, encrypt
+from hub.push_rules import Notice, PushRule, default_notice, push_payload
+from hub.supervise import backoff_delay
+
+log = logging.getLogger("hub.push")
+
+SCAN_USERS = 200  # users decided per transaction
+SCAN_EVENTS = 500  # events per user per transaction
+REQUEST_TIMEOUT = 10.0
+CLAIM_LEASE = dt.timedelta(seconds=60)  # far beyond REQUEST_TIMEOUT: only a dead process outlives it
+MAX_BACKOFF = 300.0
+ADDRESS_CHECK_SECONDS = 60.0
+
+
+class PushDecider:
+    """Turns unseen events into outbox rows. `marks` returns this process's delivered marks."""
+
+    def __init__(self, db: Database, metrics: Metrics, marks: Callable[[], dict[int, int]],
+                 rules: Mapping[str, PushRule], events: tuple[str, ...], delay: float,
+                 ttl: int) -> None:
+        self._db = db
+        self._metrics = metrics
+        self._marks = marks
+        self._rules = rules
+        self._events = frozenset(events)
+        self._delay = dt.timedelta(seconds=delay)
+        self._ttl = dt.timedelta(seconds=ttl)
+        self._flushed: dict[int, int] = {}
+
+    async def flush_delivered(self) -> None:
+        marks = self._marks()
+        changed = {user: mark for user, mark in marks.items() if mark > self._flushed.get(user, 0)}
+        if changed:
+            async with self._db.sessions.begin() as session:
+                await push_store.record_delivered(session, changed)
+        # Forget users with no connection left here: their mark is in the database now.
+        self._flushed = {user: max(mark, self._flushed.get(user, 0)) for user, mark in marks.items()}
+
+    async def decide(self) -> None:
+        while True:
+            async with self._db.sessions.begin() as session:
+                scans = await push_store.claim_scans(session, utcnow() - self._delay, SCAN_USERS,
+                                                     SCAN_EVENTS)
+                pushes: list[push_store.NewPush] = []
+                for scan in scans:
+                    for event in scan.events:
+                        if event.name in self._events and scan.subscription_ids:
+                            pushes.extend(await self._decide(session, scan, event))
+                    if scan.events:
+                        await push_store.advance_scan(session, scan.user_id, scan.events[-1].id)
+                await push_store.enqueue(session, self._db.dialect, pushes)
+            if len(scans) < SCAN_USERS:
+                return
+
+    async def _decide(self, session: Any, scan: push_store.UserScan,
+                      event: push_store.DueEvent) -> list[push_store.NewPush]:
+        data = orjson.loads(event.data)
+        rule = self._rules.get(event.name)
+        seen = event.id <= scan.delivered_id
+        if not seen and rule is not None and rule.seen is not None:
+            try:
+                seen = await rule.seen(session, scan.user_id, data)
+            except (KeyError, TypeError, ValueError):  # published data of another shape
+                seen = False
+        if seen:
+            self._metrics.push_sent.labels("seen").inc(len(scan.subscription_ids))
+            return []
+        notice: Notice = default_notice(event.name)
+        if rule is not None:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                notice = rule.describe(data)
+        payload = push_payload(notice, event.id, event.name, event.data, rfc3339(event.created_at))
+        expires_at = event.created_at + self._ttl
+        return [push_store.NewPush(sub_id, event.id, payload, notice.topic, expires_at)
+                for sub_id in scan.subscription_ids]
+
+
+class PushSender:
+    """Sends the outbox. `open` makes its HTTP client (system CAs, or `SSL_CERT_FILE`)."""
+
+    def __init__(self, db: Database, metrics: Metrics, signer: VapidSigner, max_in_flight: int,
+                 allow_private: bool) -> None:
+        self._db = db
+        self._metrics = metrics
+        self._signer = signer
+        self._max_in_flight = max_in_flight
+        self._allow_private = allow_private
+        self._client: httpx.AsyncClient | None = None
+        self._checked: dict[tuple[str, int], float] = {}  # host, port -> trusted until (monotonic)
+
+    def open(self) -> None:
+        # create_default_context loads the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR when set.
+        limits = httpx.Limits(max_connections=self._max_in_flight,
+                              max_keepalive_connections=self._max_in_flight)
+        self._client = httpx.AsyncClient(verify=ssl.create_default_context(), trust_env=False,
+                                         timeout=REQUEST_TIMEOUT, follow_redirects=False,
+                                         limits=limits)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _check_address(self, endpoint: str) -> None:
+        """The endpoint's host still resolves to public addresses only (checked again at send
+        time, since DNS may have changed since the subscription); a pass is trusted for
+        ADDRESS_CHECK_SECONDS per host, so a burst of pushes resolves each host once."""
+        parts = urlsplit(endpoint)
+        host = (parts.hostname or "", parts.port or 443)
+        now = time.monotonic()
+        if self._checked.get(host, 0.0) > now:
+            return
+        await resolve(host[0], host[1], allow_private=self._allow_private)
+        if len(self._checked) > 1000:
+            self._checked.clear()
+        self._checked[host] = now + ADDRESS_CHECK_SECONDS
+
+    async def step(self) -> None:
+        while True:
+            now = utcnow()
+            async with self._db.sessions.begin() as session:
+                abandoned = await push_store.drop_abandoned(session, now)
+                claimed = await push_store.claim_due(session, now, CLAIM_LEASE, self._max_in_flight)
+            if abandoned:
+                log.warning("dropped %d pushes whose process died while sending them", abandoned)
+                self._metrics.push_sent.labels("abandoned").inc(abandoned)
+            if not claimed:
+                return
+            outcomes = await asyncio.gather(*(self._send(push) for push in claimed))
+            async with self._db.sessions.begin() as session:
+                for push, (result, retry_after) in zip(claimed, outcomes, strict=True):
+                    await self._record(session, push, result, retry_after)
+            if len(claimed) < self._max_in_flight:
+                return
+
+    async def _record(self, session: Any, push: push_store.ClaimedPush, result: str,
+                      retry_after: float | None) -> None:
+        if result == "gone":
+            await push_store.remove_subscription(session, push.subscription_id)
+        elif result == "retry":
+            attempts = push.attempts + 1
+            delay = retry_after if retry_after is not None else max(
+                1.0, backoff_delay(attempts, base=1.0, cap=MAX_BACKOFF))
+            when = utcnow() + dt.timedelta(seconds=delay)
+            if when >= push.expires_at:
+                result = "expired"
+                await push_store.finish(session, push.id)
+            else:
+                result = "retried"
+                await push_store.retry_at(session, push.id, when, attempts)
+        else:
+            await push_store.finish(session, push.id)
+        self._metrics.push_sent.labels(result).inc()
+
+    async def _send(self, push: push_store.ClaimedPush) -> tuple[str, float | None]:
+        """One request: ("sent" | "gone" | "retry" | "rejected" | "expired", Retry-After)."""
+        ttl = int((push.expires_at - utcnow()).total_seconds())
+        if ttl <= 0:
+            return "expired", None
+        try:
+            await self._check_address(push.endpoint)
+            body = encrypt(push.payload, push.p256dh, push.auth)
+        except AddressRefused as exc:
+            log.warning("push endpoint refused, subscription %s deleted: %s", push.subscription_id, exc)
+            return "gone", None
+        except PushKeyError:
+            return "gone", None
+        headers = {"TTL": str(ttl), "Content-Encoding": "aes128gcm",
+                   "Content-Type": "application/octet-stream", "Urgency": "normal",
+                   "Authorization": self._signer.authorization(push.endpoint)}
+        if push.topic:
+            headers["Topic"] = push.topic
+        assert self._client is not None, "PushSender.open() was not called"
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                response = await self._client.post(push.endpoint, content=body, headers=headers)
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+            log.info("push to subscription %s failed: %r", push.subscription_id, exc)
+            return "retry", None
+        status = response.status_code
+        if 200 <= status < 300:
+            return "sent", None
+        if status in (404, 410):
+            return "gone", None
+        if status == 429 or status >= 500:
+            return "retry", _retry_after(response.headers.get("retry-after"))
+        log.warning("push service refused subscription %s's push: %s %s", push.subscription_id,
+                    status, response.text[:200])
+        return "rejected", None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a `Retry-After` (a number or an HTTP date), capped at MAX_BACKOFF."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (moment - utcnow()).total_seconds()
+    return min(MAX_BACKOFF, max(0.0, seconds))

@@ -1,0 +1,272 @@
+"""Tables and queries of Web Push (protocol §13). Queries take a session and never commit.
+
+- `push_subscriptions`: the browsers' PushSubscriptions, at most `PUSH_MAX_SUBSCRIPTIONS` a user.
+- `push_users`: per user with subscriptions, how far the decision has read their stream
+  (`scanned_id`) and the newest event any connection of theirs delivered (`delivered_id`).
+- `push_outbox`: the pushes decided and not yet sent, one per (subscription, event): the unique
+  key makes a push decided twice exist once; a claim (`claimed_until`) written in its own commit
+  makes one process send it, and a claim that outlived its process is dropped, never re-sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hub.db import Base, UTCDateTime, utcnow
+from hub.models import Event, Stream
+
+OutboxId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class PushSubscription(Base):
+    __tablename__ = "push_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    endpoint: Mapped[str] = mapped_column(String(2048), unique=True)
+    p256dh: Mapped[str] = mapped_column(String(128))
+    auth: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PushUser(Base):
+    __tablename__ = "push_users"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    scanned_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered_id: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PushOutbox(Base):
+    __tablename__ = "push_outbox"
+
+    id: Mapped[int] = mapped_column(OutboxId, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("push_subscriptions.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    topic: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    next_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_id", name="uq_push_outbox_subscription_event"),
+        Index("ix_push_outbox_next_at", "next_at"),
+    )
+
+
+# --- subscriptions -----------------------------------------------------------------------------
+
+async def find_subscription(session: AsyncSession, endpoint: str) -> PushSubscription | None:
+    return (await session.execute(
+        select(PushSubscription).where(PushSubscription.endpoint == endpoint))).scalar_one_or_none()
+
+
+async def count_subscriptions(session: AsyncSession, user_id: int) -> int:
+    return int((await session.execute(
+        select(func.count()).select_from(PushSubscription)
+        .where(PushSubscription.user_id == user_id))).scalar_one())
+
+
+async def add_subscription(session: AsyncSession, user_id: int, endpoint: str, p256dh: str,
+                           auth: str) -> int:
+    """Insert the subscription; the user's stream is scanned from its current head on, so
+    nothing written before the subscription is pushed."""
+    row = PushSubscription(user_id=user_id, endpoint=endpoint, p256dh=p256dh, auth=auth)
+    session.add(row)
+    if await session.get(PushUser, user_id) is None:
+        head = (await session.execute(
+            select(Stream.last_id).where(Stream.user_id == user_id))).scalar_one_or_none()
+        session.add(PushUser(user_id=user_id, scanned_id=head or 0, delivered_id=0))
+    await session.flush()
+    return row.id
+
+
+async def remove_subscription(session: AsyncSession, subscription_id: int,
+                              user_id: int | None = None) -> bool:
+    """Delete the subscription (its pending pushes with it); False when there is none (of that
+    user). The user's scan row goes with their last subscription."""
+    condition = PushSubscription.id == subscription_id
+    if user_id is not None:
+        condition = condition & (PushSubscription.user_id == user_id)
+    owner = (await session.execute(
+        delete(PushSubscription).where(condition).returning(PushSubscription.user_id))
+    ).scalar_one_or_none()
+    if owner is None:
+        return False
+    await session.execute(delete(PushOutbox).where(PushOutbox.subscription_id == subscription_id))
+    if not await count_subscriptions(session, owner):
+        await session.execute(delete(PushUser).where(PushUser.user_id == owner))
+    return True
+
+
+# --- what users have seen ----------------------------------------------------------------------
+
+async def record_delivered(session: AsyncSession, delivered: Mapping[int, int]) -> None:
+    """Raise `delivered_id` of the users who have push rows (never lowers it): one statement
+    run for many rows (asyncpg sends them in one batch), in user-id order, the one lock order of
+    every process."""
+    table = cast(Table, PushUser.__table__)
+    statement = (update(table)
+                 .where(table.c.user_id == bindparam("uid"), table.c.delivered_id < bindparam("mark"))
+                 .values(delivered_id=bindparam("mark")))
+    connection = await session.connection()
+    await connection.execute(statement, [{"uid": user_id, "mark": event_id}
+                                         for user_id, event_id in sorted(delivered.items())])
+
+
+# --- the decision ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DueEvent:
+    id: int
+    name: str
+    data: str
+    created_at: dt.datetime
+
+
+@dataclass(slots=True)
+class UserScan:
+    user_id: int
+    scanned_id: int
+    delivered_id: int
+    subscription_ids: list[int]
+    events: list[DueEvent]
+
+
+async def claim_scans(session: AsyncSession, due: dt.datetime, users: int,
+                      events_per_user: int) -> list[UserScan]:
+    """Users with events past `scanned_id` created at or before `due`, their rows locked (rows
+    another process holds are skipped), with those events in id order (stopping at the first
+    not yet due, so the scan never passes an event it has not decided)."""
+    pending = select(Event.id).where(Event.user_id == PushUser.user_id,
+                                     Event.id > PushUser.scanned_id,
+                                     Event.created_at <= due).exists()
+    rows = (await session.execute(
+        select(PushUser.user_id, PushUser.scanned_id, PushUser.delivered_id).where(pending)
+        .order_by(PushUser.user_id).limit(users).with_for_update(skip_locked=True))).all()
+    if not rows:
+        return []
+    scans = {user_id: UserScan(user_id, scanned_id, delivered_id, [], [])
+             for user_id, scanned_id, delivered_id in rows}
+    # One query for everyone's events: each user's next ones past their scan, numbered per user.
+    numbered = (select(Event.user_id, Event.id, Event.name, Event.data, Event.created_at,
+                       func.row_number().over(partition_by=Event.user_id, order_by=Event.id)
+                       .label("n"))
+                .join(PushUser, PushUser.user_id == Event.user_id)
+                .where(PushUser.user_id.in_(scans), Event.id > PushUser.scanned_id).subquery())
+    blocked: set[int] = set()
+    for user_id, event_id, name, data, created_at, _n in await session.execute(
+            select(numbered).where(numbered.c.n <= events_per_user)
+            .order_by(numbered.c.user_id, numbered.c.id)):
+        if user_id in blocked or created_at > due:  # never pass an event not yet due
+            blocked.add(user_id)
+            continue
+        scans[user_id].events.append(DueEvent(event_id, name, data, created_at))
+    for subscription_id, user_id in await session.execute(
+            select(PushSubscription.id, PushSubscription.user_id)
+            .where(PushSubscription.user_id.in_(scans)).order_by(PushSubscription.id)):
+        scans[user_id].subscription_ids.append(subscription_id)
+    return list(scans.values())
+
+
+@dataclass(frozen=True, slots=True)
+class NewPush:
+    subscription_id: int
+    event_id: int
+    payload: bytes
+    topic: str | None
+    expires_at: dt.datetime
+
+
+async def enqueue(session: AsyncSession, dialect: str, pushes: Sequence[NewPush]) -> None:
+    """Add pushes to the outbox; one already there (same subscription and event) stays as is."""
+    if not pushes:
+        return
+    now = utcnow()
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(insert(PushOutbox).values([
+        {"subscription_id": p.subscription_id, "event_id": p.event_id, "payload": p.payload,
+         "topic": p.topic, "expires_at": p.expires_at, "next_at": now, "attempts": 0}
+        for p in pushes
+    ]).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]))
+
+
+async def advance_scan(session: AsyncSession, user_id: int, scanned_id: int) -> None:
+    await session.execute(update(PushUser).where(PushUser.user_id == user_id)
+                          .values(scanned_id=scanned_id))
+
+
+# --- sending -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ClaimedPush:
+    id: int
+    subscription_id: int
+    endpoint: str
+    p256dh: str
+    auth: str
+    payload: bytes
+    topic: str | None
+    expires_at: dt.datetime
+    attempts: int
+
+
+async def drop_abandoned(session: AsyncSession, now: dt.datetime) -> int:
+    """Delete pushes whose claim expired: their process died mid-send, and the push service
+    may have them already (never twice beats maybe once)."""
+    result = await session.execute(
+        delete(PushOutbox).where(PushOutbox.claimed_until < now).returning(PushOutbox.id))
+    return len(result.all())
+
+
+async def claim_due(session: AsyncSession, now: dt.datetime, lease: dt.timedelta,
+                    limit: int) -> list[ClaimedPush]:
+    """Claim up to `limit` unclaimed pushes due by `now` until `now + lease`; rows another
+    process is claiming are skipped. Commit before sending."""
+    rows = (await session.execute(
+        select(PushOutbox.id, PushOutbox.subscription_id, PushSubscription.endpoint,
+               PushSubscription.p256dh, PushSubscription.auth, PushOutbox.payload,
+               PushOutbox.topic, PushOutbox.expires_at, PushOutbox.attempts)
+        .join(PushSubscription, PushSubscription.id == PushOutbox.subscription_id)
+        .where(PushOutbox.claimed_until.is_(None), PushOutbox.next_at <= now)
+        .order_by(PushOutbox.next_at).limit(limit)
+        .with_for_update(of=PushOutbox, skip_locked=True))).all()
+    if rows:
+        await session.execute(update(PushOutbox).where(PushOutbox.id.in_([r[0] for r in rows]))
+                              .values(claimed_until=now + lease))
+    return [ClaimedPush(*row) for row in rows]
+
+
+async def finish(session: AsyncSession, push_id: int) -> None:
+    await session.execute(delete(PushOutbox).where(PushOutbox.id == push_id))
+
+
+async def retry_at(session: AsyncSession, push_id: int, when: dt.datetime, attempts: int) -> None:
+    await session.execute(update(PushOutbox).where(PushOutbox.id == push_id)
+                          .values(next_at=when, attempts=attempts, claimed_until=None))
