@@ -34,6 +34,7 @@ from hub.errors import (
     http_exception_handler,
     internal_error_handler,
 )
+from hub.event_stream import EventStreamApi
 from hub.events import EventBus, declared
 from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
@@ -48,6 +49,7 @@ from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
+from hub.stream_tickets import make_ticket_store
 from hub.supervise import supervise
 from hub.web import WebFront
 from hub.ws import WebSocketApi
@@ -89,6 +91,11 @@ def create_app(settings: Settings) -> Starlette:
         revocations,
     )
     websockets = WebSocketApi(settings, db, registry, accounts, metrics)
+    tickets = make_ticket_store(settings.stream_ticket_ttl, settings.redis_url,
+                                settings.redis_channel_prefix, cluster=settings.redis_cluster)
+    event_stream = EventStreamApi(settings, db, registry, accounts, metrics, websockets.read_events,
+                                  tickets, limiter, auth_attempts(settings.auth_rate_limit),
+                                  revocations.is_revoked)
     features: list[Feature] = [
         Feature(loops=(
             Loop("publish watermarks", publisher.flush_watermarks, 0.5),
@@ -99,6 +106,7 @@ def create_app(settings: Settings) -> Starlette:
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
+        Feature(routes=event_stream.routes()),
         Feature(routes=AuthApi(
             accounts, db, limiter, auth_attempts(settings.auth_rate_limit),
             Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
@@ -129,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync, registry.resync_channels)
             stack.push_async_callback(limiter.close)
+            stack.push_async_callback(tickets.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)
             if push.sender is not None:
