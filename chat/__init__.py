@@ -3,6 +3,7 @@ presence and typing of members as signals."""
 
 from __future__ import annotations
 
+from chat.events import CHAT_EVENTS, CHAT_MESSAGE
 from chat.live import ChatLive
 from chat.push import chat_message_rule
 from chat.routes import ChatApi
@@ -24,6 +25,6 @@ def chat_feature(db: Database, events: EventBus, signals: Signals, presence: Pre
     (Expired idempotency keys are removed by the core's retention loop.)"""
     service = ChatService(db, events, limiter, post_limit, max_members=max_members)
     live = ChatLive(db, signals, presence, limiter, typing_limit)
-    return Feature(routes=ChatApi(service, live, authenticator).routes(),
+    return Feature(routes=ChatApi(service, live, authenticator).routes(), events=CHAT_EVENTS,
                    client_frames={"typing": live.typing_frame},
-                   push_rules={"chat.message": chat_message_rule()})
+                   push_rules={CHAT_MESSAGE.name: chat_message_rule()})

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chat.events import ChatOut, MemberOut, MessageOut
 from chat.live import ChatLive
 from chat.service import ChatService
 from hub import idempotency
@@ -102,30 +103,8 @@ class UserPath(BaseModel):
     user_id: Annotated[int, Field(ge=1, le=MAX_INT32)]
 
 
-class MemberOut(BaseModel):
-    user_id: int
-    username: str
-
-
-class ChatOut(BaseModel):
-    id: int
-    title: str
-    created_at: str
-    members: list[MemberOut]
-    unread_count: int
-
-
 class ChatList(BaseModel):
     items: list[ChatOut]
-
-
-class MessageOut(BaseModel):
-    id: int
-    chat_id: int
-    sender_id: int
-    sender_username: str
-    text: str
-    created_at: str
 
 
 class MessagePage(BaseModel):

@@ -15,11 +15,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from chat import queries
-from chat.queries import ChatRow, chat_json, message_json
-from hub.db import Database, utcnow
+from chat.events import (
+    CHAT_CREATED,
+    CHAT_MEMBER_ADDED,
+    CHAT_MEMBER_LEFT,
+    CHAT_MESSAGE,
+    CHAT_READ,
+    ChatOut,
+    Membership,
+    MessageOut,
+    ReadUpTo,
+)
+from chat.queries import ChatRow, chat_json
+from hub.db import Database, rfc3339, utcnow
 from hub.errors import Conflict, Forbidden, Invalid, NotFound
 from hub.events import EventBus, Transaction
 from hub.idempotency import KeyedRequest, StoredAnswer, answer_once
@@ -68,7 +77,8 @@ class ChatService:
             chat_id = await queries.insert_chat(tx.session, title, creator_id, everyone, now)
             members = (await queries.members_of(tx.session, [chat_id]))[chat_id]
             chat = chat_json(ChatRow(chat_id, title, now, 0), members)
-            await tx.emit(everyone, "chat.created", chat)
+            # validated against the declared object: 1,000 members take about a millisecond
+            await tx.emit(everyone, CHAT_CREATED(ChatOut.model_validate(chat)))
         return chat
 
     async def list_chats(self, user_id: int) -> list[dict[str, Any]]:
@@ -106,7 +116,7 @@ class ChatService:
                                           f"{self._max_members} members"})
             await queries.insert_member(session, chat_id, user_id, head, utcnow())
             member_ids = await queries.member_ids(session, chat_id)
-            await tx.emit(member_ids, "chat.member_added", {"chat_id": chat_id, "user_id": user_id})
+            await tx.emit(member_ids, CHAT_MEMBER_ADDED(Membership(chat_id=chat_id, user_id=user_id)))
             row = await queries.chat_of_member(session, chat_id, caller_id)
             members = await queries.members_of(session, [chat_id])
         assert row is not None  # the caller's membership is held by the chat lock
@@ -126,7 +136,7 @@ class ChatService:
             await queries.delete_member(session, chat_id, user_id)
             remaining = await queries.member_ids(session, chat_id)
             if remaining:
-                await tx.emit(remaining, "chat.member_left", {"chat_id": chat_id, "user_id": user_id})
+                await tx.emit(remaining, CHAT_MEMBER_LEFT(Membership(chat_id=chat_id, user_id=user_id)))
             else:
                 await queries.delete_chat(session, chat_id)
 
@@ -152,11 +162,12 @@ class ChatService:
                 raise _no_chat(chat_id)
             now = utcnow()
             message_id = await queries.insert_message(tx.session, chat_id, head, sender_id, text, now)
-            answer = StoredAnswer(201, orjson.dumps(
-                message_json(message_id, chat_id, sender_id, head.member_name, text, now)))
+            event = CHAT_MESSAGE(MessageOut(
+                id=message_id, chat_id=chat_id, sender_id=sender_id,
+                sender_username=head.member_name, text=text, created_at=rfc3339(now)))
             member_ids = await queries.member_ids(tx.session, chat_id)
-            await tx.emit_json(member_ids, "chat.message", answer.body)
-            return answer
+            await tx.emit(member_ids, event)
+            return StoredAnswer(201, event.data_json)  # the answer is the event's data, as encoded
 
         async def spend_allowance() -> None:
             await self._limiter.enforce(self._post_limit, str(sender_id), "posting too fast")
@@ -186,8 +197,8 @@ class ChatService:
                 raise Invalid({"message_id": f"chat {chat_id} has no message {message_id}"})
             if await queries.advance_read(session, chat_id, user_id, message_id, seq):
                 others = [uid for uid in await queries.member_ids(session, chat_id) if uid != user_id]
-                await tx.emit(others, "chat.read",
-                              {"chat_id": chat_id, "user_id": user_id, "message_id": message_id})
+                await tx.emit(others, CHAT_READ(ReadUpTo(chat_id=chat_id, user_id=user_id,
+                                                         message_id=message_id)))
 
     async def block(self, blocker_id: int, blocked_id: int) -> None:
         """`blocker_id` blocks `blocked_id` (again is no change). 422 for oneself or an unknown

@@ -22,6 +22,7 @@ from auth.sessions import CHECK_SECONDS, RevocationWatch
 from auth.tokens import TokenCodec
 from chat import chat_feature
 from hub import migrate
+from hub.asyncapi import build_asyncapi
 from hub.broker import Broker
 from hub.broker_memory import MemoryBroker
 from hub.db import Database
@@ -33,7 +34,8 @@ from hub.errors import (
     http_exception_handler,
     internal_error_handler,
 )
-from hub.events import EventBus
+from hub.event_stream import EventStreamApi
+from hub.events import EventBus, declared
 from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.openapi import build_openapi
@@ -48,7 +50,8 @@ from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
-from hub.signals import FrameHandler, Signals
+from hub.signals import Signals
+from hub.stream_tickets import make_ticket_store
 from hub.supervise import supervise
 from hub.web import WebFront
 from hub.ws import WebSocketApi
@@ -100,6 +103,12 @@ def create_app(settings: Settings) -> Starlette:
         Passwords(),
         revocations,
     )
+    websockets = WebSocketApi(settings, db, registry, accounts, metrics)
+    tickets = make_ticket_store(settings.stream_ticket_ttl, settings.redis_url,
+                                settings.redis_channel_prefix, cluster=settings.redis_cluster)
+    event_stream = EventStreamApi(settings, db, registry, accounts, metrics, websockets.read_events,
+                                  tickets, limiter, auth_attempts(settings.auth_rate_limit),
+                                  revocations.is_revoked)
     features: list[Feature] = [
         Feature(loops=(
             Loop("publish watermarks", publisher.flush_watermarks, 0.5),
@@ -111,6 +120,7 @@ def create_app(settings: Settings) -> Starlette:
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
+        Feature(routes=event_stream.routes()),
         Feature(routes=AuthApi(
             accounts, db, limiter, auth_attempts(settings.auth_rate_limit),
             Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
@@ -123,12 +133,12 @@ def create_app(settings: Settings) -> Starlette:
     ]
     push = web_push(settings, db, metrics, registry, accounts, features)
     features.append(push.feature)
-    client_frames: dict[str, FrameHandler] = {}
     for feature in features:
-        client_frames.update(feature.client_frames)
-    websockets = WebSocketApi(settings, db, registry, accounts, metrics, client_frames)
+        websockets.client_frames.update(feature.client_frames)
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
-    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION))
+    event_types = declared(event for feature in features for event in feature.events)
+    ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION),
+                 lambda: build_asyncapi(event_types, "Notification hub", VERSION))
     routes.extend(ops.routes())
     loops = [loop for feature in features for loop in feature.loops]
 
@@ -144,6 +154,7 @@ def create_app(settings: Settings) -> Starlette:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync, registry.resync_channels)
             stack.push_async_callback(limiter.close)
+            stack.push_async_callback(tickets.close)
             stack.push_async_callback(broker.close)
             stack.push_async_callback(publisher.close)
             if push.sender is not None:
@@ -169,6 +180,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.websocket_protocol = websockets.protocol  # uvicorn's `ws` option for this app
+    app.state.event_types = event_types  # every declared event by name, for tests and tools
     return app
 
 

@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     listen.add_argument("--api-url", help="REST base URL (default: derived from --url)")
     listen.add_argument("--last-event-id", type=int, help="resume after this id (with --epoch)")
     listen.add_argument("--epoch")
+    listen.add_argument("--transport", choices=("ws", "stream"), default="ws",
+                        help="stream: read GET /api/v1/stream where WebSockets are blocked")
     args = parser.parse_args(argv)
     if args.command == "vapid-keys":
         from hub.push_crypto import generate_vapid_key, load_vapid_key, public_key_b64

@@ -23,6 +23,10 @@ provider cannot refresh (or a fresh token is refused at once) are raised from `e
 `TokenProvider`; when it knows the expiry, the client sends a `refresh` frame before the access
 token expires.
 
+`transport="stream"` reads the same stream from `GET /api/v1/stream` (protocol §12, for networks
+that break WebSockets; hub/client_stream.py) with the same guarantees and the same behaviour on
+each kind of end; the token is refreshed when the stream ends with `token_expired`.
+
 Signals (protocol §11: `presence`, `typing`) are live only: with `signals=True` they are yielded
 as `Signal`s between events, in the order they arrived, never replayed after a reconnect (re-read
 presence over REST after each `Reset` or reconnect). `typing(chat_id)` tells the other members of
@@ -49,11 +53,13 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from hub.client_stream import STREAM_PATH, EventStreamSocket
 from hub.close_codes import CloseAction, CloseCode, action_for
 
 log = logging.getLogger("hub.client")
 
 TERMINAL_HTTP_STATUSES = frozenset({401, 403, 404})
+TRANSPORTS = ("ws", "stream")
 SIGNAL_TYPES = frozenset({"presence", "typing"})
 TYPING_EVERY = 2.0  # the hub forwards one typing signal per user and chat per 2 s
 
@@ -197,8 +203,11 @@ class HubClient:
                  epoch: str | None = None, backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  stable_after: float = 10.0, refresh_margin: float = 60.0,
                  open_timeout: float = 10.0, ping_interval: float | None = 20.0,
-                 max_frame: int = 2**20, signals: bool = False) -> None:
+                 max_frame: int = 2**20, transport: str = "ws", signals: bool = False) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport={transport!r}: use one of {', '.join(TRANSPORTS)}")
         self._url = url
+        self._stream_url = api_url_of(url) + STREAM_PATH if transport == "stream" else None
         self._tokens: TokenProvider = StaticToken(tokens) if isinstance(tokens, str) else tokens
         self.last_event_id = last_event_id
         self.epoch = epoch
@@ -210,7 +219,7 @@ class HubClient:
         self._ping_interval = ping_interval
         self._max_frame = max_frame
         self._closing = asyncio.Event()
-        self._socket: ClientConnection | None = None
+        self._socket: ClientConnection | EventStreamSocket | None = None
         self._signals = signals
         self._typing_sent: dict[int, float] = {}  # chat id -> monotonic time of the last frame
 
@@ -221,10 +230,11 @@ class HubClient:
             await self._socket.close()
 
     async def typing(self, chat_id: int) -> bool:
-        """Send a `typing` frame for `chat_id` on the open socket, at most once per chat every
-        TYPING_EVERY seconds; True when one went out."""
+        """Send a `typing` frame for `chat_id` on the open WebSocket (not over the HTTP stream),
+        at most once per chat every TYPING_EVERY seconds; True when one went out."""
         socket, now = self._socket, time.monotonic()
-        if socket is None or now - self._typing_sent.get(chat_id, -TYPING_EVERY) < TYPING_EVERY:
+        last = self._typing_sent.get(chat_id, -TYPING_EVERY)
+        if not isinstance(socket, ClientConnection) or now - last < TYPING_EVERY:
             return False
         self._typing_sent[chat_id] = now
         try:
@@ -248,10 +258,7 @@ class HubClient:
             fresh_token, refresh_first = refresh_first, False
             welcomed, started, code = False, time.monotonic(), int(CloseCode.ABNORMAL)
             try:
-                async with connect(self._url, open_timeout=self._open_timeout,
-                                   ping_interval=self._ping_interval,
-                                   ping_timeout=self._ping_interval, close_timeout=5,
-                                   max_size=self._max_frame) as socket:
+                async with self._connect() as socket:
                     self._socket = socket
                     if self._closing.is_set():
                         return
@@ -295,7 +302,15 @@ class HubClient:
             log.info("connection closed (%d); reconnecting", code)
             attempt = await self._pause(attempt)
 
-    async def _authenticate(self, socket: ClientConnection, token: AccessToken) -> Reset | None:
+    def _connect(self) -> Any:
+        """The WebSocket, or the event stream that stands for one (`transport="stream"`)."""
+        if self._stream_url is not None:
+            return EventStreamSocket(self._stream_url, self._open_timeout)
+        return connect(self._url, open_timeout=self._open_timeout, ping_interval=self._ping_interval,
+                       ping_timeout=self._ping_interval, close_timeout=5, max_size=self._max_frame)
+
+    async def _authenticate(self, socket: ClientConnection | EventStreamSocket,
+                            token: AccessToken) -> Reset | None:
         frame: dict[str, Any] = {"type": "auth", "token": token.token}
         resuming = self.last_event_id is not None and self.epoch is not None
         if resuming:
@@ -339,9 +354,11 @@ class HubClient:
             log.warning("the hub answered an error: %s", frame)
         return None  # pong, refreshed
 
-    async def _keep_fresh(self, socket: ClientConnection, expires_at: float | None) -> None:
-        """Send a `refresh` frame ahead of each expiry while the provider can refresh."""
-        while expires_at is not None:
+    async def _keep_fresh(self, socket: ClientConnection | EventStreamSocket,
+                          expires_at: float | None) -> None:
+        """Send a `refresh` frame ahead of each expiry while the provider can refresh (the event
+        stream has no such frame: it ends at expiry, and the client refreshes then)."""
+        while expires_at is not None and not isinstance(socket, EventStreamSocket):
             remaining = expires_at - time.time()
             await asyncio.sleep(max(0.0, remaining - min(self._refresh_margin, remaining / 5)))
             try:
@@ -393,7 +410,8 @@ async def _listen(args: argparse.Namespace) -> int:
         print("hub listen: give --token, or --username and --password "
               "(or HUB_TOKEN / HUB_PASSWORD in the environment)", file=sys.stderr)
         return 2
-    client = HubClient(args.url, provider, last_event_id=args.last_event_id, epoch=args.epoch)
+    client = HubClient(args.url, provider, last_event_id=args.last_event_id, epoch=args.epoch,
+                       transport=args.transport)
     try:
         async for item in client.events():
             if isinstance(item, Reset):

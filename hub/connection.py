@@ -8,6 +8,9 @@ connection's catch-up task, so ordering lives in one place:
 - an id that skips ahead makes the task read the missing ids from the store first;
 - after the broker reconnects, `catch_up()` makes the task read everything new from the store;
 - while the task runs, live events wait in a queue bounded by count and bytes.
+Each transport encodes an event its own way (`EventEncoding`: a WebSocket frame for `/ws`, an
+SSE message for the HTTP stream); the registry encodes each event once per encoding among the
+user's connections.
 What the socket has not sent yet is bounded the same way (frames written since its buffer was
 last seen empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
 which the socket closes with `CloseCode.SLOW_CONSUMER` (the client resumes and loses nothing).
@@ -25,13 +28,14 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from hub.metrics import Metrics
-from hub.streams import StoredEvent
+from hub.streams import StoredEvent, StreamHead
 
 log = logging.getLogger("hub.connection")
 
 FILL_PAGE = 500
 ReadEvents = Callable[[int, int, int, int | None], Awaitable[list[StoredEvent]]]
 EVENT_PREFIX = b'{"type":"event",'
+WEBSOCKET, STREAM = "ws", "stream"  # the transports, as metrics label them
 
 
 class ConnectionEnded(Exception):
@@ -63,6 +67,33 @@ class DeliveryFailed(ConnectionEnded):
     """Reading the store for a gap fill failed (logged)."""
 
 
+class EventEncoding(Protocol):
+    """How a transport writes one event: equal encodings (`==`, hashable) give equal bytes for
+    the same payload, so the registry encodes an event once for all connections sharing one."""
+
+    def encode(self, payload: bytes) -> bytes:
+        """The bytes a connection writes for an event's channel payload."""
+        ...
+
+
+class WebSocketEvents:
+    """The `/ws` encoding: the `event` frame (every instance is equal)."""
+
+    __slots__ = ()
+
+    def encode(self, payload: bytes) -> bytes:
+        return event_frame(payload)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WebSocketEvents)
+
+    def __hash__(self) -> int:
+        return hash(WebSocketEvents)
+
+
+WEBSOCKET_EVENTS = WebSocketEvents()
+
+
 class Outlet(Protocol):
     """The socket side a connection writes to."""
 
@@ -80,12 +111,16 @@ class Connection:
 
     __slots__ = ("_bytes", "_catch_up", "_clock", "_ended", "_expiry", "_fill_to", "_max_bytes",
                  "_max_messages", "_metrics", "_outlet", "_queue", "_read", "_started", "_task",
-                 "_unsent", "delivered", "expires_at", "session_id", "user_id")
+                 "_unsent", "delivered", "encoding", "expires_at", "session_id", "transport",
+                 "user_id")
 
     def __init__(self, user_id: int, expires_at: float, outlet: Outlet, read: ReadEvents,
                  metrics: Metrics, max_messages: int, max_bytes: int,
-                 session_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 session_id: str | None = None, clock: Callable[[], float] = time.time,
+                 encoding: EventEncoding = WEBSOCKET_EVENTS, transport: str = WEBSOCKET) -> None:
         self.user_id = user_id
+        self.encoding = encoding  # what `offer` is given: this encoding of each event
+        self.transport = transport  # WEBSOCKET or STREAM
         self.expires_at = expires_at
         self.session_id = session_id  # of the latest token; the socket's refresh updates it
         self.delivered = 0
@@ -115,7 +150,8 @@ class Connection:
         self._pump()
 
     def offer(self, event_id: int, frame: bytes, created_at: float) -> None:
-        """A live event frame: written now when it is the next one, else queued for the task."""
+        """A live event in this connection's `encoding`: written now when it is the next one,
+        else queued for the task."""
         if self._ended or event_id <= self.delivered:
             return
         if self._task is None and self._started and event_id == self.delivered + 1:
@@ -249,9 +285,22 @@ class Connection:
                 if self._ended:
                     return
                 await self._outlet.drain()
-                self._send(event.id, event_frame(event.payload), event.created_at)
+                self._send(event.id, self.encoding.encode(event.payload), event.created_at)
             if len(events) < FILL_PAGE:
                 return
+
+
+def resume_served(head: StreamHead, resume_id: int | None, resume_epoch: str | None) -> bool:
+    """Whether a resume after `resume_id` of `resume_epoch` can be served in full (protocol
+    §4.3, `recovered`): the same epoch, and an id that history still holds and not ahead of it."""
+    return (resume_id is not None and resume_epoch == head.epoch
+            and head.trimmed_id <= resume_id <= head.last_id)
+
+
+def welcome_object(user_id: int, epoch: str, last_event_id: int, recovered: bool) -> dict[str, object]:
+    """The welcome object of protocol §4.3 (the `/ws` frame and the stream's `welcome` event)."""
+    return {"type": "welcome", "user_id": user_id, "epoch": epoch,
+            "last_event_id": last_event_id, "recovered": recovered}
 
 
 def text_frame(data: bytes) -> bytes:

@@ -1,13 +1,16 @@
-"""What a feature hands the composition root: its routes, its background loops, the client
-frames it answers on the WebSocket and the rules for pushing its events (Web Push, protocol §13)."""
+"""What a feature hands the composition root: its routes, its background loops, the events it
+declares (see `hub.events.EventType`), the client frames it answers on the WebSocket and the
+rules for pushing its events (Web Push, protocol §13)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.routing import BaseRoute
 
+from hub.events import EventType
 from hub.push_rules import PushRule
 from hub.signals import FrameHandler
 
@@ -26,4 +29,5 @@ class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
     client_frames: Mapping[str, FrameHandler] = field(default_factory=dict)
+    events: Sequence[EventType[Any]] = ()  # every event the feature emits
     push_rules: Mapping[str, PushRule] = field(default_factory=dict)  # by event name

@@ -7,11 +7,18 @@ moment and from the first byte of each next request on a kept-alive connection, 
 complete within `HTTP_HEADER_TIMEOUT` seconds (one deadline for the whole head, not reset by
 each byte) and `HTTP_MAX_HEADER_BYTES` bytes, else the connection is answered 408 or 431 and
 closed. Between requests uvicorn's keep-alive timeout applies, as before.
+
+A long-lived response (the event stream, hub/event_stream.py) reaches its connection through
+the request's scope (`scope[CONTROL]`, this protocol): it is told of the server's graceful
+shutdown (`on_shutdown`, so it can say goodbye before uvicorn waits for it) and of the peer's
+leaving (`on_lost`, without a task waiting on `receive`), and may `abort` the connection of a
+peer that stopped reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,6 +26,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from hub.errors import ApiError, HeadersTooLarge, RequestTimeout
 from hub.settings import Settings
+
+CONTROL = "hub.connection"  # the scope key under which a request finds its `BoundedHeadProtocol`
 
 
 def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
@@ -41,6 +50,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = 0  # bytes of the head being read; None between heads
         self._head_timer: asyncio.TimerHandle | None = None
+        self.on_shutdown: Callable[[], None] | None = None  # set by a long-lived response
+        self.on_lost: Callable[[], None] | None = None  # likewise: the peer is gone
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -48,7 +59,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        lost, self.on_lost = self.on_lost, None
         super().connection_lost(exc)
+        if lost is not None:
+            lost()
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is None:
@@ -79,7 +93,20 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = None
         self._cancel_head_timer()
+        self.scope[CONTROL] = self  # type: ignore[literal-required]
+        self.on_shutdown = self.on_lost = None
         super().on_headers_complete()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: a long-lived response ends itself first."""
+        hook, self.on_shutdown = self.on_shutdown, None
+        if hook is not None:
+            hook()
+        super().shutdown()
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever is still unsent (a peer that stopped reading)."""
+        self.transport.abort()
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)

@@ -27,14 +27,22 @@ class Metrics:
         r = self.registry
         if tls_certificate_file is not None:
             r.register(CertificateExpiry(Path(tls_certificate_file)))
-        self.connections = Gauge("hub_connections", "Open authenticated WebSocket connections",
+        self.connections = Gauge("hub_connections",
+                                 "Open authenticated connections, /ws and the HTTP stream",
                                  registry=r)
+        self.stream_connections = Gauge("hub_stream_connections",
+                                        "Open authenticated HTTP event streams (/api/v1/stream)",
+                                        registry=r)
+        self.stream_ends = Counter("hub_stream_ends_total",
+                                   "HTTP event streams the hub ended, by the error event it sent",
+                                   ["code"], registry=r)
         self.events_published = Counter("hub_events_published_total",
                                         "Events handed to the broker after commit", registry=r)
         self.deliveries = Deliveries()
         r.register(self.deliveries)
         self.slow_consumer_disconnects = Counter("hub_slow_consumer_disconnects_total",
-                                                 "Connections closed with 4009", registry=r)
+                                                 "Connections ended as slow consumers (/ws: 4009, "
+                                                 "the stream: slow_consumer)", registry=r)
         self.http_requests = Counter("hub_http_requests_total", "REST requests answered",
                                      ["route", "method", "status"], registry=r)
         self.broker_reconnects = Counter("hub_broker_reconnects_total",

@@ -1,4 +1,4 @@
-"""Operations endpoints: liveness, readiness, metrics and the OpenAPI document."""
+"""Operations endpoints: liveness, readiness, metrics, and the OpenAPI and AsyncAPI documents."""
 
 from __future__ import annotations
 
@@ -26,15 +26,19 @@ class Status(BaseModel):
 
 class OpsApi:
     """Liveness, readiness (database and broker, each bounded by READY_TIMEOUT), Prometheus
-    metrics and the OpenAPI document (built once, on first request)."""
+    metrics, the OpenAPI document of the REST calls and the AsyncAPI document of the WebSocket
+    (each built once, on first request)."""
 
     def __init__(self, db: Database, broker: Broker, metrics: Metrics,
-                 openapi: Callable[[], dict[str, Any]]) -> None:
+                 openapi: Callable[[], dict[str, Any]],
+                 asyncapi: Callable[[], dict[str, Any]]) -> None:
         self._db = db
         self._broker = broker
         self._metrics = metrics
         self._openapi = openapi
         self._openapi_doc: dict[str, Any] | None = None
+        self._asyncapi = asyncapi
+        self._asyncapi_doc: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -42,6 +46,7 @@ class OpsApi:
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/api/openapi.json", self.openapi, methods=["GET"]),
+            Route("/api/asyncapi.json", self.asyncapi, methods=["GET"]),
         ]
 
     @api(summary="Liveness: 200 while the process lives", tag="ops", response=Status,
@@ -70,6 +75,13 @@ class OpsApi:
         if self._openapi_doc is None:
             self._openapi_doc = self._openapi()
         return json_response(self._openapi_doc)
+
+    @api(summary="The AsyncAPI 3 document of the WebSocket /ws: frames, events, close codes",
+         tag="ops", uses_database=False)
+    async def asyncapi(self, _request: Request) -> Response:
+        if self._asyncapi_doc is None:
+            self._asyncapi_doc = self._asyncapi()
+        return json_response(self._asyncapi_doc)
 
 
 async def _bounded(check: Callable[[], Awaitable[None]]) -> None:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from hub import idempotency, streams
 from hub.db import Database
 from hub.errors import Invalid, NotFound, TooLarge
-from hub.events import EventBus, Transaction
+from hub.events import EVENT_NAME, Event, EventBus, Transaction
 from hub.http import api, read_json_and_body, read_query, require_service_token
 from hub.identity import Authenticator, authenticate_request
 from hub.settings import Settings
@@ -23,7 +23,6 @@ from hub.streams import StoredEvent
 from hub.users import existing_user_ids
 
 MAX_DATA_BYTES = 64 * 1024
-EVENT_NAME = r"^[a-z][a-z0-9_.:-]{0,63}$"
 MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
 
 
@@ -82,8 +81,9 @@ class PublishApi:
         if len(data_json) > MAX_DATA_BYTES:
             raise TooLarge(f"data is {len(data_json)} bytes serialized; the limit is {MAX_DATA_BYTES}")
         user_ids = sorted(set(body.user_ids))
+        event = Event.published(body.name, data_json)
         if key is None:
-            written = await self._events.publish(user_ids, body.name, data_json)
+            written = await self._events.publish(user_ids, event)
             if written is None:
                 async with self._db.sessions() as session:
                     raise _unknown_users(user_ids, await existing_user_ids(session, user_ids))
@@ -91,7 +91,7 @@ class PublishApi:
         keyed = idempotency.KeyedRequest("publish", key, idempotency.fingerprint(raw))
 
         async def append(tx: Transaction) -> idempotency.StoredAnswer:
-            written = await tx.emit_json(user_ids, body.name, data_json)
+            written = await tx.emit(user_ids, event)
             if len(written) != len(user_ids):  # raising rolls the append back
                 raise _unknown_users(user_ids, {event.user_id for event in written})
             return idempotency.StoredAnswer(202, _answer(written))

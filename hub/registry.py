@@ -2,7 +2,8 @@
 
 A user's channel is subscribed when their first local connection registers and unsubscribed
 when the last one leaves (and `presence`, when given, hears of both); every payload from the
-broker is turned into a frame once and offered to each of the user's connections.
+broker is encoded once per encoding among the user's connections (a WebSocket frame, an SSE
+message) and offered to each of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Collection, Iterable
 
 from hub.broker import CHANNEL, Broker, user_channel
-from hub.connection import Connection, event_frame, text_frame
+from hub.connection import STREAM, WEBSOCKET, Connection, EventEncoding, text_frame
 from hub.metrics import Metrics
 from hub.presence import Presence
 from hub.signals import is_signal
@@ -65,6 +66,8 @@ class Registry:
             return False
         entry.connections.add(connection)
         self._metrics.connections.inc()
+        if connection.transport == STREAM:
+            self._metrics.stream_connections.inc()
         try:
             await asyncio.shield(entry.subscribed)
         except BaseException:
@@ -79,6 +82,8 @@ class Registry:
             return
         entry.connections.discard(connection)
         self._metrics.connections.dec()
+        if connection.transport == STREAM:
+            self._metrics.stream_connections.dec()
         if connection.delivered > self._left_delivered.get(connection.user_id, 0):
             self._left_delivered[connection.user_id] = connection.delivered
         if entry.connections:
@@ -112,17 +117,19 @@ class Registry:
         return marks
 
     def dispatch(self, channel: str, payload: bytes) -> None:
-        """Offer one event payload to every local connection of its user (one frame for all);
-        a signal payload goes to them as a signal, outside the stream's numbering."""
+        """Offer one event payload to every local connection of its user (encoded once per
+        encoding); a signal payload goes to their WebSocket connections as a signal, outside the
+        stream's numbering (the HTTP stream gets no signals yet)."""
         if not channel.startswith(self._prefix):
             return
         entry = self._users.get(int(channel[len(self._prefix):]))
         if entry is None:
             return
         if is_signal(payload):
-            frame = text_frame(payload)
+            signal = text_frame(payload)
             for connection in entry.connections:
-                connection.signal(frame)
+                if connection.transport == WEBSOCKET:
+                    connection.signal(signal)
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])
@@ -130,8 +137,17 @@ class Registry:
         except ValueError:
             log.warning("dropping a malformed payload on %s", channel)
             return
-        frame = event_frame(payload)
-        for connection in entry.connections:
+        connections = entry.connections
+        if len(connections) == 1:
+            for connection in connections:
+                connection.offer(event_id, connection.encoding.encode(payload), created_at)
+            return
+        frames: dict[EventEncoding, bytes] = {}
+        for connection in connections:
+            encoding = connection.encoding
+            frame = frames.get(encoding)
+            if frame is None:
+                frame = frames[encoding] = encoding.encode(payload)
             connection.offer(event_id, frame, created_at)
 
     def close_sessions(self, revoked: Iterable[tuple[int, str]]) -> None:

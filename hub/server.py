@@ -83,10 +83,37 @@ def raise_open_file_limit() -> None:
     log.info("open-file limit raised from %s to %s", soft, hard)
 
 
+class QuietQueries(logging.Filter):
+    """Keeps the query string of paths that may carry a secret (the event stream's `?ticket=`)
+    out of uvicorn's access log: `GET /api/v1/stream?...` is logged as `GET /api/v1/stream?…`."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = tuple(path + "?" for path in paths)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path = args[2]
+            if path.startswith(self._prefixes):
+                record.args = (*args[:2], path.partition("?")[0] + "?…", *args[3:])
+        return True
+
+
+def quiet_access_log() -> None:
+    """Install `QuietQueries` on uvicorn's access logger (every serving process, once)."""
+    from hub.event_stream import PATH
+
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QuietQueries) for f in access.filters):
+        access.addFilter(QuietQueries((PATH,)))
+
+
 def _serving_app(settings: Settings) -> Any:
     """The app of a serving process (a worker's own, under gunicorn), its start-up settled."""
     from hub.app import create_app
 
+    quiet_access_log()
     app = create_app(settings)
     settle_gc()
     return app

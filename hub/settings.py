@@ -57,6 +57,7 @@ class Settings:
     ws_rate_burst: int = 40
     ws_max_message_bytes: int = 4096
     ws_max_fragments: int = 16
+    stream_ticket_ttl: int = 30  # seconds a ticket of POST /api/v1/stream/tickets works
     http_header_timeout: float = 10.0
     http_max_header_bytes: int = 32 * 1024
     hub_api_key: str | None = field(default=None, repr=False)
@@ -143,6 +144,7 @@ class Settings:
             ws_rate_burst=r.integer("WS_RATE_BURST", 40, minimum=1),
             ws_max_message_bytes=r.integer("WS_MAX_MESSAGE_BYTES", 4096, minimum=125),
             ws_max_fragments=r.integer("WS_MAX_FRAGMENTS", 16, minimum=1),
+            stream_ticket_ttl=r.integer("STREAM_TICKET_TTL", 30, minimum=1),
             http_header_timeout=r.number("HTTP_HEADER_TIMEOUT", 10.0, minimum=0.1),
             http_max_header_bytes=r.integer("HTTP_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
             hub_api_key=r.secret("HUB_API_KEY", env),

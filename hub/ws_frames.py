@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from websockets.frames import Frame, Opcode
 
-from hub.connection import text_frame
+from hub.connection import text_frame, welcome_object
 from hub.db import rfc3339
 
 PONG = text_frame(b'{"type":"pong"}')
@@ -66,10 +66,7 @@ def auth_request(frame: Any) -> AuthRequest | str:
 
 
 def welcome(user_id: int, epoch: str, last_event_id: int, recovered: bool) -> bytes:
-    return text_frame(orjson.dumps({
-        "type": "welcome", "user_id": user_id, "epoch": epoch,
-        "last_event_id": last_event_id, "recovered": recovered,
-    }))
+    return text_frame(orjson.dumps(welcome_object(user_id, epoch, last_event_id, recovered)))
 
 
 def refreshed(expires_at: float) -> bytes:

@@ -20,7 +20,14 @@ from websockets.protocol import Protocol
 
 from hub import streams
 from hub.close_codes import CloseCode
-from hub.connection import AuthEnded, Connection, ConnectionEnded, SlowConsumer, StreamGap
+from hub.connection import (
+    AuthEnded,
+    Connection,
+    ConnectionEnded,
+    SlowConsumer,
+    StreamGap,
+    resume_served,
+)
 from hub.identity import AuthError, Identity
 from hub.signals import FrameHandler
 from hub.socket_queue import unsent
@@ -243,8 +250,7 @@ class HubSocket(asyncio.Protocol):
         if head is None:
             self._close(CloseCode.AUTH_FAILED, "user no longer exists")
             return
-        recovered = (resume_id is not None and resume_epoch == head.epoch
-                     and head.trimmed_id <= resume_id <= head.last_id)
+        recovered = resume_served(head, resume_id, resume_epoch)
         self.write(welcome(identity.user_id, head.epoch, head.last_id, recovered))
         self._state = OPEN
         self._timer = asyncio.get_running_loop().call_later(settings.ws_ping_interval, self._keepalive)

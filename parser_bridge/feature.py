@@ -19,4 +19,5 @@ def parser_bridge_feature(settings: Settings, db: Database, events: EventBus,
              exchange_feature(settings, db, events, authenticator))
     return Feature(routes=[route for part in parts for route in part.routes],
                    loops=[loop for part in parts for loop in part.loops],
+                   events=[event for part in parts for event in part.events],
                    push_rules={name: rule for part in parts for name, rule in part.push_rules.items()})

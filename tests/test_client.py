@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from hub.client import Event, HubClient, HubClosed, PasswordLogin, Reset, api_url_of
 from hub.db import Database
+from hub.events import Event as NewEvent
 from hub.events import EventBus
 from hub.settings import Settings
 from hub.streams import StoredEvent
@@ -85,10 +86,10 @@ async def consuming(client: HubClient) -> AsyncIterator[Consumer]:
 
 
 def fast_client(hub: RunningHub, tokens: str | PasswordLogin, last_event_id: int | None = None,
-                epoch: str | None = None) -> HubClient:
+                epoch: str | None = None, transport: str = "ws") -> HubClient:
     """A client that retries quickly (tests restart hubs within a second or two)."""
     return HubClient(hub.ws_url, tokens, last_event_id=last_event_id, epoch=epoch,
-                     backoff_base=0.05, backoff_cap=0.5)
+                     backoff_base=0.05, backoff_cap=0.5, transport=transport)
 
 
 async def test_client_receives_events_in_order(hub: RunningHub) -> None:
@@ -154,7 +155,8 @@ async def write_events(settings: Settings, user_id: int, count: int) -> list[int
     try:
         for _ in range(count):
             async with EventBus(db, nobody_listens).transaction() as tx:
-                written += await tx.emit([user_id], "test.client", {"label": "down"})
+                event = NewEvent.published("test.client", b'{"label":"down"}')
+                written += await tx.emit([user_id], event)
     finally:
         await db.close()
     return [e.id for e in written]
@@ -313,3 +315,63 @@ async def test_a_slow_reader_is_cut_off_and_resumes_without_loss(settings: Setti
             assert client.connects >= 2
         metrics = (await hub.http.get("/metrics")).text
         assert "hub_slow_consumer_disconnects_total 0.0" not in metrics
+
+
+async def test_over_the_event_stream_the_client_gets_resumes_and_resets_the_same(hub: RunningHub) -> None:
+    user = await register(hub.http)
+    async with consuming(fast_client(hub, user.access_token, transport="stream")) as consumer:
+        first = await consumer.next()
+        assert first == Reset(first.epoch, 0, resume_refused=False)  # type: ignore[union-attr]
+        ids = [await publish(hub.http, user.id, f"e{n}") for n in range(5)]
+        events = await consumer.events(5)
+        assert [e.id for e in events] == ids
+        assert [e.data for e in events] == [{"label": f"e{n}"} for n in range(5)]
+    epoch = consumer.client.epoch
+    more = [await publish(hub.http, user.id, f"m{n}") for n in range(3)]
+    async with consuming(fast_client(hub, user.access_token, last_event_id=ids[-1], epoch=epoch,
+                                     transport="stream")) as consumer:
+        assert [e.id for e in await consumer.events(3)] == more  # replayed, no Reset first
+    async with consuming(fast_client(hub, user.access_token, last_event_id=1, epoch="other",
+                                     transport="stream")) as consumer:
+        assert await consumer.next() == Reset(epoch or "", more[-1], resume_refused=True)
+
+
+async def test_over_the_event_stream_a_bad_token_is_terminal(hub: RunningHub) -> None:
+    with pytest.raises(HubClosed) as closed:
+        await drain(fast_client(hub, "not-a-token", transport="stream"))
+    assert closed.value.code == 4001
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_over_the_event_stream_the_client_refreshes_at_expiry_and_survives_a_restart(
+        settings: Settings) -> None:
+    port = free_port()
+    tight = replace(settings, access_token_ttl=3)
+    async with serve_hub(tight, port=port) as first_hub:
+        user = await register(first_hub.http)
+        login = PasswordLogin(first_hub.base_url, user.username, user.password)
+        consumer = Consumer(fast_client(first_hub, login, transport="stream"))
+        try:
+            assert isinstance(await consumer.next(), Reset)
+            await asyncio.sleep(4.5)  # token_expired ended the first stream: refreshed, resumed
+            late = await publish(first_hub.http, user.id, "late")
+            assert [e.id for e in await consumer.events(1)] == [late]
+            assert consumer.client.connects == 2
+        except BaseException:
+            await consumer.stop()
+            await login.aclose()
+            raise
+    try:  # server_restarting ended the stream: it resumes on the next hub, losing nothing
+        written = await write_events(settings, user.id, 2)
+        async with serve_hub(tight, port=port) as second_hub:
+            after = await publish(second_hub.http, user.id, "after")
+            assert [e.id for e in await consumer.events(3)] == [*written, after]
+            await consumer.assert_quiet(0.5)
+    finally:
+        await consumer.stop()
+        await login.aclose()
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        HubClient("ws://127.0.0.1:1/ws", "token", transport="sse")

@@ -26,6 +26,8 @@ from hub.presence_redis import RedisPresence
 from hub.settings import Settings
 from tests.conftest import RUN_ID, serve_hub, unique_name
 from tests.redis_cluster import RedisClusterNodes, cli, redis_cluster, slot_owner  # noqa: F401
+from tests.sseutil import STREAM, open_stream
+from tests.sseutil import ticket as stream_ticket
 from tests.test_processes import API_KEY, hub_process
 from tests.wsutil import Socket, connect, make_users, publish
 
@@ -471,3 +473,14 @@ async def test_presence_on_the_cluster_counts_processes_and_sweeps_a_dead_one(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_stream_ticket_works_once_on_any_hub_of_the_cluster(
+        cluster_settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
+    ((user_id, token),) = await make_users(cluster_settings, 1)
+    async with serve_hub(cluster_settings) as issuing, serve_hub(cluster_settings) as serving:
+        value = await stream_ticket(issuing.http, token)
+        async with open_stream(serving.http, params={"ticket": value}) as stream:
+            assert stream.welcome["user_id"] == user_id
+        again = await issuing.http.get(STREAM, params={"ticket": value})
+        assert again.status_code == 401

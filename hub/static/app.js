@@ -45,10 +45,12 @@ const notifications = new NotificationsPanel(client, byTestId("notifications"), 
 
 client.on("state", ({ state }) => {
   status.dataset.state = state;
+  status.dataset.transport = client.transport;
   status.querySelector(".status-text").textContent = STATE_TEXT[state] ?? state;
 });
 client.on("welcome", (welcome) => {
   status.dataset.recovered = String(welcome.recovered); // a resume that lost nothing, or a reload
+  status.dataset.transport = client.transport; // websocket, or the stream where WebSockets fail
 });
 client.on("resync", () => reloadAll());
 client.on("signed-out", ({ reason }) => {

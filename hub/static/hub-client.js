@@ -21,6 +21,11 @@
 //   refresh has failed too) or "terminal" (1002, 1007, 1008, 1009: this client's own mistake
 //   would repeat; 4003); terminal ends the session ("signed-out"). A code this version does not
 //   know is terminal in 4500–4999 and reconnect otherwise;
+// - where WebSockets are blocked (three handshakes in a row fail while REST answers), it reads
+//   the same stream from `GET /api/v1/stream` (protocol §12) with the same guarantees, and tries
+//   the WebSocket again every few minutes; `transport: "stream"` uses the stream from the start.
+//   `EventStreamSocket` makes the stream look like a socket to the rest of the client: its
+//   `error` event's code and an HTTP refusal become the close code they stand for.
 // - signals (§11), live only and never replayed: "presence" `{chat_id, user_id, online}` and
 //   "typing" `{chat_id, user_id}`; `typing(chatId)` tells a chat's other members the user types
 //   (at most once per chat every 2 s). After each "welcome" the page re-reads presence over REST.
@@ -29,6 +34,9 @@ const ACCESS_LEAD_MAX_MS = 60_000; // refresh this long before expiry at most...
 const ACCESS_LEAD_FRACTION = 0.2; // ...or this part of the token's life, whichever is less
 const WELCOME_TIMEOUT_MS = 15_000;
 const MAX_AUTH_FAILURES = 2; // 4001 closes in a row, each after a successful refresh
+const FALLBACK_AFTER = 3; // failed WebSocket handshakes in a row before the stream is tried
+const STREAM_PATH = "/api/v1/stream";
+const STREAM_ALIVE_MS = 45_000; // a stream that sent nothing for this long answers no ping
 const TYPING_EVERY_MS = 2_000; // the hub forwards one typing signal per user and chat per 2 s
 
 // The protocol's close codes: the same names and numbers as hub/close_codes.py, and the same
@@ -67,6 +75,137 @@ export function closeKind(code) {
   if (REFRESH_CLOSE_CODES.has(code)) return "refresh";
   if (KNOWN_CLOSE_CODES.has(code)) return "reconnect";
   return code >= TERMINAL_RANGE[0] && code <= TERMINAL_RANGE[1] ? "terminal" : "reconnect";
+}
+
+// How the event stream's end (its `error` event's code, or the HTTP status refusing it) maps
+// onto the close codes above, so that the client does what it does on /ws.
+const STREAM_END_CODES = Object.freeze({
+  token_expired: CloseCode.AUTH_FAILED,
+  session_revoked: CloseCode.AUTH_FAILED,
+  slow_consumer: CloseCode.SLOW_CONSUMER,
+  history_gone: CloseCode.HISTORY_GONE,
+  server_restarting: CloseCode.RESTARTING,
+  internal: CloseCode.INTERNAL,
+});
+const STREAM_STATUS_CODES = Object.freeze({ 401: CloseCode.AUTH_FAILED, 429: CloseCode.RATE_LIMITED });
+
+/**
+ * `GET /api/v1/stream` (fetch with a bearer header: no ticket needed) behind the few WebSocket
+ * members the client uses: the `auth` frame opens it with the resume point, `onmessage` gets the
+ * welcome and each event as its /ws frame, `onclose` the close code the stream's end stands for.
+ * A `refresh` frame has nowhere to go: the stream ends with `token_expired`, the client refreshes
+ * and resumes. A `ping` is answered while the stream has sent something (its `: ping` comments
+ * come every WS_PING_INTERVAL) within STREAM_ALIVE_MS.
+ */
+export class EventStreamSocket {
+  readyState = 0;
+  onopen = null;
+  onmessage = null;
+  onclose = null;
+  onerror = null;
+  #url;
+  #abort = new AbortController();
+  #lastSeen = 0;
+
+  constructor(url) {
+    this.#url = url;
+    setTimeout(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = 1;
+      this.onopen?.();
+    }, 0);
+  }
+
+  send(text) {
+    const frame = JSON.parse(text);
+    if (frame.type === "auth") this.#open(frame);
+    else if (frame.type === "ping" && Date.now() - this.#lastSeen < STREAM_ALIVE_MS) {
+      setTimeout(() => this.#deliver('{"type":"pong"}'), 0);
+    }
+  }
+
+  close() {
+    this.#end(null, "");
+  }
+
+  async #open(frame) {
+    const url = new URL(this.#url);
+    if (frame.epoch !== undefined && frame.epoch !== null) {
+      url.searchParams.set("last_event_id", String(frame.last_event_id));
+      url.searchParams.set("epoch", frame.epoch);
+    }
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { Authorization: `Bearer ${frame.token}`, Accept: "text/event-stream" },
+        credentials: "omit", cache: "no-store", signal: this.#abort.signal,
+      });
+    } catch {
+      this.#end(CloseCode.ABNORMAL, "the stream could not be opened");
+      return;
+    }
+    if (response.status !== 200 || !response.body) {
+      this.#end(STREAM_STATUS_CODES[response.status] ?? CloseCode.INTERNAL, `HTTP ${response.status}`);
+      return;
+    }
+    try {
+      await this.#read(response.body.pipeThrough(new TextDecoderStream()).getReader());
+    } catch {
+      // the connection broke: an abnormal end, as a socket's 1006
+    }
+    this.#end(CloseCode.ABNORMAL, "the stream ended");
+  }
+
+  async #read(reader) {
+    let buffer = "";
+    let fields = {};
+    while (this.readyState === 1) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      this.#lastSeen = Date.now();
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, end).replace(/\r$/, "");
+        buffer = buffer.slice(end + 1);
+        if (line === "") {
+          if (fields.data !== undefined) this.#message(fields.event ?? "message", fields.data);
+          fields = {};
+        } else if (!line.startsWith(":")) { // ": ping" comments only keep proxies from cutting it
+          const colon = line.indexOf(":");
+          const name = colon < 0 ? line : line.slice(0, colon);
+          fields[name] = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        }
+      }
+    }
+  }
+
+  #message(event, data) {
+    if (event === "welcome") {
+      this.#deliver(data);
+    } else if (event === "error") {
+      let end = {};
+      try {
+        end = JSON.parse(data);
+      } catch {
+        end = {};
+      }
+      this.#end(STREAM_END_CODES[end.code] ?? CloseCode.INTERNAL, end.detail ?? "");
+    } else {
+      this.#deliver('{"type":"event",' + data.slice(1));
+    }
+  }
+
+  #deliver(raw) {
+    if (this.readyState === 1) this.onmessage?.({ data: raw });
+  }
+
+  #end(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.#abort.abort();
+    if (code !== null) this.onclose?.({ code, reason });
+  }
 }
 
 /** An answer of the hub's REST API that was not a success: `status`, `code`, `detail`. */
@@ -156,6 +295,11 @@ export class HubClient extends Emitter {
   #lastEventId = 0;
   #epoch = null;
   #listening = false;
+  #transportOption;
+  #useStream = false;
+  #wsFailures = 0;
+  #wsRetry;
+  #wsProbeTimer = null;
   #typingSent = new Map(); // chat id -> when the last typing frame went out
 
   /**
@@ -167,6 +311,10 @@ export class HubClient extends Emitter {
    * @param {number} [options.backoffCapMs] largest reconnect delay (15000)
    * @param {number} [options.pingIntervalMs] how often to check the socket is alive (25000)
    * @param {number} [options.pongTimeoutMs] how long a pong may take (10000)
+   * @param {string} [options.transport] "auto" (WebSocket, falling back to the event stream where
+   *   WebSockets are blocked), "websocket" or "stream" ("auto")
+   * @param {number} [options.webSocketRetryMs] while on the stream, how often to try the WebSocket
+   *   again (300000)
    */
   constructor(options = {}) {
     super();
@@ -178,7 +326,16 @@ export class HubClient extends Emitter {
     this.#backoffCap = options.backoffCapMs ?? 15_000;
     this.#pingInterval = options.pingIntervalMs ?? 25_000;
     this.#pongTimeout = options.pongTimeoutMs ?? 10_000;
+    this.#transportOption = options.transport ?? "auto";
+    if (!["auto", "websocket", "stream"].includes(this.#transportOption)) {
+      throw new Error(`hub-client: transport must be "auto", "websocket" or "stream"`);
+    }
+    this.#useStream = this.#transportOption === "stream";
+    this.#wsRetry = options.webSocketRetryMs ?? 300_000;
   }
+
+  /** "websocket" or "stream": what the client connects with now. */
+  get transport() { return this.#useStream ? "stream" : "websocket"; }
 
   /** connecting | connected | reconnecting | offline | signed-out */
   get state() { return this.#state; }
@@ -369,6 +526,7 @@ export class HubClient extends Emitter {
     this.#listen(false);
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#refreshTimer);
+    clearTimeout(this.#wsProbeTimer);
     this.#closeSocket(CloseCode.NORMAL, "client stopped");
     if (this.#state !== "signed-out") this.#setState("offline");
     this.#everConnected = false;
@@ -390,7 +548,7 @@ export class HubClient extends Emitter {
     }
     let ws;
     try {
-      ws = new WebSocket(this.#wsUrl);
+      ws = this.#useStream ? new EventStreamSocket(this.#base + STREAM_PATH) : new WebSocket(this.#wsUrl);
     } catch (error) {
       console.error("hub-client: cannot open the socket", error);
       this.#retryLater();
@@ -398,13 +556,15 @@ export class HubClient extends Emitter {
     }
     this.#ws = ws;
     this.#welcomed = false;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       const frame = { type: "auth", token: this.#session.access_token };
       if (this.#epoch !== null) Object.assign(frame, { last_event_id: this.#lastEventId, epoch: this.#epoch });
       ws.send(JSON.stringify(frame));
     };
     ws.onmessage = (message) => this.#onFrame(ws, message.data);
-    ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
+    ws.onclose = (event) => this.#onClose(ws, event.code, event.reason, opened);
     ws.onerror = () => {}; // a close event follows
     this.#welcomeTimer = setTimeout(() => this.#drop(ws, "no welcome in time"), WELCOME_TIMEOUT_MS);
   }
@@ -437,6 +597,7 @@ export class HubClient extends Emitter {
     this.#everConnected = true;
     this.#attempt = 0;
     this.#authFailures = 0;
+    if (!this.#useStream) this.#wsFailures = 0;
     this.#epoch = frame.epoch;
     if (!recovered) this.#lastEventId = frame.last_event_id; // replay continues after ours
     this.#saveResumePoint();
@@ -456,10 +617,17 @@ export class HubClient extends Emitter {
     this.emit(frame.name, event);
   }
 
-  #onClose(ws, code, reason) {
+  #onClose(ws, code, reason, opened) {
     if (ws !== this.#ws) return;
     this.#forgetSocket();
     if (!this.#session) return;
+    if (!opened && !this.#useStream && this.#transportOption === "auto") {
+      this.#wsFailures += 1;
+      if (this.#wsFailures >= FALLBACK_AFTER) {
+        this.#fallBack();
+        return;
+      }
+    }
     const kind = closeKind(code);
     if (kind === "terminal") {
       this.#endSession(reason || "closed by the hub");
@@ -479,6 +647,55 @@ export class HubClient extends Emitter {
     if (code === CloseCode.SLOW_CONSUMER || code === CloseCode.HISTORY_GONE) this.#attempt = 0; // resume at once
     if (code === CloseCode.RATE_LIMITED) this.#attempt = Math.max(this.#attempt, 4);
     this.#retryLater();
+  }
+
+  /** WebSocket handshakes keep failing: when REST answers, the network blocks WebSockets, so
+   * read the event stream instead (and try the WebSocket again later); else keep backing off. */
+  async #fallBack() {
+    let restWorks = false;
+    try {
+      restWorks = (await fetch(this.#base + "/healthz", { credentials: "omit", cache: "no-store" })).ok;
+    } catch {
+      restWorks = false;
+    }
+    if (!this.#session || this.#ws) return;
+    if (!restWorks) {
+      this.#retryLater();
+      return;
+    }
+    this.#useStream = true;
+    this.#attempt = 0;
+    this.emit("transport", { transport: "stream" });
+    this.#probeWebSocketLater();
+    this.#connect();
+  }
+
+  /** While on the stream: now and then, see whether a WebSocket opens again; if so, switch back. */
+  #probeWebSocketLater() {
+    clearTimeout(this.#wsProbeTimer);
+    this.#wsProbeTimer = setTimeout(() => {
+      if (!this.#session || !this.#useStream || this.#transportOption !== "auto") return;
+      let probe;
+      try {
+        probe = new WebSocket(this.#wsUrl);
+      } catch {
+        this.#probeWebSocketLater();
+        return;
+      }
+      probe.onerror = () => {};
+      probe.onclose = () => this.#probeWebSocketLater();
+      probe.onopen = () => {
+        probe.onclose = null;
+        probe.close(CloseCode.NORMAL, "probe");
+        if (!this.#session || !this.#useStream) return;
+        this.#useStream = false;
+        this.#wsFailures = 0;
+        this.emit("transport", { transport: "websocket" });
+        this.#closeSocket(CloseCode.NORMAL, "back to the WebSocket");
+        this.#attempt = 0;
+        this.#connect();
+      };
+    }, this.#wsRetry);
   }
 
   /** Full jitter: a random delay between 0 and min(cap, base × 2^attempt). */
@@ -519,12 +736,16 @@ export class HubClient extends Emitter {
       return false;
     }
     this.#typingSent.set(chatId, now);
-    this.#send({ type: "typing", chat_id: chatId });
+    if (this.#useStream) { // the HTTP stream reads only: the same signal over REST
+      this.api("POST", `/api/v1/chats/${chatId}/typing`).catch(() => {});
+    } else {
+      this.#send({ type: "typing", chat_id: chatId });
+    }
     return true;
   }
 
   #send(frame) {
-    if (this.#ws?.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify(frame));
+    if (this.#ws?.readyState === 1) this.#ws.send(JSON.stringify(frame)); // WebSocket.OPEN
   }
 
   #closeSocket(code, reason) {

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hmac
-from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,10 +15,9 @@ from hub.http import api, invalid_from, is_json_content_type, link, read_body, r
 from hub.identity import Authenticator, authenticate_request
 from hub.responses import json_response
 from parser_bridge.exchange import money
+from parser_bridge.exchange.events import AmountOut, SubtotalOut
 from parser_bridge.exchange.requests import MAX_DB_ID, AlreadyFinal, ExchangeRequests, UnknownRequest
 
-# Written as JSON numbers with their exact digits (`money.number`).
-AmountOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 _EXCHANGE = "/api/v1/exchange/{request_id:int}"
 
 
@@ -30,11 +28,6 @@ class ExchangePath(BaseModel):
 class ExchangeAccepted(BaseModel):
     request_id: int
     status: Literal["pending"]
-
-
-class SubtotalOut(BaseModel):
-    denomination_id: int
-    subtotal_rub: AmountOut
 
 
 class ExchangeOut(BaseModel):

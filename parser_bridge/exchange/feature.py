@@ -13,6 +13,7 @@ from hub.identity import Authenticator
 from hub.push_rules import Notice, PushRule
 from hub.settings import Settings
 from parser_bridge.exchange.api import ExchangeApi
+from parser_bridge.exchange.events import EXCHANGE_RESULT
 from parser_bridge.exchange.requests import ExchangeRequests
 
 
@@ -22,9 +23,10 @@ def exchange_feature(settings: Settings, db: Database, events: EventBus,
     exchange = ExchangeRequests(db, events, settings.exchange_service_url,
                                 settings.exchange_service_token, settings.exchange_retry_window)
     return Feature(
-        push_rules={"exchange.result": PushRule(describe=describe_exchange)},
+        push_rules={EXCHANGE_RESULT.name: PushRule(describe=describe_exchange)},
         routes=ExchangeApi(exchange, authenticator, settings.exchange_service_token).routes(),
         loops=[Loop("exchange forwarding", exchange.forward_due, 0.05)] if exchange.offered else [],
+        events=(EXCHANGE_RESULT,),
     )
 
 

@@ -26,9 +26,10 @@ import orjson
 from sqlalchemy import select, update
 
 from hub.db import Database, utcnow
-from hub.events import EventBus, Transaction
+from hub.events import Event, EventBus, Transaction
 from hub.storable_text import clean
 from parser_bridge.exchange import money
+from parser_bridge.exchange.events import EXCHANGE_RESULT, ExchangeResult
 from parser_bridge.exchange.models import EXCHANGE_COMPLETED, EXCHANGE_FAILED, PENDING, ExchangeRequest
 
 log = logging.getLogger("parser_bridge.exchange")
@@ -56,6 +57,13 @@ class ExchangeView:
     breakdown: list[money.Subtotal]
     total_rub: Decimal | None
     error: str | None
+
+    def result(self) -> Event:
+        """The `exchange.result` event of a final request (validated: the status is final)."""
+        return EXCHANGE_RESULT(ExchangeResult.model_validate(
+            {"request_id": self.request_id, "status": self.status,
+             "breakdown": [item.model_dump() for item in self.breakdown],
+             "total_rub": self.total_rub, "error": self.error}))
 
     def to_json(self) -> dict[str, Any]:
         """The contract's object; amounts are exact JSON numbers, `total_rub` null until done."""
@@ -250,5 +258,5 @@ async def _finish(tx: Transaction, request_id: int, owner_id: int, status: str,
     if done.first() is None:
         return None
     view = ExchangeView(request_id, owner_id, status, subtotals, total, error)
-    await tx.emit([owner_id], "exchange.result", view.to_json())
+    await tx.emit([owner_id], view.result())
     return view

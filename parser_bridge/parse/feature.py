@@ -18,6 +18,7 @@ from hub.identity import Authenticator
 from hub.push_rules import Notice, PushRule
 from hub.settings import Settings
 from parser_bridge.parse.api import ParseApi
+from parser_bridge.parse.events import PARSE_COMPLETED
 from parser_bridge.parse.fetch import PageFetcher
 from parser_bridge.parse.job_queue import JobQueue
 from parser_bridge.parse.queue_embedded import EmbeddedJobQueue
@@ -39,7 +40,7 @@ def parse_feature(settings: Settings, db: Database, events: EventBus,
         queue = EmbeddedJobQueue(PageFetcher(allow_private=settings.parser_allow_private))
     parse = ParseRequests(db, events, queue, settings.parse_timeout, settings.parse_max_pending)
     return Feature(
-        push_rules={"parse.completed": PushRule(describe=describe_parse)},
+        push_rules={PARSE_COMPLETED.name: PushRule(describe=describe_parse)},
         routes=ParseApi(parse, authenticator, settings.parser_service_token).routes(),
         loops=(
             *queue.loops(),
@@ -47,6 +48,7 @@ def parse_feature(settings: Settings, db: Database, events: EventBus,
             Loop("parse dispatch", parse.dispatch_unqueued, 1.0),
             Loop("parse timeouts", parse.expire_overdue, 1.0),
         ),
+        events=(PARSE_COMPLETED,),
     )
 
 

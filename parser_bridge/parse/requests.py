@@ -23,8 +23,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.db import Database, rfc3339, utcnow
-from hub.events import EventBus, Transaction
+from hub.events import Event, EventBus, Transaction
 from hub.models import User
+from parser_bridge.parse.events import PARSE_COMPLETED, ParseCompleted
 from parser_bridge.parse.job_queue import Job, JobQueue, QueueUnavailable
 from parser_bridge.parse.models import PARSE_FAILURE, PARSE_SUCCESS, PENDING, ParseRequest
 from parser_bridge.parse.result import ParseResult
@@ -71,9 +72,11 @@ class ParseView:
                 "title": self.title, "error": self.error,
                 "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at)}
 
-    def event_data(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "url": self.url, "status": self.status,
-                "title": self.title, "error": self.error}
+    def completed(self) -> Event:
+        """The `parse.completed` event of a final request (validated: the status is final)."""
+        return PARSE_COMPLETED(ParseCompleted.model_validate(
+            {"request_id": self.request_id, "url": self.url, "status": self.status,
+             "title": self.title, "error": self.error}))
 
 
 def _view(row: ParseRequest) -> ParseView:
@@ -253,5 +256,5 @@ async def _finish(tx: Transaction, request_ids: Sequence[int], *, status: str, t
              for request_id, owner_id, url, created_at, updated_at in rows]
     # stream rows are locked in user-id order everywhere, or concurrent writers could deadlock
     for view in sorted(views, key=lambda v: (v.owner_id, v.request_id)):
-        await tx.emit([view.owner_id], "parse.completed", view.event_data())
+        await tx.emit([view.owner_id], view.completed())
     return views

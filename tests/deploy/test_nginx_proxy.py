@@ -24,6 +24,8 @@ from tests.conftest import register
 from tests.deploy.conftest import DOMAIN, client_tls, public_client, ws_options, ws_url
 from tests.deploy.processes import HubProcess, Nginx, free_port, ipv6_loopback, nginx_env, running_nginx
 from tests.deploy.tls_ca import ThrowawayCA
+from tests.sseutil import open_stream
+from tests.sseutil import ticket as stream_ticket
 from tests.wsutil import Socket, connect
 
 # Short enough that an idle test outlives it several times; the hub pings every second.
@@ -371,3 +373,47 @@ async def test_reload_closes_old_workers_sockets_after_the_shutdown_timeout(
         await socket.close()
     again = await open_socket(proxy, account.access_token, tls)
     await again.close()
+
+
+async def _published(http: httpx.AsyncClient, hub: HubProcess, user_id: int, name: str) -> float:
+    """Publish one event; the time the publish call answered."""
+    answer = await http.post("/api/v1/publish", json={"user_ids": [user_id], "name": name},
+                             headers={"Authorization": f"Bearer {hub.env['HUB_API_KEY']}"})
+    assert answer.status_code == 202, answer.text
+    return time.monotonic()
+
+
+async def test_stream_events_cross_nginx_unbuffered_and_its_ticket_is_never_logged(
+        proxy: Nginx, deploy_hub: HubProcess, tls: ssl.SSLContext) -> None:
+    async with public_client(proxy.https_port, tls) as http:
+        account = await register(http)
+        value = await stream_ticket(http, account.access_token)
+        async with open_stream(http, params={"ticket": value}) as stream:
+            delays = []
+            for n in range(20):
+                sent = await _published(http, deploy_hub, account.id, f"deploy.n{n}")
+                (message,) = await stream.events(1, timeout=5)
+                delays.append(time.monotonic() - sent)
+                assert message.event == f"deploy.n{n}"
+        delays.sort()
+        # small events, one at a time: any buffering on the way would hold them for seconds
+        assert delays[len(delays) // 2] < 0.1, delays
+    await asyncio.sleep(0.2)
+    log = proxy.access_log.read_text()
+    assert '"GET /api/v1/stream HTTP/1.1" 200' in log
+    for text in (log, deploy_hub.log.read_text(errors="replace")):
+        assert value not in text and "ticket=" not in text
+
+
+@pytest.mark.parametrize("idle", [3 * WS_READ_TIMEOUT, pytest.param(90.0, marks=pytest.mark.slow)])
+async def test_idle_stream_outlives_proxy_read_timeout(proxy: Nginx, deploy_hub: HubProcess,
+                                                       tls: ssl.SSLContext, idle: float) -> None:
+    async with public_client(proxy.https_port, tls) as http:
+        account = await register(http)
+        async with open_stream(http, account.access_token) as stream:
+            # only the hub's ": ping" comments (every second) cross nginx while the stream idles
+            await stream.silent(idle)
+            assert stream.pings >= idle / 2
+            await _published(http, deploy_hub, account.id, "deploy.after_idle")
+            (message,) = await stream.events(1, timeout=5)
+            assert message.event == "deploy.after_idle"
