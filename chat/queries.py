@@ -247,3 +247,16 @@ def message_json(message_id: int, chat_id: int, sender_id: int, sender_username:
 def chat_json(row: ChatRow, members: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": row.id, "title": row.title, "created_at": rfc3339(row.created_at),
             "members": members, "unread_count": row.unread_count}
+
+
+async def co_members(session: AsyncSession, user_id: int) -> dict[int, list[int]]:
+    """`{chat_id: [other member ids]}` over the chats of `user_id` (one query)."""
+    theirs = select(ChatMember.chat_id).where(ChatMember.user_id == user_id).scalar_subquery()
+    rows = await session.execute(
+        select(ChatMember.chat_id, ChatMember.user_id)
+        .where(ChatMember.chat_id.in_(theirs), ChatMember.user_id != user_id)
+        .order_by(ChatMember.chat_id, ChatMember.user_id))
+    found: dict[int, list[int]] = defaultdict(list)
+    for chat_id, member_id in rows:
+        found[chat_id].append(member_id)
+    return found

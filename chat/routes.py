@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chat.events import ChatOut, MemberOut, MessageOut
+from chat.live import ChatLive
 from chat.service import ChatService
 from hub import idempotency
 from hub.http import api, link, only_json_type, read_json, read_path, read_query
@@ -135,11 +136,17 @@ MESSAGE_LINKS = {
 }
 
 
-class ChatApi:
-    """Routes of §6. User tokens are checked by the `Authenticator` the composition root hands in."""
+class PresenceOut(BaseModel):
+    online: list[int] = Field(description="members online, ascending")
 
-    def __init__(self, service: ChatService, authenticator: Authenticator) -> None:
+
+class ChatApi:
+    """Routes of §6 and §11. User tokens are checked by the `Authenticator` the composition root
+    hands in."""
+
+    def __init__(self, service: ChatService, live: ChatLive, authenticator: Authenticator) -> None:
         self._service = service
+        self._live = live
         self._authenticator = authenticator
 
     def routes(self) -> list[Route]:
@@ -152,6 +159,8 @@ class ChatApi:
             Route(_CHAT + "/messages", self.post_message, methods=["POST"]),
             Route(_CHAT + "/messages", self.list_messages, methods=["GET"]),
             Route(_CHAT + "/read", self.mark_read, methods=["POST"]),
+            Route(_CHAT + "/presence", self.presence, methods=["GET"]),
+            Route(_CHAT + "/typing", self.typing, methods=["POST"]),
             Route("/api/v1/blocks", self.block, methods=["POST"]),
             Route("/api/v1/blocks", self.list_blocks, methods=["GET"]),
             Route("/api/v1/blocks/{user_id:int}", self.unblock, methods=["DELETE"]),
@@ -229,6 +238,21 @@ class ChatApi:
         chat_id = _chat_id(request)
         body = await read_json(request, ReadMark)
         await self._service.mark_read(user_id, chat_id, body.message_id)
+        return Response(status_code=204)
+
+    @api(summary="The chat's members online now (a connection open on any process)", tag="chat",
+         path=ChatPath, response=PresenceOut, auth="user", errors=(401, 404))
+    async def presence(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        return json_response({"online": await self._live.online(user_id, _chat_id(request))})
+
+    @api(summary="Tell the other members the caller is typing (a typing signal, never stored); "
+                 "at most one per user and chat per CHAT_TYPING_INTERVAL seconds is forwarded, "
+                 "the rest are dropped", tag="chat", path=ChatPath, status=204, auth="user",
+         errors=(401, 404))
+    async def typing(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        await self._live.typing(user_id, _chat_id(request))
         return Response(status_code=204)
 
     @api(summary="Block a user (again: no change): they cannot add the caller to a chat. 422 "

@@ -40,6 +40,7 @@ from hub.feature import Feature, Loop
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.openapi import build_openapi
 from hub.ops import OpsApi
+from hub.presence import MemoryPresence, Presence, PresenceStore
 from hub.publish_api import PublishApi
 from hub.publisher import Publisher
 from hub.push_api import PushApi
@@ -49,6 +50,7 @@ from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention
 from hub.settings import Settings
+from hub.signals import Signals
 from hub.stream_tickets import make_ticket_store
 from hub.supervise import supervise
 from hub.web import WebFront
@@ -71,14 +73,25 @@ def make_broker(settings: Settings) -> Broker:
     return RedisBroker(settings.redis_url)
 
 
+def make_presence_store(settings: Settings) -> PresenceStore:
+    if settings.redis_url is None:
+        return MemoryPresence()
+    from hub.presence_redis import RedisPresence
+
+    return RedisPresence(settings.redis_url, settings.redis_channel_prefix, settings.presence_ttl,
+                         cluster=settings.redis_cluster)
+
+
 def create_app(settings: Settings) -> Starlette:
     """Build the hub from validated settings. Nothing connects until the lifespan starts."""
     db = Database(settings.database_url)
     metrics = Metrics(settings.tls_certificate_file)
     broker = make_broker(settings)
     publisher = Publisher(db, broker, metrics, settings.redis_channel_prefix)
+    presence = Presence(make_presence_store(settings), metrics, settings.presence_offline_grace)
+    signals = Signals(broker, metrics, settings.redis_channel_prefix)
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
-                        settings.ws_max_connections_per_user)
+                        settings.ws_max_connections_per_user, presence)
     events = EventBus(db, publisher.publish)
     limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix,
                                 cluster=settings.redis_cluster)
@@ -103,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
             Loop("retention", Retention(db, metrics, settings.stream_retention_events,
                                         settings.stream_retention_seconds).step, 60.0),
             Loop("session revocations", revocations.step, CHECK_SECONDS),
+            Loop("presence heartbeat", presence.step, settings.presence_heartbeat),
         )),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
@@ -112,12 +126,15 @@ def create_app(settings: Settings) -> Starlette:
             Limit.per("login_failures", settings.login_failure_limit, settings.login_failure_window),
         ).routes()),
         parser_bridge_feature(settings, db, events, accounts),
-        chat_feature(db, events, accounts, limiter,
+        chat_feature(db, events, signals, presence, accounts, limiter,
                      Limit("chat_post", settings.chat_post_rate, settings.chat_post_burst),
+                     Limit("chat_typing", 1.0 / settings.chat_typing_interval, 1),
                      max_members=settings.chat_max_members),
     ]
     push = web_push(settings, db, metrics, registry, accounts, features)
     features.append(push.feature)
+    for feature in features:
+        websockets.client_frames.update(feature.client_frames)
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
     event_types = declared(event for feature in features for event in feature.events)
     ops = OpsApi(db, broker, metrics, lambda: build_openapi(routes, "Notification hub", VERSION),
@@ -143,6 +160,8 @@ def create_app(settings: Settings) -> Starlette:
             if push.sender is not None:
                 push.sender.open()
                 stack.push_async_callback(push.sender.close)
+            await presence.start()  # in the deployment before the first socket arrives
+            stack.push_async_callback(presence.close)
             tasks = [asyncio.create_task(supervise(loop.name, loop.step, interval=loop.interval),
                                          name=loop.name) for loop in loops]
             stack.push_async_callback(_cancel, tasks)

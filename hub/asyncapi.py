@@ -92,9 +92,38 @@ class ErrorFrame(BaseModel):
     detail: str
 
 
-CLIENT_FRAMES: tuple[type[BaseModel], ...] = (AuthFrame, PingFrame, RefreshFrame)
+class TypingFrame(BaseModel):
+    """The user is typing in a chat of theirs (§11): a `typing` signal to its other members, at
+    most one per user and chat per CHAT_TYPING_INTERVAL seconds; `error` `forbidden` for a chat
+    of others."""
+
+    type: Literal["typing"]
+    chat_id: int
+
+
+class PresenceSignal(BaseModel):
+    """A signal (§11, never stored, no id): another member of a chat came online or went
+    offline."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["presence"]
+    chat_id: int
+    user_id: int
+    online: bool
+
+
+class TypingSignal(BaseModel):
+    """A signal (§11, never stored, no id): another member of a chat is typing."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["typing"]
+    chat_id: int
+    user_id: int
+
+
+CLIENT_FRAMES: tuple[type[BaseModel], ...] = (AuthFrame, PingFrame, RefreshFrame, TypingFrame)
 SERVER_FRAMES: tuple[type[BaseModel], ...] = (WelcomeFrame, EventFrame, PongFrame, RefreshedFrame,
-                                              ErrorFrame)
+                                              ErrorFrame, PresenceSignal, TypingSignal)
 
 
 def frame_type(model: type[BaseModel]) -> str:
@@ -113,8 +142,12 @@ def build_asyncapi(event_types: Mapping[str, EventType[Any]], title: str,
         ref_template=REF)
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
     messages: dict[str, Any] = {}
+    keys_of: dict[type[BaseModel], str] = {}
     for model in frames:
-        messages[frame_type(model)] = {
+        # a server frame of a client frame's type (`typing`) gets a key of its own
+        key = keys_of[model] = (frame_type(model) if frame_type(model) not in messages
+                                else f"{frame_type(model)}.signal")
+        messages[key] = {
             "name": frame_type(model), "title": f"{frame_type(model)} frame",
             "summary": (model.__doc__ or "").strip(), "contentType": "application/json",
             "payload": {"$ref": keys[(model, "validation")]["$ref"]},
@@ -140,8 +173,8 @@ def build_asyncapi(event_types: Mapping[str, EventType[Any]], title: str,
         return {"action": action, "channel": {"$ref": channel_ref}, "summary": summary,
                 "messages": [{"$ref": f"{channel_ref}/messages/{k}"} for k in keys_]}
 
-    client = [frame_type(m) for m in CLIENT_FRAMES]
-    server = [frame_type(m) for m in SERVER_FRAMES]
+    client = [keys_of[m] for m in CLIENT_FRAMES]
+    server = [keys_of[m] for m in SERVER_FRAMES]
     return {
         "asyncapi": "3.0.0",
         "info": {

@@ -26,6 +26,11 @@ token expires.
 `transport="stream"` reads the same stream from `GET /api/v1/stream` (protocol §12, for networks
 that break WebSockets; hub/client_stream.py) with the same guarantees and the same behaviour on
 each kind of end; the token is refreshed when the stream ends with `token_expired`.
+
+Signals (protocol §11: `presence`, `typing`) are live only: with `signals=True` they are yielded
+as `Signal`s between events, in the order they arrived, never replayed after a reconnect (re-read
+presence over REST after each `Reset` or reconnect). `typing(chat_id)` tells the other members of
+a chat that the user types, at most once per chat every `TYPING_EVERY` seconds.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ log = logging.getLogger("hub.client")
 
 TERMINAL_HTTP_STATUSES = frozenset({401, 403, 404})
 TRANSPORTS = ("ws", "stream")
+SIGNAL_TYPES = frozenset({"presence", "typing"})
+TYPING_EVERY = 2.0  # the hub forwards one typing signal per user and chat per 2 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,15 @@ class Reset:
     epoch: str
     last_event_id: int
     resume_refused: bool  # True when a resume was asked for and refused
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A live-only frame (protocol §11): `type` ("presence", "typing") and the frame's other
+    fields (`chat_id`, `user_id`, `online`)."""
+
+    type: str
+    data: dict[str, Any]
 
 
 class HubClosed(Exception):
@@ -187,7 +203,7 @@ class HubClient:
                  epoch: str | None = None, backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  stable_after: float = 10.0, refresh_margin: float = 60.0,
                  open_timeout: float = 10.0, ping_interval: float | None = 20.0,
-                 max_frame: int = 2**20, transport: str = "ws") -> None:
+                 max_frame: int = 2**20, transport: str = "ws", signals: bool = False) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport={transport!r}: use one of {', '.join(TRANSPORTS)}")
         self._url = url
@@ -204,6 +220,8 @@ class HubClient:
         self._max_frame = max_frame
         self._closing = asyncio.Event()
         self._socket: ClientConnection | EventStreamSocket | None = None
+        self._signals = signals
+        self._typing_sent: dict[int, float] = {}  # chat id -> monotonic time of the last frame
 
     async def close(self) -> None:
         """End `events()` (it returns normally) and close the current socket."""
@@ -211,7 +229,21 @@ class HubClient:
         if self._socket is not None:
             await self._socket.close()
 
-    async def events(self) -> AsyncGenerator[Event | Reset, None]:
+    async def typing(self, chat_id: int) -> bool:
+        """Send a `typing` frame for `chat_id` on the open WebSocket (not over the HTTP stream),
+        at most once per chat every TYPING_EVERY seconds; True when one went out."""
+        socket, now = self._socket, time.monotonic()
+        last = self._typing_sent.get(chat_id, -TYPING_EVERY)
+        if not isinstance(socket, ClientConnection) or now - last < TYPING_EVERY:
+            return False
+        self._typing_sent[chat_id] = now
+        try:
+            await socket.send(orjson.dumps({"type": "typing", "chat_id": chat_id}).decode())
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def events(self) -> AsyncGenerator[Event | Reset | Signal, None]:
         """Events (and Resets) until `close()`; raises HubClosed on a terminal close."""
         attempt, refresh_first = 0, False
         while not self._closing.is_set():
@@ -298,7 +330,7 @@ class HubClient:
         self.last_event_id = last_id
         return Reset(epoch, last_id, resume_refused=resuming)
 
-    def _event(self, raw: str | bytes) -> Event | None:
+    def _event(self, raw: str | bytes) -> Event | Signal | None:
         try:
             frame = orjson.loads(raw)
             kind = frame.get("type")
@@ -314,6 +346,10 @@ class HubClient:
                 return None
             self.last_event_id = event.id
             return event
+        if kind in SIGNAL_TYPES:
+            if not self._signals:
+                return None
+            return Signal(str(kind), {key: value for key, value in frame.items() if key != "type"})
         if kind == "error":
             log.warning("the hub answered an error: %s", frame)
         return None  # pong, refreshed
@@ -382,6 +418,8 @@ async def _listen(args: argparse.Namespace) -> int:
                 print(f"hub listen: stream {item.epoch} at {item.last_event_id} "
                       f"({'resume refused: re-read state' if item.resume_refused else 'live'})",
                       file=sys.stderr, flush=True)
+                continue
+            if isinstance(item, Signal):  # not asked for (signals=False): never yielded
                 continue
             line = orjson.dumps({"id": item.id, "name": item.name, "data": item.data,
                                  "created_at": item.created_at})

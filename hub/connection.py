@@ -14,6 +14,8 @@ user's connections.
 What the socket has not sent yet is bounded the same way (frames written since its buffer was
 last seen empty, and its buffered bytes); overflowing either marks the connection a slow consumer,
 which the socket closes with `CloseCode.SLOW_CONSUMER` (the client resumes and loses nothing).
+Signals (`signal`) bypass all of this but the last bound: they carry no id, wait in no queue
+and are dropped when the connection has not started or has ended.
 """
 
 from __future__ import annotations
@@ -166,6 +168,15 @@ class Connection:
         if self._started and self._task is None:
             self._pump()
 
+    def signal(self, frame: bytes) -> None:
+        """A live-only frame (presence, typing): written now, between event frames if a replay
+        is under way, never queued, never numbered; it counts against the socket's buffer
+        bound like an event frame. Dropped before the welcome frame and after the end."""
+        if self._ended or not self._started:
+            return
+        self._outlet.write(frame)
+        self._check_unsent()
+
     def catch_up(self) -> None:
         """Read whatever the store has beyond `delivered` (after a broker reconnect)."""
         self._catch_up = True
@@ -207,7 +218,11 @@ class Connection:
         outlet.write(frame)
         self.delivered = event_id
         self._metrics.deliveries.observe(max(0.0, self._clock() - created_at))
-        buffered = outlet.buffered()
+        self._check_unsent()
+
+    def _check_unsent(self) -> None:
+        """End the connection (4009) if too much of what was written is left unsent."""
+        buffered = self._outlet.buffered()
         if buffered == 0:  # the socket took everything written so far
             self._unsent = 0
         else:

@@ -1,5 +1,6 @@
 """What a feature hands the composition root: its routes, its background loops, the events it
-declares (see `hub.events.EventType`) and the rules for pushing them (Web Push, protocol §13)."""
+declares (see `hub.events.EventType`), the client frames it answers on the WebSocket and the
+rules for pushing its events (Web Push, protocol §13)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.routing import BaseRoute
 
 from hub.events import EventType
 from hub.push_rules import PushRule
+from hub.signals import FrameHandler
 
 
 @dataclass(frozen=True)
@@ -26,5 +28,6 @@ class Loop:
 class Feature:
     routes: Sequence[BaseRoute] = ()
     loops: Sequence[Loop] = field(default_factory=tuple)
+    client_frames: Mapping[str, FrameHandler] = field(default_factory=dict)
     events: Sequence[EventType[Any]] = ()  # every event the feature emits
     push_rules: Mapping[str, PushRule] = field(default_factory=dict)  # by event name

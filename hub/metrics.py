@@ -57,6 +57,13 @@ class Metrics:
         self.connections_rejected = Counter("hub_connections_rejected_total",
                                             "WebSocket connections refused or closed early",
                                             ["reason"], registry=r)
+        self.signals_sent = Counter("hub_signals_sent_total",
+                                    "Signal frames (presence, typing) handed to the broker, one "
+                                    "per recipient", registry=r)
+        self.presence_online = Gauge("hub_presence_online_users",
+                                     "Users with a connection open on any process of the "
+                                     "deployment (as of this process's last heartbeat)",
+                                     registry=r)
         self.rate_limited = Counter("hub_rate_limited_total",
                                     "Requests refused with 429 by a rate limit", ["limit"],
                                     registry=r)

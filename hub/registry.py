@@ -1,8 +1,9 @@
 """The connections of this process, by user, and the broker subscriptions they need.
 
 A user's channel is subscribed when their first local connection registers and unsubscribed
-when the last one leaves; every payload from the broker is encoded once per encoding among the
-user's connections (a WebSocket frame, an SSE message) and offered to each of them.
+when the last one leaves (and `presence`, when given, hears of both); every payload from the
+broker is encoded once per encoding among the user's connections (a WebSocket frame, an SSE
+message) and offered to each of them.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 from collections.abc import Collection, Iterable
 
 from hub.broker import CHANNEL, Broker, user_channel
-from hub.connection import STREAM, Connection, EventEncoding
+from hub.connection import STREAM, WEBSOCKET, Connection, EventEncoding, text_frame
 from hub.metrics import Metrics
+from hub.presence import Presence
+from hub.signals import is_signal
 
 log = logging.getLogger("hub.registry")
 
@@ -31,7 +34,7 @@ class Registry:
     """Local connections per user. `dispatch` and `resync` are the broker's callbacks."""
 
     def __init__(self, broker: Broker, metrics: Metrics, channel_prefix: str,
-                 max_per_user: int) -> None:
+                 max_per_user: int, presence: Presence | None = None) -> None:
         self._broker = broker
         self._metrics = metrics
         self._channel_prefix = channel_prefix
@@ -39,6 +42,7 @@ class Registry:
         self._max_per_user = max_per_user
         self._users: dict[int, _UserConnections] = {}
         self._leaving: set[asyncio.Future[None]] = set()
+        self._presence = presence
         self._left_delivered: dict[int, int] = {}  # of connections gone since delivered_marks()
 
     def channel(self, user_id: int) -> str:
@@ -56,6 +60,8 @@ class Registry:
         if entry is None:
             entry = _UserConnections(asyncio.ensure_future(self._broker.subscribe(self.channel(user_id))))
             self._users[user_id] = entry
+            if self._presence is not None:
+                self._presence.arrived(user_id)
         elif len(entry.connections) >= self._max_per_user:
             return False
         entry.connections.add(connection)
@@ -83,6 +89,8 @@ class Registry:
         if entry.connections:
             return
         del self._users[connection.user_id]
+        if self._presence is not None:
+            self._presence.left(connection.user_id)
         task = asyncio.ensure_future(self._unsubscribe(connection.user_id, entry))
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
@@ -110,11 +118,18 @@ class Registry:
 
     def dispatch(self, channel: str, payload: bytes) -> None:
         """Offer one event payload to every local connection of its user (encoded once per
-        encoding)."""
+        encoding); a signal payload goes to their WebSocket connections as a signal, outside the
+        stream's numbering (the HTTP stream gets no signals yet)."""
         if not channel.startswith(self._prefix):
             return
         entry = self._users.get(int(channel[len(self._prefix):]))
         if entry is None:
+            return
+        if is_signal(payload):
+            signal = text_frame(payload)
+            for connection in entry.connections:
+                if connection.transport == WEBSOCKET:
+                    connection.signal(signal)
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])

@@ -74,6 +74,10 @@ class Settings:
     chat_max_members: int = 1000
     chat_post_rate: float = 5.0  # messages per second per user, on average
     chat_post_burst: int = 20
+    chat_typing_interval: float = 2.0  # seconds between forwarded typing signals per user and chat
+    presence_heartbeat: float = 5.0  # seconds between a process's presence heartbeats in Redis
+    presence_ttl: float = 15.0  # a process silent this long is swept out, its users offline
+    presence_offline_grace: float = 1.0  # a reconnect within this announces nothing
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     auth_rate_limit: int = 20  # register, login, refresh... per client address per minute
     login_failure_limit: int = 10  # failed logins per username per window
@@ -113,6 +117,13 @@ class Settings:
         elif not secret:
             secret = secrets.token_urlsafe(48)
             generated = True
+        heartbeat = r.number("PRESENCE_HEARTBEAT", 5.0, minimum=0.1, maximum=15.0)
+        presence_ttl = r.number("PRESENCE_TTL", 15.0, minimum=0.2, maximum=25.0)
+        if presence_ttl < 2 * heartbeat or presence_ttl + heartbeat > 30:
+            raise ConfigError("PRESENCE_TTL must be at least twice PRESENCE_HEARTBEAT (a late "
+                              "heartbeat is no death) and PRESENCE_TTL + PRESENCE_HEARTBEAT at "
+                              f"most 30 s (a dead process's users go offline within 30 s); got "
+                              f"{presence_ttl:g} and {heartbeat:g}")
         return cls(
             env=env,
             database_url=normalize_database_url(r.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
@@ -150,6 +161,10 @@ class Settings:
             chat_max_members=r.integer("CHAT_MAX_MEMBERS", 1000, minimum=2),
             chat_post_rate=r.number("CHAT_POST_RATE", 5.0, minimum=0.001),
             chat_post_burst=r.integer("CHAT_POST_BURST", 20, minimum=1),
+            chat_typing_interval=r.number("CHAT_TYPING_INTERVAL", 2.0, minimum=0.1),
+            presence_heartbeat=heartbeat,
+            presence_ttl=presence_ttl,
+            presence_offline_grace=r.number("PRESENCE_OFFLINE_GRACE", 1.0, minimum=0.0, maximum=2.0),
             trusted_proxies=r.networks("TRUSTED_PROXIES", ("127.0.0.1", "::1")),
             auth_rate_limit=r.integer("AUTH_RATE_LIMIT", 20, minimum=1),
             login_failure_limit=r.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1),

@@ -22,6 +22,7 @@ STATIC_FILES: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
     "dom.js": "text/javascript; charset=utf-8",
+    "presence.js": "text/javascript; charset=utf-8",
     "hub-client.js": "text/javascript; charset=utf-8",
     "notifications.js": "text/javascript; charset=utf-8",
     "push.js": "text/javascript; charset=utf-8",

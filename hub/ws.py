@@ -16,6 +16,7 @@ client frames and events → close, unregistering at once. The lifecycle lives i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hub import streams
@@ -24,6 +25,7 @@ from hub.identity import Authenticator
 from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.settings import Settings, normalize_origin
+from hub.signals import FrameHandler
 from hub.streams import StoredEvent
 from hub.ws_handshake import PATH
 from hub.ws_socket import HubSocket
@@ -37,8 +39,10 @@ class WebSocketApi:
     """What every socket of this process shares; `protocol` is uvicorn's `ws` factory."""
 
     def __init__(self, settings: Settings, db: Database, registry: Registry,
-                 authenticator: Authenticator, metrics: Metrics) -> None:
+                 authenticator: Authenticator, metrics: Metrics,
+                 client_frames: Mapping[str, FrameHandler] | None = None) -> None:
         self.settings = settings
+        self.client_frames = dict(client_frames or {})  # features' frames (`typing`)
         self.db = db
         self.registry = registry
         self.auth = authenticator

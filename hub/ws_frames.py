@@ -74,6 +74,11 @@ def refreshed(expires_at: float) -> bytes:
     return text_frame(orjson.dumps({"type": "refreshed", "expires_at": rfc3339(moment)}))
 
 
+def error(code: str, detail: str) -> bytes:
+    """An `error` frame (a feature's client frame refused: `forbidden`, `bad_frame`)."""
+    return text_frame(orjson.dumps({"type": "error", "code": code, "detail": detail}))
+
+
 class Fragments:
     """Joins a fragmented client message; holds as many fragments as `FrameBudget` lets through."""
 

@@ -29,6 +29,7 @@ from hub.connection import (
     resume_served,
 )
 from hub.identity import AuthError, Identity
+from hub.signals import FrameHandler
 from hub.socket_queue import unsent
 from hub.ws_budget import FrameBudget
 from hub.ws_frames import (
@@ -38,6 +39,7 @@ from hub.ws_frames import (
     Fragments,
     InvalidText,
     auth_request,
+    error,
     parse,
     refreshed,
     welcome,
@@ -277,8 +279,19 @@ class HubSocket(asyncio.Protocol):
                 self._close(CloseCode.AUTH_FAILED, "refresh frame without a token")
                 return
             self._spawn(self._refresh(token))
+        elif isinstance(kind, str) and kind in self._api.client_frames:
+            assert isinstance(frame, dict)
+            self._spawn(self._feature_frame(self._api.client_frames[kind], frame))
         else:
             self.write(BAD_FRAME)
+
+    async def _feature_frame(self, handler: FrameHandler, frame: dict[str, Any]) -> None:
+        """A frame a feature answers (`typing`); its refusal becomes an `error` frame."""
+        connection = self._connection
+        assert connection is not None
+        refused = await handler(connection.user_id, frame)
+        if refused is not None and self._state == OPEN:
+            self.write(error(*refused))
 
     async def _refresh(self, token: str) -> None:
         connection = self._connection

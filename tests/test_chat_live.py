@@ -33,6 +33,8 @@ class Listener:
         last_id = self.welcome["last_event_id"]
         while True:
             frame = orjson.loads(await self.socket.recv())
+            if frame["type"] in ("presence", "typing"):
+                continue  # signals of members coming and going (§11): not part of the stream
             assert frame["type"] == "event", frame
             assert frame["id"] == last_id + 1, (frame, last_id)  # none skipped, none repeated
             last_id = frame["id"]

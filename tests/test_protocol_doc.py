@@ -183,6 +183,10 @@ def test_every_frame_type_is_documented_and_every_documented_type_exists() -> No
     hub_trees = [_tree("hub/ws_socket.py"), _tree("hub/ws_frames.py"), _tree("hub/connection.py")]
     server = set().union(*(_written_types(tree) for tree in hub_trees))
     client = set().union(*(_compared_types(tree) for tree in hub_trees))
+    # features' signals (frames they send through hub.signals) and the client frames they answer
+    server |= _written_types(_tree("chat/live.py"))
+    app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:", jwt_secret="k" * 32))
+    client |= set(app.state.websocket_protocol.__self__.client_frames)
     assert server >= {"welcome", "event", "pong"} and client >= {"auth", "ping"}, \
         "the frame types are no longer found where this test looks: update the helpers"
     assert _first_cells(_section("Server frames")) == server, "docs/protocol.md § Server frames"

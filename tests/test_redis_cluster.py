@@ -22,6 +22,7 @@ from redis.crc import key_slot
 
 from hub.broker import BrokerUnavailable, user_channel
 from hub.broker_redis_cluster import RedisClusterBroker
+from hub.presence_redis import RedisPresence
 from hub.settings import Settings
 from tests.conftest import RUN_ID, serve_hub, unique_name
 from tests.redis_cluster import RedisClusterNodes, cli, redis_cluster, slot_owner  # noqa: F401
@@ -449,6 +450,29 @@ async def test_a_cluster_with_a_password(tmp_path: Path) -> None:
             await unauthenticated.close()
     finally:
         nodes.stop()
+
+
+async def test_presence_on_the_cluster_counts_processes_and_sweeps_a_dead_one(
+        redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
+    """Presence's scripts run on a cluster: every key has the one `{presence}` hash tag."""
+    prefix = f"test{RUN_ID}-{unique_name('p')}:"
+    first, second = (RedisPresence(redis_cluster.url, prefix, ttl=2.0, cluster=True)
+                     for _ in range(2))
+    try:
+        await first.heartbeat([])
+        await second.heartbeat([])
+        assert await first.arrive(1) is True
+        assert await second.arrive(1) is False
+        assert await first.leave(1) is False
+        assert await second.leave(1) is True
+        assert await first.settle(1) is True
+        assert await first.arrive(2) is True
+        assert await second.online([1, 2]) == {2}
+        await asyncio.sleep(2.2)  # the first process stops heartbeating
+        assert await second.heartbeat([]) == ([2], [], 0)
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_stream_ticket_works_once_on_any_hub_of_the_cluster(

@@ -3,6 +3,7 @@
 // markers, leaving it). State comes from REST (protocol §6) and is kept current by the hub's events (§5).
 
 import { byTestId, debounce, describeError, el, formatTime, randomKey, say } from "./dom.js";
+import { ChatPresence, presenceDot } from "./presence.js";
 
 const PAGE = 50;
 const NEAR_EDGE_PX = 80;
@@ -17,6 +18,7 @@ export class ChatView {
   #open = null; // {id, messages: Map, nextBeforeId, loadingOlder, readSent}
   #loading = null; // the REST reload in flight, if any
   #dirty = new Set(); // chats whose unread count may have raced a reload
+  #presence; // who is online and typing (§11)
 
   /** `onOpen(chatId | null)` tells the page which chat is open (the phone layout follows it). */
   constructor(client, onOpen) {
@@ -30,8 +32,11 @@ export class ChatView {
       messages: byTestId("message-list"), older: byTestId("loading-older"),
       receipt: byTestId("read-receipt"), composer: byTestId("composer"),
       input: byTestId("message-input"), send: byTestId("send"), sendError: byTestId("send-error"),
-      leave: byTestId("leave-chat"),
+      leave: byTestId("leave-chat"), typing: byTestId("typing-indicator"),
+      headerDot: byTestId("chat-presence"),
     };
+    this.#presence = new ChatPresence(client, (chatId) => this.#presenceChanged(chatId));
+    client.on("welcome", () => this.#presence.load(this.#order));
     this.#wire();
     client.on("chat.message", (event) => this.#onMessage(event.data));
     client.on("chat.created", (event) => this.#onChat(event.data, true));
@@ -54,6 +59,7 @@ export class ChatView {
       }
       this.#order = answer.items.map((chat) => chat.id);
       this.#renderList();
+      this.#presence.load(this.#order);
       if (this.#open && !this.#chats.has(this.#open.id)) this.close();
       else if (this.#open) await this.#loadMessages(null, true);
     })();
@@ -74,6 +80,7 @@ export class ChatView {
     this.close();
     this.#chats.clear();
     this.#order = [];
+    this.#presence.clear();
     this.#renderList();
     this.#ui.search.value = "";
     this.#showResults([]);
@@ -106,6 +113,7 @@ export class ChatView {
     this.#ui.title.textContent = "No chat open";
     this.#ui.members.textContent = "";
     say(this.#ui.receipt, "");
+    this.#renderPresence();
     this.#ui.input.disabled = this.#ui.send.disabled = true;
     this.#ui.leave.hidden = true;
     this.#renderList();
@@ -149,6 +157,7 @@ export class ChatView {
     if (!this.#order.includes(chat.id)) this.#order = fresh ? [chat.id, ...this.#order] : [...this.#order, chat.id];
     this.#renderList();
     if (this.#open?.id === chat.id) this.#renderHeader();
+    this.#presence.load([chat.id]); // new chat or members: who of them is online
   }
 
   async #refreshChat(chatId) {
@@ -322,7 +331,8 @@ export class ChatView {
         className: "chat-item", testid: "chat-item", data: { chatId: chat.id },
         attrs: { type: "button", "aria-current": this.#open?.id === chat.id ? "true" : false },
       }, [
-        el("span", { className: "chat-name", testid: "chat-name", text: chat.title }),
+        el("span", { className: "chat-name", testid: "chat-name" }, [
+          presenceDot(el, this.#presence.othersOnline(chat.id), "presence-dot"), chat.title]),
         el("span", { className: "chat-when", text: chat.preview ? formatTime(chat.preview.created_at) : "" }),
         el("span", { className: "chat-preview", text: preview }),
         unread ? el("span", { className: "badge", testid: "unread-badge", text: chat.unread_count,
@@ -339,6 +349,25 @@ export class ChatView {
     const chat = this.#chats.get(this.#open.id);
     this.#ui.title.textContent = chat.title;
     this.#ui.members.textContent = chat.members.map((member) => member.username).join(", ");
+    this.#renderPresence();
+  }
+
+  #presenceChanged(chatId) {
+    if (!this.#chats.has(chatId)) return;
+    this.#renderList();
+    if (this.#open?.id === chatId) this.#renderPresence();
+  }
+
+  #renderPresence() {
+    const chat = this.#open && this.#chats.get(this.#open.id);
+    const online = Boolean(chat) && this.#presence.othersOnline(chat.id);
+    const dot = presenceDot(el, online, "chat-presence");
+    dot.hidden = !chat;
+    this.#ui.headerDot.replaceWith(dot);
+    this.#ui.headerDot = dot;
+    const names = chat ? this.#presence.typists(chat.id)
+      .map((id) => chat.members.find((member) => member.user_id === id)?.username).filter(Boolean) : [];
+    say(this.#ui.typing, names.length ? `${names.join(", ")} ${names.length > 1 ? "are" : "is"} typing…` : "");
   }
 
   #insert(message) {
@@ -443,6 +472,7 @@ export class ChatView {
       }
     });
     ui.input.addEventListener("input", () => {
+      if (this.#open && ui.input.value.trim()) this.#client.typing(this.#open.id);
       ui.input.style.height = "auto"; // CSSOM, not an inline attribute: allowed by the policy
       ui.input.style.height = `${Math.min(ui.input.scrollHeight, 160)}px`;
     });

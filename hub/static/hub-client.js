@@ -26,6 +26,9 @@
 //   the WebSocket again every few minutes; `transport: "stream"` uses the stream from the start.
 //   `EventStreamSocket` makes the stream look like a socket to the rest of the client: its
 //   `error` event's code and an HTTP refusal become the close code they stand for.
+// - signals (§11), live only and never replayed: "presence" `{chat_id, user_id, online}` and
+//   "typing" `{chat_id, user_id}`; `typing(chatId)` tells a chat's other members the user types
+//   (at most once per chat every 2 s). After each "welcome" the page re-reads presence over REST.
 
 const ACCESS_LEAD_MAX_MS = 60_000; // refresh this long before expiry at most...
 const ACCESS_LEAD_FRACTION = 0.2; // ...or this part of the token's life, whichever is less
@@ -34,6 +37,7 @@ const MAX_AUTH_FAILURES = 2; // 4001 closes in a row, each after a successful re
 const FALLBACK_AFTER = 3; // failed WebSocket handshakes in a row before the stream is tried
 const STREAM_PATH = "/api/v1/stream";
 const STREAM_ALIVE_MS = 45_000; // a stream that sent nothing for this long answers no ping
+const TYPING_EVERY_MS = 2_000; // the hub forwards one typing signal per user and chat per 2 s
 
 // The protocol's close codes: the same names and numbers as hub/close_codes.py, and the same
 // action for each (tests/test_close_codes.py compares them).
@@ -296,6 +300,7 @@ export class HubClient extends Emitter {
   #wsFailures = 0;
   #wsRetry;
   #wsProbeTimer = null;
+  #typingSent = new Map(); // chat id -> when the last typing frame went out
 
   /**
    * @param {object} [options]
@@ -578,6 +583,8 @@ export class HubClient extends Emitter {
       case "event": return this.#onEvent(frame);
       case "refreshed": return this.emit("refreshed", frame);
       case "error": return this.emit("error", frame);
+      case "presence": return this.emit("presence", frame);
+      case "typing": return this.emit("typing", frame);
       default: return undefined; // pong, or a frame type this version does not know
     }
   }
@@ -719,6 +726,22 @@ export class HubClient extends Emitter {
     if (ws !== this.#ws) return;
     this.#closeSocket(CloseCode.CLIENT_TIMEOUT, reason);
     this.#retryLater();
+  }
+
+  /** Tell the other members of `chatId` that the user is typing; sent at most once per chat
+   * every 2 s (more would be dropped by the hub). True when a frame went out. */
+  typing(chatId) {
+    const now = Date.now();
+    if (!this.#ws || !this.#welcomed || now - (this.#typingSent.get(chatId) ?? -Infinity) < TYPING_EVERY_MS) {
+      return false;
+    }
+    this.#typingSent.set(chatId, now);
+    if (this.#useStream) { // the HTTP stream reads only: the same signal over REST
+      this.api("POST", `/api/v1/chats/${chatId}/typing`).catch(() => {});
+    } else {
+      this.#send({ type: "typing", chat_id: chatId });
+    }
+    return true;
   }
 
   #send(frame) {

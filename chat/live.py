@@ -1,0 +1,83 @@
+"""The chat's signals (protocol §11): presence of members and typing, live only.
+
+Nothing here is stored or numbered: presence and typing frames go out through the core's
+`Signals` to the other members' open connections, and a client that reconnects re-reads
+presence over REST (`online`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chat import queries
+from hub.db import Database
+from hub.errors import NotFound, RateLimited
+from hub.presence import Presence
+from hub.ratelimit import Limit, RateLimiter
+from hub.signals import Signals
+
+
+def _no_chat(chat_id: int) -> NotFound:
+    return NotFound(f"no chat {chat_id} among yours")
+
+
+class ChatLive:
+    """Presence and typing of chat members. `typing_limit` forwards one typing signal per user
+    and chat per CHAT_TYPING_INTERVAL seconds (the rest are dropped)."""
+
+    def __init__(self, db: Database, signals: Signals, presence: Presence, limiter: RateLimiter,
+                 typing_limit: Limit) -> None:
+        self._db = db
+        self._signals = signals
+        self._presence = presence
+        self._limiter = limiter
+        self._typing_limit = typing_limit
+        presence.listen(self.announce)
+
+    async def online(self, user_id: int, chat_id: int) -> list[int]:
+        """The chat's members online, ascending; NotFound for a non-member."""
+        async with self._db.sessions() as session:
+            members = await queries.member_ids(session, chat_id)
+        if user_id not in members:
+            raise _no_chat(chat_id)
+        return await self._presence.online(members)
+
+    async def typing(self, user_id: int, chat_id: int) -> bool:
+        """Tell the other members that `user_id` types; NotFound for a non-member. False when
+        throttled (dropped)."""
+        async with self._db.sessions() as session:
+            members = await queries.member_ids(session, chat_id)
+        if user_id not in members:
+            raise _no_chat(chat_id)
+        try:  # a dropped one is counted in hub_rate_limited_total{limit="chat_typing"}
+            await self._limiter.enforce(self._typing_limit, f"{user_id}:{chat_id}", "typing")
+        except RateLimited:
+            return False
+        others = [member for member in members if member != user_id]
+        await self._signals.send(others, {"type": "typing", "chat_id": chat_id,
+                                          "user_id": user_id})
+        return True
+
+    async def typing_frame(self, user_id: int, frame: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The `typing` client frame: an error frame's (code, detail), or None."""
+        chat_id = frame.get("chat_id")
+        if type(chat_id) is not int or not 0 < chat_id < 2**31:
+            return "bad_frame", "expected {\"type\": \"typing\", \"chat_id\": <a chat id>}"
+        try:
+            await self.typing(user_id, chat_id)
+        except NotFound:
+            return "forbidden", f"chat {chat_id} is not among yours"
+        return None
+
+    async def announce(self, user_id: int, online: bool) -> None:
+        """A presence listener: tell the online members of the user's chats."""
+        async with self._db.sessions() as session:
+            chats = await queries.co_members(session, user_id)
+        if not chats:
+            return
+        listening = set(await self._presence.online({m for ms in chats.values() for m in ms}))
+        await self._signals.send_many([
+            ([member for member in members if member in listening],
+             {"type": "presence", "chat_id": chat_id, "user_id": user_id, "online": online})
+            for chat_id, members in chats.items()])

@@ -1,0 +1,79 @@
+"""The signal path (protocol §11): live-only frames to users' open connections, beside the
+event stream.
+
+An event is stored, numbered, replayed and delivered exactly once; a signal (presence, typing)
+is none of these: it is published on the recipients' channels (`notifications:{user_id}`, the
+same broker and the same per-process subscription as events) and written to whichever of their
+connections are open right now; one that is missed (no connection, a broker outage, a
+reconnect) is gone. Features send signals the way they emit events:
+
+    await signals.send(member_ids, {"type": "typing", "chat_id": 7, "user_id": 3})
+
+Channel payloads tell them apart by their first field: an event's payload starts with
+`{"id":`, a signal's with `{"type":` (`is_signal` checks one byte), so the event path pays one
+comparison. A client frame a feature answers (`typing`) is a `FrameHandler` it hands the
+composition root (`Feature.client_frames`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from hub.broker import Broker, BrokerUnavailable, user_channel
+from hub.metrics import Metrics
+
+log = logging.getLogger("hub.signals")
+SIGNAL_PREFIX = b'{"type":'
+_SIGNAL_BYTE = SIGNAL_PREFIX[2]  # events' payloads have 'i' ({"id":...) there
+
+# A client frame handler: (user id, the frame) -> an error frame's code and detail, or None.
+FrameHandler = Callable[[int, Mapping[str, Any]], Awaitable[tuple[str, str] | None]]
+
+
+def is_signal(payload: bytes) -> bool:
+    """Whether a channel payload is a signal (else it is an event)."""
+    return len(payload) > 2 and payload[2] == _SIGNAL_BYTE
+
+
+def signal_payload(frame: Mapping[str, Any]) -> bytes:
+    """The channel payload of a signal frame: its JSON, `type` first (what `is_signal` reads)."""
+    kind = frame.get("type")
+    if not isinstance(kind, str) or kind == "event":
+        raise ValueError("a signal frame needs a string type other than 'event'")
+    return orjson.dumps({"type": kind, **{k: v for k, v in frame.items() if k != "type"}})
+
+
+class Signals:
+    """Sends signal frames to users' open connections, on every process of the deployment."""
+
+    def __init__(self, broker: Broker, metrics: Metrics, channel_prefix: str) -> None:
+        self._broker = broker
+        self._metrics = metrics
+        self._prefix = channel_prefix
+
+    async def send(self, user_ids: Iterable[int], frame: Mapping[str, Any]) -> None:
+        """One frame to each of these users' connections; best effort, never raises."""
+        await self.send_many([(user_ids, frame)])
+
+    async def send_many(self, batch: Sequence[tuple[Iterable[int], Mapping[str, Any]]]) -> None:
+        """Several (recipients, frame) pairs in one round trip to the broker (encoded once each)."""
+        messages = [(user_channel(self._prefix, user_id), payload)
+                    for user_ids, frame in batch
+                    for payload in (signal_payload(frame),)
+                    for user_id in sorted(set(user_ids))]
+        if not messages:
+            return
+        try:
+            await self._broker.publish(messages)
+        except BrokerUnavailable as exc:
+            log.info("%d signals lost, the broker is unavailable: %s", len(messages), exc)
+            return
+        except Exception:
+            log.exception("sending %d signals failed", len(messages))
+            return
+        self._metrics.signals_sent.inc(len(messages))
+

@@ -1,0 +1,180 @@
+"""Signals beside the event stream (hub/signals.py, `Connection.signal`, `Registry.dispatch`) and
+presence stores (hub/presence.py in memory, hub/presence_redis.py on a real Redis). Pure logic
+on in-memory stand-ins, except the Redis store."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+import pytest
+
+from hub.broker_memory import MemoryBroker
+from hub.connection import SlowConsumer, event_frame, text_frame
+from hub.metrics import Metrics
+from hub.presence import MemoryPresence, Presence
+from hub.presence_redis import RedisPresence
+from hub.registry import Registry
+from hub.signals import Signals, is_signal, signal_payload
+from tests.in_memory import USER, Store, payload
+from tests.test_connection import make, offer, settled
+
+TYPING = {"type": "typing", "chat_id": 3, "user_id": 8}
+
+
+def test_a_signal_payload_starts_with_its_type_and_is_told_from_an_event_by_one_byte() -> None:
+    signal = signal_payload({"chat_id": 3, "user_id": 8, "type": "typing"})
+    assert signal.startswith(b'{"type":"typing",')
+    assert is_signal(signal) and not is_signal(payload(1))
+    with pytest.raises(ValueError, match="a signal frame needs"):
+        signal_payload({"type": "event", "id": 1})
+    with pytest.raises(ValueError, match="a signal frame needs"):
+        signal_payload({"chat_id": 3})
+
+
+async def test_signals_are_written_outside_the_numbering_and_only_once_started() -> None:
+    conn, outlet, _ = make()
+    frame = text_frame(signal_payload(TYPING))
+    conn.signal(frame)  # before the welcome: dropped
+    conn.start_at(0)
+    offer(conn, 1)
+    conn.signal(frame)
+    offer(conn, 2)
+    assert outlet.frames == [event_frame(payload(1)), frame, event_frame(payload(2))]
+    assert conn.delivered == 2
+    conn.stop()
+    conn.signal(frame)  # after the end: dropped
+    assert len(outlet.frames) == 3
+
+
+async def test_a_signal_during_a_gap_fill_neither_waits_nor_disturbs_the_order() -> None:
+    store = Store([1, 2, 3])
+    store.gate.clear()
+    conn, outlet, _ = make(store)
+    conn.start_at(0)
+    offer(conn, 3)  # 1 and 2 are read from the store first
+    await asyncio.sleep(0)
+    frame = text_frame(signal_payload(TYPING))
+    conn.signal(frame)
+    assert outlet.frames == [frame]  # at once, not behind the fill
+    store.gate.set()
+    await settled(conn)
+    assert outlet.frames[1:] == [event_frame(payload(i)) for i in (1, 2, 3)]
+    assert conn.delivered == 3
+
+
+async def test_unread_signals_make_a_slow_consumer_like_unread_events() -> None:
+    conn, outlet, _ = make(max_messages=5)
+    conn.start_at(0)
+    outlet.backlog = 10  # the peer reads nothing
+    frame = text_frame(signal_payload(TYPING))
+    for _ in range(6):
+        conn.signal(frame)
+    assert outlet.reasons and isinstance(outlet.reasons[0], SlowConsumer)
+
+
+async def test_dispatch_hands_a_signal_to_every_connection_of_the_user_without_an_id() -> None:
+    broker = MemoryBroker()
+    metrics = Metrics()
+    registry = Registry(broker, metrics, "", max_per_user=5)
+    await broker.open(registry.dispatch, registry.resync)
+    first, first_out, _ = make()
+    second, second_out, _ = make()
+    assert await registry.register(first) and await registry.register(second)
+    first.start_at(0)
+    second.start_at(0)
+    await Signals(broker, metrics, "").send([USER, USER + 1], TYPING)
+    expected = text_frame(orjson.dumps(TYPING))
+    assert first_out.frames == second_out.frames == [expected]
+    assert first.delivered == second.delivered == 0
+    assert metrics.signals_sent._value.get() == 2  # one per recipient, the unconnected one too
+
+
+async def test_memory_presence_announces_changes_once_and_not_a_quick_reconnect() -> None:
+    heard: list[tuple[int, bool]] = []
+
+    async def listener(user_id: int, online: bool) -> None:
+        heard.append((user_id, online))
+
+    presence = Presence(MemoryPresence(), Metrics(), grace=0.05)
+    presence.listen(listener)
+    presence.arrived(1)
+    presence.left(1)
+    presence.arrived(1)  # a reconnect within the grace
+    await asyncio.sleep(0.2)
+    assert heard == [(1, True)]
+    assert await presence.online([2, 1]) == [1]
+    presence.left(1)
+    async with asyncio.timeout(5):
+        while len(heard) < 2:
+            await asyncio.sleep(0.01)
+    assert heard == [(1, True), (1, False)]
+    assert await presence.online([1]) == []
+    await presence.close()
+
+
+async def test_redis_presence_counts_processes_and_sweeps_a_dead_one(redis_url: str) -> None:
+    prefix = f"test-presence-{uuid.uuid4().hex}:"
+    first, second = (RedisPresence(redis_url, prefix, ttl=2.0) for _ in range(2))
+    try:
+        assert await first.heartbeat([]) == ([], [], 0)
+        await second.heartbeat([])
+        assert await first.arrive(1) is True  # online: announce
+        assert await second.arrive(1) is False  # another device, another process: nothing new
+        assert await first.leave(1) is False  # still held by the second
+        assert await second.leave(1) is True  # held by none: settle after the grace
+        assert await second.arrive(1) is False  # back within the grace: still shown online
+        assert await second.leave(1) is True
+        assert await first.settle(1) is True  # offline: announced by exactly one caller
+        assert await second.settle(1) is False
+        assert await first.online([1]) == set()
+
+        assert await first.arrive(2) is True
+        assert await first.online([1, 2]) == {2}
+        await asyncio.sleep(2.2)  # the first process stops heartbeating (as if killed)
+        offline, again, count = await second.heartbeat([])
+        assert (offline, again, count) == ([2], [], 0)
+        # the first one was only paused: its next heartbeat holds its users again
+        offline, again, count = await first.heartbeat([2])
+        assert (offline, again, count) == ([], [2], 1)
+        assert await second.close() == []
+        assert await first.close() == [2]  # a graceful stop announces its users offline
+    finally:
+        for store in (first, second):
+            await store._redis.aclose()
+
+
+class _FlakyStore(MemoryPresence):
+    """Memory presence whose next `arrive` fails once (Redis away for a moment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = True
+
+    async def arrive(self, user_id: int) -> bool:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("Redis is away")
+        return await super().arrive(user_id)
+
+
+async def test_a_change_the_store_missed_is_retried_by_the_next_heartbeat() -> None:
+    heard: list[tuple[int, bool]] = []
+
+    async def listener(user_id: int, online: bool) -> None:
+        heard.append((user_id, online))
+
+    presence = Presence(_FlakyStore(), Metrics(), grace=0.05)
+    presence.listen(listener)
+    presence.arrived(1)
+    async with asyncio.timeout(5):
+        while not presence._retry:  # the worker tried, and failed
+            await asyncio.sleep(0.01)
+    assert heard == [] and await presence.online([1]) == []
+    await presence.step()
+    async with asyncio.timeout(5):
+        while not heard:
+            await asyncio.sleep(0.01)
+    assert heard == [(1, True)] and await presence.online([1]) == [1]
+    await presence.close()
