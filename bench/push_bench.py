@@ -40,6 +40,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.chat_bench import free_port, running_hub, scratch_database
+from bench.profile import profiled, summarize
 from bench.services import cores, proc_cpu_seconds
 from hub.push_crypto import b64url, encrypt, generate_vapid_key, public_key_b64
 from tests.certs import self_signed
@@ -230,6 +231,32 @@ async def scanned_all(database_url: str) -> bool:
     return int(left) == 0
 
 
+@dataclass
+class Run:
+    published: float = 0.0
+    decided: float | None = None
+    count: int = 0
+    elapsed: float = 0.0
+
+
+async def publish_and_wait(args: argparse.Namespace, http: httpx.AsyncClient, ids: list[int],
+                           sinks: Sinks, env: dict[str, str], run: Run) -> None:
+    """Publish one event to `ids` and wait until every push arrived (or `--deadline`)."""
+    first = sinks.total()
+    started = time.perf_counter()
+    answer = await http.post("/api/v1/publish", json={
+        "user_ids": ids, "name": EVENT, "data": {"text": "hello"}},
+        headers={"Authorization": f"Bearer {API_KEY}"})
+    assert answer.status_code == 202, answer.text
+    run.published = time.perf_counter() - started
+    while run.count < args.users and time.perf_counter() - started < args.deadline:
+        await asyncio.sleep(0.2)
+        run.count = sinks.total() - first
+        if run.decided is None and await scanned_all(env["DATABASE_URL"]):
+            run.decided = time.perf_counter() - started
+    run.elapsed = time.perf_counter() - started
+
+
 async def bench(args: argparse.Namespace) -> None:
     hub_cpus, other_cpus = cores()
     encrypt_seconds = encrypt_cost(args.encrypt_rounds)
@@ -248,25 +275,19 @@ async def bench(args: argparse.Namespace) -> None:
                 hub_pid = child_hub_pid()
                 pin_process(hub_pid, hub_cpus)
                 ids = await insert_users(env["DATABASE_URL"], args.users, sinks.url, keys)
-                first = sinks.total()
                 async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
                     cpu_before = proc_cpu_seconds(hub_pid)
-                    started = time.perf_counter()
-                    answer = await http.post("/api/v1/publish", json={
-                        "user_ids": ids, "name": EVENT, "data": {"text": "hello"}},
-                        headers={"Authorization": f"Bearer {API_KEY}"})
-                    assert answer.status_code == 202, answer.text
-                    published = time.perf_counter() - started
-                    decided: float | None = None
-                    count = 0
-                    while count < args.users and time.perf_counter() - started < args.deadline:
-                        await asyncio.sleep(0.2)
-                        count = sinks.total() - first
-                        if decided is None and await scanned_all(env["DATABASE_URL"]):
-                            decided = time.perf_counter() - started
-                    elapsed = time.perf_counter() - started
+                    run = Run()
+                    if args.profile:
+                        await profiled(hub_pid, other_cpus, Path(args.profile), args.profile_seconds,
+                                       lambda: publish_and_wait(args, http, ids, sinks, env, run))
+                    else:
+                        await publish_and_wait(args, http, ids, sinks, env, run)
                     hub_cpu = proc_cpu_seconds(hub_pid) - cpu_before
                     metrics = (await http.get("/metrics")).text
+    if args.profile:
+        print(summarize(Path(args.profile)))
+    published, decided, count, elapsed = run.published, run.decided, run.count, run.elapsed
     checked = check_samples(sinks.drain_samples(), keys)
     sent = [line for line in metrics.splitlines() if line.startswith("hub_push_sent_total{")]
     decided_text = f"{decided:.2f} s ({args.users / decided:.0f}/s)" if decided else "not done"
@@ -291,6 +312,9 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=500,
                         help="decrypt every Nth push a sink receives")
     parser.add_argument("--encrypt-rounds", type=int, default=1000)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the hub with py-spy (raw collapsed stacks) into FILE")
+    parser.add_argument("--profile-seconds", type=float, default=20.0)
     asyncio.run(bench(parser.parse_args()))
     return 0
 
