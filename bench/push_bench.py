@@ -108,6 +108,10 @@ class Sinks:
     cert: Path
     counts: SynchronizedArray[Any]
     samples: Any
+    pids: list[int]
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(pid) for pid in self.pids)
 
     def total(self) -> int:
         return sum(self.counts[:])
@@ -133,7 +137,8 @@ def running_sinks(workdir: Path, processes: int, cpus: set[int], sample_every: i
     for worker in workers:
         worker.start()
     try:
-        yield Sinks(f"https://localhost:{port}", cert, counts, samples)
+        yield Sinks(f"https://localhost:{port}", cert, counts, samples,
+                    [worker.pid for worker in workers if worker.pid is not None])
     finally:
         for worker in workers:
             worker.terminate()
@@ -277,6 +282,7 @@ async def bench(args: argparse.Namespace) -> None:
                 ids = await insert_users(env["DATABASE_URL"], args.users, sinks.url, keys)
                 async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
                     cpu_before = proc_cpu_seconds(hub_pid)
+                    sink_before = sinks.cpu_seconds()
                     run = Run()
                     if args.profile:
                         await profiled(hub_pid, other_cpus, Path(args.profile), args.profile_seconds,
@@ -284,6 +290,7 @@ async def bench(args: argparse.Namespace) -> None:
                     else:
                         await publish_and_wait(args, http, ids, sinks, env, run)
                     hub_cpu = proc_cpu_seconds(hub_pid) - cpu_before
+                    sink_cpu = sinks.cpu_seconds() - sink_before
                     metrics = (await http.get("/metrics")).text
     if args.profile:
         print(summarize(Path(args.profile)))
@@ -298,6 +305,7 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"hub CPU {hub_cpu:.2f} s: {hub_cpu / max(count, 1) * 1e6:.0f} µs per push; "
           f"encrypt alone {encrypt_seconds * 1e6:.0f} µs per push; {checked} sampled pushes "
           f"decrypted and checked")
+    print(f"sinks CPU {sink_cpu:.2f} s: {sink_cpu / max(count, 1) * 1e6:.0f} µs per push")
     print("load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
         *load_before, *os.getloadavg()))
     print("\n".join(sent))
