@@ -1,14 +1,18 @@
 """Web Push benchmark: pushes decided and sent per second for offline users of one publish call.
 
 Starts a hub process (`python -m hub serve`, PostgreSQL + Redis in a throw-away database, Web
-Push on with PUSH_DELAY=0) and, in a child process, a push service sink over HTTPS on 127.0.0.1
-that answers 201 and counts (it neither checks nor decrypts, so the hub's side is measured);
-inserts `--users` users, each with one subscription (keys made once and reused: the hub's cost
-per push is the same), publishes one event to all of them, and times the pushes' arrival.
+Push on with PUSH_DELAY=0) pinned to the first CPU, and `--sinks` push service sink processes
+pinned to the others, sharing one HTTPS port with SO_REUSEPORT. A sink is a bare asyncio
+HTTP/1.1-over-TLS server (keep-alive, 201 to every POST) that does not decrypt: it counts, and
+sends every `--sample`-th body back, which this script decrypts with the subscription's keys
+to prove the pushes are well-formed RFC 8291 messages for the right user. It inserts `--users`
+users, each with one subscription (100 key pairs reused: the hub's cost per push is the
+same), publishes one event to all of them, and reports pushes/s (decided, and arrived), the
+hub's CPU time per push, and `encrypt` alone per push.
 
     .venv/bin/python -m bench.push_bench --users 10000
 
-Not part of the tests. The hub, the sink and this script share the machine's cores.
+Not part of the tests. PostgreSQL is not pinned: it shares the machine's cores.
 """
 
 from __future__ import annotations
@@ -17,74 +21,144 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import multiprocessing
 import os
 import secrets
-import sys
+import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import http_ece
 import httpx
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.chat_bench import free_port, running_hub, scratch_database
-from hub.push_crypto import b64url, generate_vapid_key, public_key_b64
+from bench.profile import profiled, summarize
+from bench.services import cores, proc_cpu_seconds
+from hub.push_crypto import b64url, encrypt, generate_vapid_key, public_key_b64
 from tests.certs import self_signed
 
 EVENT = "bench.push"
 API_KEY = "bench-api-key-" + secrets.token_hex(8)
+KEY_PAIRS = 100
+ANSWER = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
 
 
-def sink(port: int, cert: str, key: str) -> None:
-    """The push service sink (run in a child process): 201 to every push, `GET /count`."""
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
+class SinkProtocol(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: each request's body is read, counted and answered 201."""
 
-    count = 0
+    def __init__(self, slot: int, counts: Any, samples: Any, sample_every: int) -> None:
+        self._slot, self._counts, self._samples, self._every = slot, counts, samples, sample_every
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
 
-    async def push(request: Request) -> Response:
-        nonlocal count
-        await request.body()
-        count += 1
-        return Response(status_code=201)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
 
-    async def total(_request: Request) -> Response:
-        return PlainTextResponse(str(count))
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
+            head = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self._buffer) < end + 4 + length:
+                return
+            body = bytes(self._buffer[end + 4:end + 4 + length])
+            del self._buffer[:end + 4 + length]
+            count = self._counts[self._slot] + 1
+            self._counts[self._slot] = count
+            if count % self._every == 1 or self._every == 1:
+                self._samples.put((head[0].split(" ")[1], body))
+            assert self._transport is not None
+            self._transport.write(ANSWER)
 
-    app = Starlette(routes=[Route("/push/{token}", push, methods=["POST"]),
-                            Route("/count", total)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ssl_certfile=cert,
-                ssl_keyfile=key, access_log=False)
+
+def sink_worker(slot: int, port: int, cert: str, key: str, cpus: set[int], counts: Any,
+                samples: Any, sample_every: int) -> None:
+    """One sink process (spawned): pinned to `cpus`, serving until terminated."""
+    os.sched_setaffinity(0, cpus)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SinkProtocol(slot, counts, samples, sample_every), "127.0.0.1", port,
+            ssl=context, reuse_port=True, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
 
 
-@contextlib.asynccontextmanager
-async def running_sink(workdir: Path) -> AsyncIterator[tuple[str, Path]]:
+@dataclass
+class Sinks:
+    url: str
+    cert: Path
+    counts: SynchronizedArray[Any]
+    samples: Any
+    pids: list[int]
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(pid) for pid in self.pids)
+
+    def total(self) -> int:
+        return sum(self.counts[:])
+
+    def drain_samples(self) -> list[tuple[str, bytes]]:
+        taken: list[tuple[str, bytes]] = []
+        with contextlib.suppress(Exception):
+            while True:
+                taken.append(self.samples.get_nowait())
+        return taken
+
+
+@contextlib.contextmanager
+def running_sinks(workdir: Path, processes: int, cpus: set[int], sample_every: int) -> Iterator[Sinks]:
     cert, key = self_signed(workdir)
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.push_bench", "--sink", str(port), str(cert), str(key))
-    base = f"https://localhost:{port}"
+    spawn = multiprocessing.get_context("spawn")
+    counts = spawn.Array("q", processes, lock=False)
+    samples = spawn.Queue()
+    workers = [spawn.Process(target=sink_worker, daemon=True, args=(
+        slot, port, str(cert), str(key), cpus, counts, samples, sample_every))
+        for slot in range(processes)]
+    for worker in workers:
+        worker.start()
     try:
-        async with httpx.AsyncClient(verify=str(cert)) as http:
-            for _ in range(100):
-                with contextlib.suppress(httpx.TransportError):
-                    await http.get(base + "/count")
-                    break
-                await asyncio.sleep(0.1)
-        yield base, cert
+        yield Sinks(f"https://localhost:{port}", cert, counts, samples,
+                    [worker.pid for worker in workers if worker.pid is not None])
     finally:
-        process.terminate()
-        await process.wait()
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(10)
 
 
-async def insert_users(database_url: str, users: int, endpoint_base: str) -> list[int]:
-    keys = [(public_key_b64(ec.generate_private_key(ec.SECP256R1())), b64url(os.urandom(16)))
-            for _ in range(100)]
+async def wait_listening(url: str, cert: Path) -> None:
+    async with httpx.AsyncClient(verify=str(cert)) as http:
+        for _ in range(100):
+            with contextlib.suppress(httpx.TransportError):
+                await http.post(url + "/push/probe", content=b"")
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the push sinks did not start within 10 s")
+
+
+async def insert_users(database_url: str, users: int, endpoint_base: str,
+                       keys: list[tuple[ec.EllipticCurvePrivateKey, bytes]]) -> list[int]:
+    public = [(public_key_b64(key), b64url(auth)) for key, auth in keys]
     now = dt.datetime.now(dt.UTC)
     connection = await asyncpg.connect(database_url)
     try:
@@ -100,53 +174,155 @@ async def insert_users(database_url: str, users: int, endpoint_base: str) -> lis
         await connection.executemany(
             "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth, created_at) "
             "VALUES ($1, $2, $3, $4, $5)",
-            [(i, f"{endpoint_base}/push/{i}", *keys[i % len(keys)], now) for i in ids])
+            [(i, f"{endpoint_base}/push/{i}", *public[i % len(public)], now) for i in ids])
     finally:
         await connection.close()
     return ids
 
 
+def check_samples(samples: list[tuple[str, bytes]],
+                  keys: list[tuple[ec.EllipticCurvePrivateKey, bytes]]) -> int:
+    """Decrypt each sampled body with its user's keys; raises unless each is this event."""
+    checked = 0
+    for path, body in samples:
+        if path == "/push/probe":
+            continue
+        user = int(path.rsplit("/", 1)[1])
+        key, auth = keys[user % len(keys)]
+        payload = orjson.loads(http_ece.decrypt(body, private_key=key, auth_secret=auth,
+                                                version="aes128gcm"))
+        assert payload["event"]["name"] == EVENT, payload
+        checked += 1
+    return checked
+
+
+def encrypt_cost(rounds: int) -> float:
+    """Seconds per `encrypt` of a payload of the size this bench sends (one CPU, no I/O)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    p256dh, auth = public_key_b64(key), b64url(os.urandom(16))
+    payload = orjson.dumps({"title": EVENT, "body": "", "event": {
+        "id": 1, "name": EVENT, "data": {"text": "hello"}, "created_at": "2026-01-01T00:00:00Z"}})
+    started = time.process_time()
+    for _ in range(rounds):
+        encrypt(payload, p256dh, auth)
+    return (time.process_time() - started) / rounds
+
+
+def child_hub_pid() -> int:
+    """The pid of this script's `hub serve` child (running_hub starts exactly one)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"serve" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+    raise RuntimeError("no hub child process found")
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` (threads it starts later inherit the mask)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+async def scanned_all(database_url: str) -> bool:
+    connection = await asyncpg.connect(database_url)
+    try:
+        left = await connection.fetchval("SELECT count(*) FROM push_users WHERE scanned_id = 0")
+    finally:
+        await connection.close()
+    return int(left) == 0
+
+
+@dataclass
+class Run:
+    published: float = 0.0
+    decided: float | None = None
+    count: int = 0
+    elapsed: float = 0.0
+
+
+async def publish_and_wait(args: argparse.Namespace, http: httpx.AsyncClient, ids: list[int],
+                           sinks: Sinks, env: dict[str, str], run: Run) -> None:
+    """Publish one event to `ids` and wait until every push arrived (or `--deadline`)."""
+    first = sinks.total()
+    started = time.perf_counter()
+    answer = await http.post("/api/v1/publish", json={
+        "user_ids": ids, "name": EVENT, "data": {"text": "hello"}},
+        headers={"Authorization": f"Bearer {API_KEY}"})
+    assert answer.status_code == 202, answer.text
+    run.published = time.perf_counter() - started
+    while run.count < args.users and time.perf_counter() - started < args.deadline:
+        await asyncio.sleep(0.2)
+        run.count = sinks.total() - first
+        if run.decided is None and await scanned_all(env["DATABASE_URL"]):
+            run.decided = time.perf_counter() - started
+    run.elapsed = time.perf_counter() - started
+
+
 async def bench(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        async with running_sink(workdir) as (sink_url, cert), \
-                scratch_database("postgres", secrets.token_hex(4), workdir) as env:
+    hub_cpus, other_cpus = cores()
+    encrypt_seconds = encrypt_cost(args.encrypt_rounds)
+    keys = [(ec.generate_private_key(ec.SECP256R1()), os.urandom(16)) for _ in range(KEY_PAIRS)]
+    load_before = os.getloadavg()
+    os.sched_setaffinity(0, other_cpus)
+    with tempfile.TemporaryDirectory() as tmp, \
+            running_sinks(Path(tmp), args.sinks, other_cpus, args.sample) as sinks:
+        await wait_listening(sinks.url, sinks.cert)
+        async with scratch_database("postgres", secrets.token_hex(4), Path(tmp)) as env:
             env = {**env, "VAPID_PRIVATE_KEY": generate_vapid_key(),
                    "VAPID_SUBJECT": "mailto:bench@example.com", "PUSH_DELAY": "0",
-                   "PUSH_EVENTS": EVENT, "PUSH_ALLOW_PRIVATE": "1", "SSL_CERT_FILE": str(cert),
+                   "PUSH_EVENTS": EVENT, "PUSH_ALLOW_PRIVATE": "1", "SSL_CERT_FILE": str(sinks.cert),
                    "HUB_API_KEY": API_KEY, "PUSH_MAX_IN_FLIGHT": str(args.in_flight)}
             async with running_hub(env, "postgres") as base_url:
-                ids = await insert_users(env["DATABASE_URL"], args.users, sink_url)
-                async with httpx.AsyncClient(base_url=base_url, timeout=60) as http, \
-                        httpx.AsyncClient(verify=str(cert)) as sink_http:
-                    started = time.perf_counter()
-                    answer = await http.post("/api/v1/publish", json={
-                        "user_ids": ids, "name": EVENT, "data": {"text": "hello"}},
-                        headers={"Authorization": f"Bearer {API_KEY}"})
-                    assert answer.status_code == 202, answer.text
-                    published = time.perf_counter() - started
-                    count = 0
-                    while count < args.users:
-                        if time.perf_counter() - started > args.deadline:
-                            break
-                        await asyncio.sleep(0.2)
-                        count = int((await sink_http.get(sink_url + "/count")).text)
-                    elapsed = time.perf_counter() - started
+                hub_pid = child_hub_pid()
+                pin_process(hub_pid, hub_cpus)
+                ids = await insert_users(env["DATABASE_URL"], args.users, sinks.url, keys)
+                async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+                    cpu_before = proc_cpu_seconds(hub_pid)
+                    sink_before = sinks.cpu_seconds()
+                    run = Run()
+                    if args.profile:
+                        await profiled(hub_pid, other_cpus, Path(args.profile), args.profile_seconds,
+                                       lambda: publish_and_wait(args, http, ids, sinks, env, run))
+                    else:
+                        await publish_and_wait(args, http, ids, sinks, env, run)
+                    hub_cpu = proc_cpu_seconds(hub_pid) - cpu_before
+                    sink_cpu = sinks.cpu_seconds() - sink_before
                     metrics = (await http.get("/metrics")).text
+    if args.profile:
+        print(summarize(Path(args.profile)))
+    published, decided, count, elapsed = run.published, run.decided, run.count, run.elapsed
+    checked = check_samples(sinks.drain_samples(), keys)
     sent = [line for line in metrics.splitlines() if line.startswith("hub_push_sent_total{")]
-    print(f"users: {args.users}; publish answered in {published:.2f} s; {count} pushes arrived "
-          f"in {elapsed:.2f} s: {count / elapsed:.0f} pushes/s")
+    decided_text = f"{decided:.2f} s ({args.users / decided:.0f}/s)" if decided else "not done"
+    print(f"users: {args.users}; hub on CPU {sorted(hub_cpus)}, {args.sinks} sinks on "
+          f"{sorted(other_cpus)}; PUSH_MAX_IN_FLIGHT={args.in_flight}")
+    print(f"publish answered in {published:.2f} s; all decided after {decided_text}; "
+          f"{count} pushes arrived in {elapsed:.2f} s: {count / elapsed:.0f} pushes/s")
+    print(f"hub CPU {hub_cpu:.2f} s: {hub_cpu / max(count, 1) * 1e6:.0f} µs per push; "
+          f"encrypt alone {encrypt_seconds * 1e6:.0f} µs per push; {checked} sampled pushes "
+          f"decrypted and checked")
+    print(f"sinks CPU {sink_cpu:.2f} s: {sink_cpu / max(count, 1) * 1e6:.0f} µs per push")
+    print("load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
+        *load_before, *os.getloadavg()))
     print("\n".join(sent))
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--sink":
-        sink(int(sys.argv[2]), sys.argv[3], sys.argv[4])
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--in-flight", type=int, default=100, help="PUSH_MAX_IN_FLIGHT")
+    parser.add_argument("--sinks", type=int, default=2, help="push service sink processes")
+    parser.add_argument("--sample", type=int, default=500,
+                        help="decrypt every Nth push a sink receives")
+    parser.add_argument("--encrypt-rounds", type=int, default=1000)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the hub with py-spy (raw collapsed stacks) into FILE")
+    parser.add_argument("--profile-seconds", type=float, default=20.0)
     asyncio.run(bench(parser.parse_args()))
     return 0
 

@@ -76,12 +76,14 @@ class PushDecider:
                 scans = await push_store.claim_scans(session, utcnow() - self._delay, SCAN_USERS,
                                                      SCAN_EVENTS)
                 pushes: list[push_store.NewPush] = []
+                scanned: dict[int, int] = {}
                 for scan in scans:
                     for event in scan.events:
                         if event.name in self._events and scan.subscription_ids:
                             pushes.extend(await self._decide(session, scan, event))
                     if scan.events:
-                        await push_store.advance_scan(session, scan.user_id, scan.events[-1].id)
+                        scanned[scan.user_id] = scan.events[-1].id
+                await push_store.advance_scans(session, scanned)
                 await push_store.enqueue(session, self._db.dialect, pushes)
             if len(scans) < SCAN_USERS:
                 return
@@ -162,13 +164,17 @@ class PushSender:
                 return
             outcomes = await asyncio.gather(*(self._send(push) for push in claimed))
             async with self._db.sessions.begin() as session:
-                for push, (result, retry_after) in zip(claimed, outcomes, strict=True):
-                    await self._record(session, push, result, retry_after)
+                done = [await self._record(session, push, result, retry_after)
+                        for push, (result, retry_after) in zip(claimed, outcomes, strict=True)]
+                await push_store.finish(session, [push_id for push_id in done if push_id is not None])
             if len(claimed) < self._max_in_flight:
                 return
 
     async def _record(self, session: Any, push: push_store.ClaimedPush, result: str,
-                      retry_after: float | None) -> None:
+                      retry_after: float | None) -> int | None:
+        """Count the outcome and store a retry or a gone subscription; the push's id when the
+        row is done with (the caller deletes those together)."""
+        done: int | None = None
         if result == "gone":
             await push_store.remove_subscription(session, push.subscription_id)
         elif result == "retry":
@@ -178,13 +184,14 @@ class PushSender:
             when = utcnow() + dt.timedelta(seconds=delay)
             if when >= push.expires_at:
                 result = "expired"
-                await push_store.finish(session, push.id)
+                done = push.id
             else:
                 result = "retried"
                 await push_store.retry_at(session, push.id, when, attempts)
         else:
-            await push_store.finish(session, push.id)
+            done = push.id
         self._metrics.push_sent.labels(result).inc()
+        return done
 
     async def _send(self, push: push_store.ClaimedPush) -> tuple[str, float | None]:
         """One request: ("sent" | "gone" | "retry" | "rejected" | "expired", Retry-After)."""

@@ -217,9 +217,11 @@ async def enqueue(session: AsyncSession, dialect: str, pushes: Sequence[NewPush]
     ]).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]))
 
 
-async def advance_scan(session: AsyncSession, user_id: int, scanned_id: int) -> None:
-    await session.execute(update(PushUser).where(PushUser.user_id == user_id)
-                          .values(scanned_id=scanned_id))
+async def advance_scans(session: AsyncSession, scanned: Mapping[int, int]) -> None:
+    """Move each user's scan (user id -> last event id decided) in one executemany."""
+    if scanned:
+        await session.execute(update(PushUser), [
+            {"user_id": user_id, "scanned_id": scanned_id} for user_id, scanned_id in scanned.items()])
 
 
 # --- sending -----------------------------------------------------------------------------------
@@ -263,8 +265,10 @@ async def claim_due(session: AsyncSession, now: dt.datetime, lease: dt.timedelta
     return [ClaimedPush(*row) for row in rows]
 
 
-async def finish(session: AsyncSession, push_id: int) -> None:
-    await session.execute(delete(PushOutbox).where(PushOutbox.id == push_id))
+async def finish(session: AsyncSession, push_ids: Sequence[int]) -> None:
+    """Remove pushes that are done with (sent, refused or expired) in one statement."""
+    if push_ids:
+        await session.execute(delete(PushOutbox).where(PushOutbox.id.in_(push_ids)))
 
 
 async def retry_at(session: AsyncSession, push_id: int, when: dt.datetime, attempts: int) -> None:

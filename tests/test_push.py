@@ -8,8 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from hub.push_crypto import generate_vapid_key, load_vapid_key, public_key_b64
 from hub.settings import Settings
@@ -131,6 +134,33 @@ async def test_read_marker_before_the_delay_prevents_the_push(push_settings: Set
         assert read.status_code == 204, read.text
         await quiet(3.0 + 3)
         assert service.received == []
+
+
+async def test_a_batch_of_sent_pushes_is_finished_in_one_statement(
+        hub: RunningHub, service: PushService) -> None:
+    """Pushes sent together leave the outbox in one DELETE, not one per push (bench: round
+    trips per push), and each subscription still gets its push once."""
+    deletes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("DELETE FROM push_outbox WHERE push_outbox.id"):
+            deletes.append(statement)
+
+    alice, bob = await register(hub.http), await register(hub.http)
+    subs = [service.subscribe() for _ in range(3)]
+    for sub in subs:
+        await subscribe(hub, alice, sub)
+    chat_id = await chat_of(hub, bob, alice)
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        await post(hub, bob, chat_id, "all three devices")
+        for sub in subs:
+            await service.wait_accepted(1, sub)
+        await quiet(1.0)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert len(service.received) == 3
+    assert len(deletes) == 1, deletes  # one decide commit, one claim of all three, one DELETE
 
 
 async def test_gone_subscription_is_deleted(hub: RunningHub, service: PushService) -> None:
