@@ -6,6 +6,8 @@ A stream is one more `Outlet` of a `Connection` (hub/connection.py), registered 
 WS_QUEUE_MAX_BYTES: a stream that falls behind ends with `slow_consumer`), per-user connection
 limit, session revocation and token expiry. Events are encoded once per recipient set
 (`SseEvents`); the stream's epoch is written before each by the outlet (`id: <epoch>:<id>`).
+Signals (presence, typing: protocol §11) are written as `event: <type>` messages without an
+`id` line, so that a client's Last-Event-ID stays the last event's, within the same bounds.
 
 Authentication: `Authorization: Bearer <access token>`, or a one-time `?ticket=` from
 `POST /api/v1/stream/tickets` (hub/stream_tickets.py); an access token in the URL is refused.
@@ -85,9 +87,16 @@ class SseEvents:
         comma = payload.index(b",", 6)
         name_at = comma + 9
         name = payload[name_at:payload.index(b'"', name_at)]
-        if b"\n" in payload or b"\r" in payload:  # whitespace between JSON tokens only
-            payload = payload.replace(b"\r", b" ").replace(b"\n", b" ")
+        payload = _one_line(payload)
         return b"%s\nevent: %s\ndata: %s\n\n" % (payload[6:comma], name, payload)
+
+    def encode_signal(self, payload: bytes) -> bytes:
+        """A whole SSE message without an `id` line (protocol §12), so that a client's
+        Last-Event-ID stays the last event's: `event: <type>`, `data: <the signal's JSON>`."""
+        # signal payloads start {"type":"<type>", (hub.signals.signal_payload)
+        name_at = len(b'{"type":"')
+        name = payload[name_at:payload.index(b'"', name_at)]
+        return b"event: %s\ndata: %s\n\n" % (name, _one_line(payload))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SseEvents)
@@ -97,6 +106,13 @@ class SseEvents:
 
 
 SSE_EVENTS = SseEvents()
+
+
+def _one_line(payload: bytes) -> bytes:
+    """JSON on one line: a raw line break can only be whitespace between tokens."""
+    if b"\n" in payload or b"\r" in payload:
+        payload = payload.replace(b"\r", b" ").replace(b"\n", b" ")
+    return payload
 
 
 def sse_message(event: str, data: object, event_id: str | None = None) -> bytes:
@@ -285,6 +301,11 @@ class StreamOutlet(Response):
     def write(self, frame: bytes) -> None:
         self._chunks.append(self._id_prefix)
         self._chunks.append(frame)
+        self._pending += len(frame)
+        self._wakeup()
+
+    def write_signal(self, frame: bytes) -> None:
+        self._chunks.append(frame)  # no id line: the client's Last-Event-ID stays an event's
         self._pending += len(frame)
         self._wakeup()
 
