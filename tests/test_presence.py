@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 import httpx
+import pytest
 
 from hub.client import Event, HubClient, Reset, Signal
 from tests.conftest import RunningHub
@@ -139,11 +140,12 @@ async def test_signals_take_no_stream_id_and_a_resume_replays_only_events(hub: R
     await sock_a.close()
 
 
+@pytest.mark.parametrize("transport", ["ws", "stream"])
 async def test_the_python_client_yields_signals_between_events_and_sends_typing(
-        hub: RunningHub) -> None:
+        hub: RunningHub, transport: str) -> None:
     (a, a_token), (b, b_token) = await make_users(hub.settings, 2)
     chat = await make_chat(hub.http, a_token, [b])
-    listener = HubClient(hub.ws_url, b_token, signals=True)
+    listener = HubClient(hub.ws_url, b_token, signals=True, transport=transport)
     typist = HubClient(hub.ws_url, a_token)
     received: list[Event | Reset | Signal] = []
 
