@@ -83,33 +83,18 @@ async def test_dispatch_hands_a_signal_to_every_connection_of_the_user_without_a
     await broker.open(registry.dispatch, registry.resync)
     first, first_out, _ = make()
     second, second_out, _ = make()
-    assert await registry.register(first) and await registry.register(second)
-    first.start_at(0)
-    second.start_at(0)
-    await Signals(broker, metrics, "").send([USER, USER + 1], TYPING)
-    expected = text_frame(orjson.dumps(TYPING))
-    assert first_out.frames == second_out.frames == [expected]
-    assert first.delivered == second.delivered == 0
-    assert metrics.signals_sent._value.get() == 2  # one per recipient, the unconnected one too
-
-
-async def test_dispatch_writes_a_signal_to_a_stream_as_an_sse_message_without_an_id() -> None:
-    broker = MemoryBroker()
-    metrics = Metrics()
-    registry = Registry(broker, metrics, "", max_per_user=5)
-    await broker.open(registry.dispatch, registry.resync)
-    socket, socket_out, _ = make()
     stream_out = Outlet()
     stream = Connection(USER, 2**40, stream_out, Store().read, metrics, 100, 1 << 20,
                         encoding=SSE_EVENTS, transport=STREAM)
-    assert await registry.register(socket) and await registry.register(stream)
-    socket.start_at(0)
-    stream.start_at(0)
-    await Signals(broker, metrics, "").send([USER], TYPING)
+    for conn in (first, second, stream):
+        assert await registry.register(conn)
+        conn.start_at(0)
+    await Signals(broker, metrics, "").send([USER, USER + 1], TYPING)
     typing = orjson.dumps(TYPING)
-    assert socket_out.frames == [text_frame(typing)]
-    assert stream_out.frames == [b"event: typing\ndata: " + typing + b"\n\n"]
-    assert stream.delivered == 0
+    assert first_out.frames == second_out.frames == [text_frame(typing)]
+    assert stream_out.frames == [b"event: typing\ndata: " + typing + b"\n\n"]  # SSE, no id line
+    assert first.delivered == second.delivered == stream.delivered == 0
+    assert metrics.signals_sent._value.get() == 2  # one per recipient, the unconnected one too
 
 
 async def test_a_stream_writes_signals_without_an_id_and_is_cut_when_they_go_unread() -> None:
