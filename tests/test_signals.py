@@ -13,12 +13,13 @@ import pytest
 
 from hub.broker_memory import MemoryBroker
 from hub.connection import STREAM, Connection, SlowConsumer, event_frame, text_frame
-from hub.event_stream import SSE_EVENTS, StreamOutlet, end_message, ending
+from hub.event_stream import StreamOutlet, ending
 from hub.metrics import Metrics
 from hub.presence import MemoryPresence, Presence
 from hub.presence_redis import RedisPresence
 from hub.registry import Registry
 from hub.signals import Signals, is_signal, signal_payload
+from hub.sse import SSE_EVENTS, end_message
 from tests.in_memory import USER, Outlet, Store, payload
 from tests.test_connection import make, offer, settled
 
