@@ -4,9 +4,10 @@ networks that break WebSockets.
 `EventStreamSocket` offers the few socket calls the client makes, so the client's one loop
 (resume, back-off, refresh, terminal closes) serves both transports: the `auth` frame opens
 `GET /api/v1/stream` with the token as a bearer header and the resume position as
-`?last_event_id=&epoch=`; `recv` hands out the welcome and each event as the `/ws` frame it
-stands for; the stream's final `error` event, or an HTTP refusal, raises the `ConnectionClosed`
-of the matching close code, so the client does what it does on `/ws`. A `refresh` frame is not
+`?last_event_id=&epoch=`; `recv` hands out the welcome, each event and each signal (an SSE
+message without an id) as the `/ws` frame it stands for; the stream's final `error` event, or
+an HTTP refusal, raises the `ConnectionClosed` of the matching close code, so the client does
+what it does on `/ws`. A `refresh` frame is not
 sent anywhere: the stream ends with `token_expired` at expiry, and the client refreshes and
 resumes losing nothing.
 """
@@ -102,13 +103,15 @@ class EventStreamSocket:
                     continue
                 if "data" not in fields:
                     continue
-                event, data = fields.get("event", "message"), fields["data"]
+                event, data, numbered = fields.get("event", "message"), fields["data"], "id" in fields
                 fields = {}
                 if event == "welcome":
                     return data
                 if event == "error":
                     end = orjson.loads(data)
                     raise self._closed(END_CODES.get(end.get("code"), ABNORMAL), str(end.get("detail")))
+                if not numbered:  # a signal (presence, typing): its data is the /ws frame
+                    return data
                 return '{"type":"event",' + data[1:]
         except httpx.HTTPError:
             pass

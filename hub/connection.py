@@ -75,6 +75,11 @@ class EventEncoding(Protocol):
         """The bytes a connection writes for an event's channel payload."""
         ...
 
+    def encode_signal(self, payload: bytes) -> bytes:
+        """The bytes a connection writes for a signal's channel payload (`{"type":...}`), which
+        `Outlet.write_signal` writes as they are: no id, nothing numbered."""
+        ...
+
 
 class WebSocketEvents:
     """The `/ws` encoding: the `event` frame (every instance is equal)."""
@@ -83,6 +88,9 @@ class WebSocketEvents:
 
     def encode(self, payload: bytes) -> bytes:
         return event_frame(payload)
+
+    def encode_signal(self, payload: bytes) -> bytes:
+        return text_frame(payload)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WebSocketEvents)
@@ -97,7 +105,14 @@ WEBSOCKET_EVENTS = WebSocketEvents()
 class Outlet(Protocol):
     """The socket side a connection writes to."""
 
-    def write(self, frame: bytes) -> None: ...
+    def write(self, frame: bytes) -> None:
+        """An event's frame, in the connection's encoding."""
+        ...
+
+    def write_signal(self, frame: bytes) -> None:
+        """A signal's frame (`EventEncoding.encode_signal`): written as it is, outside the
+        transport's event numbering."""
+        ...
 
     def buffered(self) -> int: ...
 
@@ -169,12 +184,13 @@ class Connection:
             self._pump()
 
     def signal(self, frame: bytes) -> None:
-        """A live-only frame (presence, typing): written now, between event frames if a replay
+        """A live-only frame (presence, typing) in this connection's `encoding` (its
+        `encode_signal`): written now, between event frames if a replay
         is under way, never queued, never numbered; it counts against the socket's buffer
         bound like an event frame. Dropped before the welcome frame and after the end."""
         if self._ended or not self._started:
             return
-        self._outlet.write(frame)
+        self._outlet.write_signal(frame)
         self._check_unsent()
 
     def catch_up(self) -> None:

@@ -6,6 +6,8 @@ A stream is one more `Outlet` of a `Connection` (hub/connection.py), registered 
 WS_QUEUE_MAX_BYTES: a stream that falls behind ends with `slow_consumer`), per-user connection
 limit, session revocation and token expiry. Events are encoded once per recipient set
 (`SseEvents`); the stream's epoch is written before each by the outlet (`id: <epoch>:<id>`).
+Signals (presence, typing: protocol §11) are written as `event: <type>` messages without an
+`id` line, so that a client's Last-Event-ID stays the last event's, within the same bounds.
 
 Authentication: `Authorization: Bearer <access token>`, or a one-time `?ticket=` from
 `POST /api/v1/stream/tickets` (hub/stream_tickets.py); an access token in the URL is refused.
@@ -55,6 +57,7 @@ from hub.metrics import Metrics
 from hub.ratelimit import Limit, RateLimiter, client_address
 from hub.registry import Registry
 from hub.settings import Settings
+from hub.sse import SSE_EVENTS, end_message, sse_message
 from hub.stream_tickets import TicketStore, TicketStoreError
 
 log = logging.getLogger("hub.event_stream")
@@ -72,41 +75,6 @@ HEADERS = [
     (b"x-content-type-options", b"nosniff"),
 ]
 URL_TOKENS = ("token", "access_token")
-
-
-class SseEvents:
-    """The stream's encoding of an event, shared by every stream connection: everything of the
-    SSE message after `id: <epoch>:` (which the outlet writes, the epoch being per user)."""
-
-    __slots__ = ()
-
-    def encode(self, payload: bytes) -> bytes:
-        # payloads start {"id":<id>,"name":"<name>", with names of ^[a-z][a-z0-9_.:-]*$
-        comma = payload.index(b",", 6)
-        name_at = comma + 9
-        name = payload[name_at:payload.index(b'"', name_at)]
-        if b"\n" in payload or b"\r" in payload:  # whitespace between JSON tokens only
-            payload = payload.replace(b"\r", b" ").replace(b"\n", b" ")
-        return b"%s\nevent: %s\ndata: %s\n\n" % (payload[6:comma], name, payload)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SseEvents)
-
-    def __hash__(self) -> int:
-        return hash(SseEvents)
-
-
-SSE_EVENTS = SseEvents()
-
-
-def sse_message(event: str, data: object, event_id: str | None = None) -> bytes:
-    """One SSE message of `event` with `data` as JSON (and an `id` line when given)."""
-    head = b"id: %s\n" % event_id.encode() if event_id is not None else b""
-    return head + b"event: %s\ndata: %s\n\n" % (event.encode(), orjson.dumps(data))
-
-
-def end_message(code: str, detail: str) -> bytes:
-    return sse_message("error", {"code": code, "detail": detail})
 
 
 def ending(reason: ConnectionEnded) -> tuple[str, str]:
@@ -285,6 +253,11 @@ class StreamOutlet(Response):
     def write(self, frame: bytes) -> None:
         self._chunks.append(self._id_prefix)
         self._chunks.append(frame)
+        self._pending += len(frame)
+        self._wakeup()
+
+    def write_signal(self, frame: bytes) -> None:
+        self._chunks.append(frame)  # no id line: the client's Last-Event-ID stays an event's
         self._pending += len(frame)
         self._wakeup()
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Collection, Iterable
 
 from hub.broker import CHANNEL, Broker, user_channel
-from hub.connection import STREAM, WEBSOCKET, Connection, EventEncoding, text_frame
+from hub.connection import STREAM, Connection, EventEncoding
 from hub.metrics import Metrics
 from hub.presence import Presence
 from hub.signals import is_signal
@@ -118,18 +118,21 @@ class Registry:
 
     def dispatch(self, channel: str, payload: bytes) -> None:
         """Offer one event payload to every local connection of its user (encoded once per
-        encoding); a signal payload goes to their WebSocket connections as a signal, outside the
-        stream's numbering (the HTTP stream gets no signals yet)."""
+        encoding); a signal payload goes to all of them as a signal (encoded once per encoding
+        too), outside the stream's numbering."""
         if not channel.startswith(self._prefix):
             return
         entry = self._users.get(int(channel[len(self._prefix):]))
         if entry is None:
             return
         if is_signal(payload):
-            signal = text_frame(payload)
+            signals: dict[EventEncoding, bytes] = {}
             for connection in entry.connections:
-                if connection.transport == WEBSOCKET:
-                    connection.signal(signal)
+                encoding = connection.encoding
+                signal = signals.get(encoding)
+                if signal is None:
+                    signal = signals[encoding] = encoding.encode_signal(payload)
+                connection.signal(signal)
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])

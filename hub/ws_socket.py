@@ -146,6 +146,8 @@ class HubSocket(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(frame)
 
+    write_signal = write  # a WebSocket frame carries no id outside its payload
+
     def buffered(self) -> int:
         assert self._transport is not None
         return self._transport.get_write_buffer_size()

@@ -27,6 +27,8 @@ class Outlet:
     def write(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    write_signal = write
+
     def buffered(self) -> int:
         return self.backlog
 

@@ -12,9 +12,11 @@ import contextlib
 from typing import Any
 
 import httpx
+import pytest
 
 from hub.client import Event, HubClient, Reset, Signal
 from tests.conftest import RunningHub
+from tests.sseutil import Message, open_stream
 from tests.wsutil import connect, make_users, publish_to
 
 CHATS = "/api/v1/chats"
@@ -138,11 +140,12 @@ async def test_signals_take_no_stream_id_and_a_resume_replays_only_events(hub: R
     await sock_a.close()
 
 
+@pytest.mark.parametrize("transport", ["ws", "stream"])
 async def test_the_python_client_yields_signals_between_events_and_sends_typing(
-        hub: RunningHub) -> None:
+        hub: RunningHub, transport: str) -> None:
     (a, a_token), (b, b_token) = await make_users(hub.settings, 2)
     chat = await make_chat(hub.http, a_token, [b])
-    listener = HubClient(hub.ws_url, b_token, signals=True)
+    listener = HubClient(hub.ws_url, b_token, signals=True, transport=transport)
     typist = HubClient(hub.ws_url, a_token)
     received: list[Event | Reset | Signal] = []
 
@@ -157,6 +160,10 @@ async def test_the_python_client_yields_signals_between_events_and_sends_typing(
         async with contextlib.aclosing(typist.events()) as items:
             async for item in items:
                 if isinstance(item, Reset):  # connected
+                    # presence is announced by the presence worker, typing at once: one order
+                    while not any(isinstance(seen, Signal) and seen.type == "presence"
+                                  for seen in received):
+                        await asyncio.sleep(0.02)
                     assert await typist.typing(chat) is True
                     assert await typist.typing(chat) is False  # throttled in the client
                     while not any(isinstance(seen, Signal) and seen.type == "typing"
@@ -176,3 +183,42 @@ async def test_the_python_client_yields_signals_between_events_and_sends_typing(
     assert [type(item) for item in received] == [Reset, Signal, Signal, Event]
     assert received[1] == Signal("presence", {"chat_id": chat, "user_id": a, "online": True})
     assert received[2] == Signal("typing", {"chat_id": chat, "user_id": a})
+
+
+async def test_a_stream_gets_signals_without_ids_and_a_resume_replays_only_events(
+        hub: RunningHub) -> None:
+    (a, a_token), (b, b_token) = await make_users(hub.settings, 2)
+    chat = await make_chat(hub.http, a_token, [b])
+    async with open_stream(hub.http, b_token) as stream:
+        epoch, start = stream.welcome["epoch"], stream.welcome["last_event_id"]
+        sock_a = await connect(hub.ws_url, a_token)
+        online = await stream.next()
+        assert online == Message("presence", {"type": "presence", "chat_id": chat, "user_id": a,
+                                              "online": True}, None)
+        await publish_to(hub, [b], "test.one", {"n": 1})
+        await sock_a.send({"type": "typing", "chat_id": chat})
+        await publish_to(hub, [b], "test.two", {"n": 2})
+        messages = [await stream.next() for _ in range(3)]  # signals and events: any order
+        await sock_a.close()
+        offline = await stream.next()
+        assert offline == Message("presence", {"type": "presence", "chat_id": chat, "user_id": a,
+                                               "online": False}, None)
+        await stream.silent(0.3)
+    signals = [message for message in messages if message.id is None]
+    events = [message for message in messages if message.id is not None]
+    assert signals == [Message("typing", {"type": "typing", "chat_id": chat, "user_id": a}, None)]
+    assert [(m.id, m.event, m.data["id"]) for m in events] == [
+        (f"{epoch}:{start + 1}", "test.one", start + 1),
+        (f"{epoch}:{start + 2}", "test.two", start + 2)]  # consecutive: no signal took an id
+
+    # what an EventSource sends after that stream: the id of its last message with one
+    resume = {"Last-Event-ID": f"{epoch}:{start}"}
+    async with open_stream(hub.http, b_token, headers=resume) as resumed:
+        assert resumed.welcome["recovered"] is True
+        replayed = await resumed.events(2)
+        assert [(m.id, m.event) for m in replayed] == [(f"{epoch}:{start + 1}", "test.one"),
+                                                      (f"{epoch}:{start + 2}", "test.two")]
+        await resumed.silent(0.3)  # no signal replayed
+    async with open_stream(hub.http, b_token, headers={"Last-Event-ID": events[-1].id or ""}) as last:
+        assert last.welcome["recovered"] is True and last.welcome["last_event_id"] == start + 2
+        await last.silent(0.3)

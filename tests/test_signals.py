@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 
 import orjson
 import pytest
 
 from hub.broker_memory import MemoryBroker
-from hub.connection import SlowConsumer, event_frame, text_frame
+from hub.connection import STREAM, Connection, SlowConsumer, event_frame, text_frame
+from hub.event_stream import StreamOutlet, ending
 from hub.metrics import Metrics
 from hub.presence import MemoryPresence, Presence
 from hub.presence_redis import RedisPresence
 from hub.registry import Registry
 from hub.signals import Signals, is_signal, signal_payload
-from tests.in_memory import USER, Store, payload
+from hub.sse import SSE_EVENTS, end_message
+from tests.in_memory import USER, Outlet, Store, payload
 from tests.test_connection import make, offer, settled
 
 TYPING = {"type": "typing", "chat_id": 3, "user_id": 8}
@@ -81,14 +84,40 @@ async def test_dispatch_hands_a_signal_to_every_connection_of_the_user_without_a
     await broker.open(registry.dispatch, registry.resync)
     first, first_out, _ = make()
     second, second_out, _ = make()
-    assert await registry.register(first) and await registry.register(second)
-    first.start_at(0)
-    second.start_at(0)
+    stream_out = Outlet()
+    stream = Connection(USER, 2**40, stream_out, Store().read, metrics, 100, 1 << 20,
+                        encoding=SSE_EVENTS, transport=STREAM)
+    for conn in (first, second, stream):
+        assert await registry.register(conn)
+        conn.start_at(0)
     await Signals(broker, metrics, "").send([USER, USER + 1], TYPING)
-    expected = text_frame(orjson.dumps(TYPING))
-    assert first_out.frames == second_out.frames == [expected]
-    assert first.delivered == second.delivered == 0
+    typing = orjson.dumps(TYPING)
+    assert first_out.frames == second_out.frames == [text_frame(typing)]
+    assert stream_out.frames == [b"event: typing\ndata: " + typing + b"\n\n"]  # SSE, no id line
+    assert first.delivered == second.delivered == stream.delivered == 0
     assert metrics.signals_sent._value.get() == 2  # one per recipient, the unconnected one too
+
+
+async def test_a_stream_writes_signals_without_an_id_and_is_cut_when_they_go_unread() -> None:
+    metrics = Metrics()
+    # the stream's outlet with no response task writing it out: a client that reads nothing
+    api = SimpleNamespace(settings=SimpleNamespace(ws_queue_max_bytes=1000), metrics=metrics,
+                          close_timeout=5.0)
+    outlet = StreamOutlet(api)  # type: ignore[arg-type]
+    conn = Connection(USER, 2**40, outlet, Store().read, metrics, 100, 1000,
+                      encoding=SSE_EVENTS, transport=STREAM)
+    conn.start_at(0)
+    typing = SSE_EVENTS.encode_signal(orjson.dumps(TYPING))
+    conn.signal(typing)
+    assert outlet._chunks == [typing] and not typing.startswith(b"id:")
+    for _ in range(1000 // len(typing) + 1):
+        conn.signal(typing)
+    assert metrics.slow_consumer_disconnects._value.get() == 1
+    assert outlet._chunks == [end_message(*ending(SlowConsumer("")))]  # the unsent dropped
+    conn.signal(typing)  # after the end: dropped
+    assert len(outlet._chunks) == 1
+    if outlet._deadline is not None:
+        outlet._deadline.cancel()
 
 
 async def test_memory_presence_announces_changes_once_and_not_a_quick_reconnect() -> None:

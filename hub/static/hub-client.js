@@ -92,7 +92,8 @@ const STREAM_STATUS_CODES = Object.freeze({ 401: CloseCode.AUTH_FAILED, 429: Clo
 /**
  * `GET /api/v1/stream` (fetch with a bearer header: no ticket needed) behind the few WebSocket
  * members the client uses: the `auth` frame opens it with the resume point, `onmessage` gets the
- * welcome and each event as its /ws frame, `onclose` the close code the stream's end stands for.
+ * welcome, each event and each signal (an SSE message without an id) as its /ws frame, `onclose`
+ * the close code the stream's end stands for.
  * A `refresh` frame has nowhere to go: the stream ends with `token_expired`, the client refreshes
  * and resumes. A `ping` is answered while the stream has sent something (its `: ping` comments
  * come every WS_PING_INTERVAL) within STREAM_ALIVE_MS.
@@ -169,7 +170,7 @@ export class EventStreamSocket {
         const line = buffer.slice(0, end).replace(/\r$/, "");
         buffer = buffer.slice(end + 1);
         if (line === "") {
-          if (fields.data !== undefined) this.#message(fields.event ?? "message", fields.data);
+          if (fields.data !== undefined) this.#message(fields.event ?? "message", fields.data, fields.id !== undefined);
           fields = {};
         } else if (!line.startsWith(":")) { // ": ping" comments only keep proxies from cutting it
           const colon = line.indexOf(":");
@@ -180,9 +181,9 @@ export class EventStreamSocket {
     }
   }
 
-  #message(event, data) {
-    if (event === "welcome") {
-      this.#deliver(data);
+  #message(event, data, numbered) {
+    if (event === "welcome" || (!numbered && event !== "error")) {
+      this.#deliver(data); // the welcome, or a signal (presence, typing: no id), as /ws sends it
     } else if (event === "error") {
       let end = {};
       try {

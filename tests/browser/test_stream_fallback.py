@@ -1,6 +1,7 @@
 """The chat page where WebSockets are blocked: served through a proxy that refuses every upgrade
 (as some corporate proxies do), it falls back to the event stream by itself (protocol §12),
-chats live both ways, and survives a hub restart without losing or repeating a message."""
+chats live both ways, shows the other's presence and typing, and survives a hub restart
+without losing or repeating a message."""
 
 from __future__ import annotations
 
@@ -108,6 +109,11 @@ async def test_the_chat_page_falls_back_to_the_stream_and_chats_live_through_a_r
             await expect(bob.message("over the stream")).to_have_count(1)
             await bob.send("over the socket")
             await expect(alice.message("over the socket")).to_have_count(1)
+            # signals (§11) reach the stream too: Bob's dot and his typing, at Alice's
+            await expect(alice.chat_item(title).get_by_test_id("presence-dot")).to_have_attribute(
+                "data-online", "true")
+            await bob.by("message-input").press_sequentially("typing", delay=50)
+            await expect(alice.by("typing-indicator")).to_have_text(f"{bob_name} is typing…")
 
         async with serve_hub(settings, port) as second:  # server_restarting, then a resume
             await alice.connected()
