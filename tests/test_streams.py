@@ -10,7 +10,7 @@ from sqlalchemy import select, text, update
 
 from hub import streams
 from hub.db import Database
-from hub.events import EventBus
+from hub.events import Event, EventBus
 from hub.models import Stream
 from hub.streams import StoredEvent
 from hub.users import create_user
@@ -87,7 +87,8 @@ async def test_concurrent_publishes_are_numbered_in_call_order_and_published_aft
     bus = EventBus(db, after_commit)
     calls = [([first, second], b"1"), ([second], b"2"), ([first, 2**31 - 7], b"x"), ([first], b"3")]
     async with asyncio.timeout(10):
-        results = await asyncio.gather(*(bus.publish(ids, "e", b'{"n":%s}' % n) for ids, n in calls))
+        results = await asyncio.gather(*(bus.publish(ids, Event.published("e", b'{"n":%s}' % n))
+                                         for ids, n in calls))
     got = [None if r is None else [(e.user_id, e.id) for e in r] for r in results]
     assert got == [[(first, 1), (second, 1)], [(second, 2)], None, [(first, 2)]]
     assert sorted(published) == sorted(g for g in got if g is not None)
