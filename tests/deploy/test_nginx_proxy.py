@@ -5,6 +5,7 @@ upgrade map, idle sockets kept alive by the hub's pings, redirects, rate limits,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import shutil
@@ -34,18 +35,31 @@ WS_READ_TIMEOUT = 3.0
 WORKER_SHUTDOWN_TIMEOUT = 3.0
 
 
+@contextlib.contextmanager
+def _proxy(root: Path, hub: HubProcess, ca: ThrowawayCA, **limits: str) -> Iterator[Nginx]:
+    http_port, https_port = free_port(), free_port()
+    env = nginx_env(root, domain=DOMAIN, upstream=f"127.0.0.1:{hub.port}", http_port=http_port,
+                    https_port=https_port, NGINX_WS_READ_TIMEOUT=f"{WS_READ_TIMEOUT:g}s",
+                    NGINX_WORKER_SHUTDOWN_TIMEOUT=f"{WORKER_SHUTDOWN_TIMEOUT:g}s", **limits)
+    live = root / "letsencrypt" / "served" / DOMAIN
+    ca.issue([DOMAIN], live / "fullchain.pem", live / "privkey.pem")
+    with running_nginx(Nginx(root, env, http_port, https_port)) as nginx:
+        yield nginx
+
+
 @pytest.fixture(scope="module")
 def proxy(deploy_root: Path, deploy_hub: HubProcess, test_ca: ThrowawayCA) -> Iterator[Nginx]:
-    root = deploy_root / "proxy"
-    http_port, https_port = free_port(), free_port()
-    env = nginx_env(root, domain=DOMAIN, upstream=f"127.0.0.1:{deploy_hub.port}", http_port=http_port,
-                    https_port=https_port, NGINX_WS_READ_TIMEOUT=f"{WS_READ_TIMEOUT:g}s",
-                    NGINX_REFRESH_RATE="20r/m", NGINX_REFRESH_BURST="2",
-                    NGINX_TICKET_RATE="12r/m", NGINX_TICKET_BURST="2",
-                    NGINX_WORKER_SHUTDOWN_TIMEOUT=f"{WORKER_SHUTDOWN_TIMEOUT:g}s")
-    live = root / "letsencrypt" / "served" / DOMAIN
-    test_ca.issue([DOMAIN], live / "fullchain.pem", live / "privkey.pem")
-    with running_nginx(Nginx(root, env, http_port, https_port)) as nginx:
+    with _proxy(deploy_root / "proxy", deploy_hub, test_ca) as nginx:
+        yield nginx
+
+
+@pytest.fixture(scope="module")
+def limited_proxy(deploy_root: Path, deploy_hub: HubProcess, test_ca: ThrowawayCA) -> Iterator[Nginx]:
+    """An nginx of its own with tight refresh and ticket limits: the test that exhausts them must
+    not leave the other tests' proxy refusing their logins."""
+    with _proxy(deploy_root / "limited-proxy", deploy_hub, test_ca,
+                NGINX_REFRESH_RATE="20r/m", NGINX_REFRESH_BURST="2",
+                NGINX_TICKET_RATE="12r/m", NGINX_TICKET_BURST="2") as nginx:
         yield nginx
 
 
@@ -254,7 +268,8 @@ async def test_metrics_are_not_public(proxy: Nginx, tls: ssl.SSLContext) -> None
     assert json.loads(answer.text)["error"] == "not_found"
 
 
-async def test_limited_answers_name_the_refill_time_in_retry_after(proxy: Nginx, tls: ssl.SSLContext) -> None:
+async def test_limited_answers_name_the_refill_time_in_retry_after(limited_proxy: Nginx,
+                                                                   tls: ssl.SSLContext) -> None:
     """Each limit's 429 says when the next request passes: one request's refill time (refresh at
     20r/m: 3 s; stream tickets at 12r/m: 5 s; logins at 60r/m: 1 s), and that is true."""
     # Each login names another user: the hub's own per-username limit must not be the one that trips.
@@ -263,7 +278,7 @@ async def test_limited_answers_name_the_refill_time_in_retry_after(proxy: Nginx,
         ("/api/v1/stream/tickets", lambda _: {}, 5),
         ("/api/v1/auth/login", lambda n: {"username": f"nobody_{n}", "password": "wrong password"}, 1),
     ]
-    async with public_client(proxy.https_port, tls) as http:
+    async with public_client(limited_proxy.https_port, tls) as http:
         for path, body_of, refill in cases:
             answers = await asyncio.gather(*(http.post(path, json=body_of(n)) for n in range(15)))
             limited = [answer for answer in answers if answer.status_code == 429]
