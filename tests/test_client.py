@@ -15,7 +15,8 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from hub.client import Event, HubClient, HubClosed, PasswordLogin, Reset, api_url_of
+from hub.client import Event, HubClient, HubClosed, Reset, api_url_of
+from hub.client_tokens import PasswordLogin
 from hub.db import Database
 from hub.events import Event as NewEvent
 from hub.events import EventBus
