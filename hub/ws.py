@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hub import streams
 from hub.db import Database
 from hub.identity import Authenticator
 from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.settings import Settings, normalize_origin
 from hub.signals import FrameHandler
+from hub.stream_reads import StreamReads
 from hub.streams import StoredEvent
 from hub.ws_handshake import PATH
 from hub.ws_socket import HubSocket
@@ -40,10 +40,12 @@ class WebSocketApi:
 
     def __init__(self, settings: Settings, db: Database, registry: Registry,
                  authenticator: Authenticator, metrics: Metrics,
-                 client_frames: Mapping[str, FrameHandler] | None = None) -> None:
+                 client_frames: Mapping[str, FrameHandler] | None = None,
+                 reads: StreamReads | None = None) -> None:
         self.settings = settings
         self.client_frames = dict(client_frames or {})  # features' frames (`typing`)
         self.db = db
+        self.reads = reads if reads is not None else StreamReads(db)  # heads and gap fills, merged
         self.registry = registry
         self.auth = authenticator
         self.metrics = metrics
@@ -61,5 +63,4 @@ class WebSocketApi:
 
     async def read_events(self, user_id: int, after: int, limit: int,
                           up_to: int | None) -> list[StoredEvent]:
-        async with self.db.readers.connect() as conn:
-            return await streams.read(conn, user_id, after, limit, up_to)
+        return await self.reads.events(user_id, after, limit, up_to)

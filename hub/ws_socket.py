@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, cast
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol
 
-from hub import streams
 from hub.close_codes import CloseCode
 from hub.connection import (
     AuthEnded,
@@ -243,7 +242,7 @@ class HubSocket(asyncio.Protocol):
         if not await api.registry.register(connection):
             self._close(CloseCode.RATE_LIMITED, "too many connections for this user")
             return
-        head = await streams.read_head(api.db, identity.user_id)
+        head = await api.reads.head(identity.user_id)
         if self._state != STARTING:
             return
         if head is None:
