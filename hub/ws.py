@@ -8,7 +8,10 @@ from the broker's read callback.
 Handshake (origin check) → first-frame auth (10 s) → register → welcome (+ replay on resume) →
 client frames and events → close, unregistering at once. The lifecycle lives in one place,
 `hub.ws_socket`; around it, each with its own contract:
-- `hub.ws_handshake`: the upgrade request (path, Origin) answered with websockets' sans-I/O server;
+- `hub.ws_handshake`: the upgrade request (path, Origin) answered, a plain one by the hub's own
+  code, anything else by websockets' sans-I/O server;
+- `hub.ws_tasks`: the socket's tasks (its start, refreshes, features' frames);
+- `hub.stream_reads`: the stream heads and missed events sockets read, merged into few queries;
 - `hub.ws_budget`: the frame budget (rate, burst, fragments) applied before any frame is parsed;
 - `hub.ws_frames`: the application frames, parsed and built as plain values;
 - `hub.close_codes`: every close code, with what a client does about it.
