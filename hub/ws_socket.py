@@ -384,8 +384,8 @@ class HubSocket(asyncio.Protocol):
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task cancelled when the socket closes; a failure closes it with 1011."""
         if self._tasks is None:
-            self._tasks = SocketTasks(self._failed)
-        self._tasks.spawn(work)
+            self._tasks = SocketTasks()
+        self._tasks.spawn(work, self._failed)
 
     def _failed(self) -> None:
         self._close(CloseCode.INTERNAL, "internal error", count=False)

@@ -4,6 +4,7 @@ stream head, welcome), token refreshes and features' client frames. They end wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -11,35 +12,32 @@ from typing import Any
 log = logging.getLogger("hub.ws")
 
 
-class SocketTasks:
-    """Runs a socket's tasks; `cancel` ends them all (but the one calling it). A task that fails
-    is logged and `failed` called (the socket closes with 1011)."""
+class SocketTasks(set[asyncio.Task[None]]):
+    """Runs a socket's tasks; `cancel` ends them all (but the one calling it). The set of
+    running tasks is the object itself: an idle socket keeps it, so it costs no more than a set."""
 
-    __slots__ = ("_failed", "_tasks")
+    __slots__ = ()
 
-    def __init__(self, failed: Callable[[], None]) -> None:
-        self._failed = failed
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], failed: Callable[[], None]) -> None:
         """Run `work` as a task (created at once, so a socket closed before its first step
-        leaves no coroutine never awaited)."""
+        leaves no coroutine never awaited); if it fails, it is logged and `failed` called."""
         task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self.add(task)
+        task.add_done_callback(functools.partial(self._done, failed))
 
     def cancel(self) -> None:
         current = asyncio.current_task()
-        tasks, self._tasks = self._tasks, set()
+        tasks = list(self)
+        self.clear()
         for task in tasks:
             if task is not current:
                 task.cancel()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _done(self, failed: Callable[[], None], task: asyncio.Task[None]) -> None:
+        self.discard(task)
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
             log.error("WebSocket connection failed", exc_info=error)
-            self._failed()
+            failed()
