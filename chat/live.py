@@ -72,8 +72,8 @@ class ChatLive:
 
     async def announce(self, user_id: int, online: bool) -> None:
         """A presence listener: tell the online members of the user's chats."""
-        async with self._db.readers.connect() as conn:  # no session: its BEGIN and ROLLBACK, per arrival
-            chats = await queries.co_members(conn, user_id)
+        async with self._db.sessions() as session:
+            chats = await queries.co_members(session, user_id)
         if not chats:
             return
         listening = set(await self._presence.online({m for ms in chats.values() for m in ms}))

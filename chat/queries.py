@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat.models import Block, Chat, ChatMember, Message
 from hub.db import rfc3339
@@ -249,9 +249,8 @@ def chat_json(row: ChatRow, members: list[dict[str, Any]]) -> dict[str, Any]:
             "members": members, "unread_count": row.unread_count}
 
 
-async def co_members(session: AsyncSession | AsyncConnection, user_id: int) -> dict[int, list[int]]:
-    """`{chat_id: [other member ids]}` over the chats of `user_id` (one query, in a session or
-    on a bare connection of `Database.readers`)."""
+async def co_members(session: AsyncSession, user_id: int) -> dict[int, list[int]]:
+    """`{chat_id: [other member ids]}` over the chats of `user_id` (one query)."""
     theirs = select(ChatMember.chat_id).where(ChatMember.user_id == user_id).scalar_subquery()
     rows = await session.execute(
         select(ChatMember.chat_id, ChatMember.user_id)
