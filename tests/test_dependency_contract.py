@@ -14,7 +14,7 @@ changed and the hub's code that relies on it: adapt that code (and this file), t
   for the event stream's `hand_off` (hub/stream_socket.py): the request cycle's
   `chunked_encoding`, `response_complete` and `disconnected`, `self.connections`,
   `self.pipeline` and `_unset_keepalive_if_required`, and a request task that ends quietly once
-  its response counts as complete.
+  its response counts as complete (tests/test_dependency_contract_stream.py).
 - uvicorn-worker's `UvicornWorker._serve` builds its server from `self.config` at call time, so
   hub/server.py's `HubWorker._serve` sets `config.ws` there; `callback_notify` is its override hook.
 - gunicorn takes every setting hub/server.py's `HubApplication.load_config` sets, the worker as a class.
@@ -484,70 +484,3 @@ def test_websockets_protocol_signals_the_close_and_eof_in_data_to_send() -> None
     assert b"" in list(hub.data_to_send()), broken(
         "websockets", "Protocol.receive_eof (then EOF in data_to_send)", "hub/ws.py (eof_received)", "none")
 
-
-# uvicorn: a response that takes its connection over (the event stream) ---------------------
-
-
-class Taker(asyncio.Protocol):
-    """A stand-in for hub/stream_socket.py's StreamSocket."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.connections: set[Any] = set()
-        self.shut_down = asyncio.Event()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.discard(self)
-
-    def shutdown(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"3\r\nbye\r\n0\r\n\r\n")
-        self.transport.close()
-        self.shut_down.set()
-
-
-async def test_a_response_can_take_its_connection_over_after_its_head(
-        caplog: pytest.LogCaptureFixture) -> None:
-    user = "hub/http_protocol.py (BoundedHeadProtocol.hand_off) and hub/stream_socket.py"
-    from hub.http_protocol import CONTROL
-
-    taker = Taker()
-    handed: list[bool] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        control = scope[CONTROL]
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"connection", b"close")]})
-        handed.append(control.response_chunked())
-        handed.append(control.hand_off(taker))
-        if handed[-1]:
-            taker.connections = control.connections
-            control.connections.add(taker)
-            assert taker.transport is not None
-            taker.transport.write(b"5\r\nhello\r\n")
-
-    caplog.set_level(logging.ERROR, "uvicorn.error")
-    reader: asyncio.StreamReader | None = None
-    async with serving(app, http=http_protocol(Settings())) as (server, port):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        async with asyncio.timeout(WAIT):
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert await reader.readexactly(10) == b"5\r\nhello\r\n", broken(
-                "uvicorn", "the transport a response hands over", user, head)
-        assert handed == [True, True], broken("uvicorn", "the request cycle's state", user, handed)
-        assert b"transfer-encoding: chunked" in head.lower(), broken(
-            "uvicorn", "the chunked encoding of a response without a length", user, head)
-        await asyncio.sleep(0.1)  # the request's task has ended by now
-        server.should_exit = True  # the graceful stop asks the taker, not the HTTP protocol
-        async with asyncio.timeout(WAIT):
-            await taker.shut_down.wait()
-            assert await reader.read() == b"3\r\nbye\r\n0\r\n\r\n"
-        writer.close()
-    errors = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
-    assert not errors, broken("uvicorn", "how a request task that returns is judged", user, errors)
