@@ -8,6 +8,10 @@ limit, session revocation and token expiry. Events are encoded once per recipien
 (`SseEvents`); the stream's epoch is written before each by the outlet (`id: <epoch>:<id>`).
 Signals (presence, typing: protocol §11) are written as `event: <type>` messages without an
 `id` line, so that a client's Last-Event-ID stays the last event's, within the same bounds.
+This module answers the request up to its head (and every refusal); then, on the hub's own HTTP
+protocol, the connection is handed to a `StreamSocket` (hub/stream_socket.py) that writes the
+stream with no task per stream; a `HEAD`, or another server, gets the ASGI response of
+hub/stream_outlet.py.
 
 Authentication: `Authorization: Bearer <access token>`, or a one-time `?ticket=` from
 `POST /api/v1/stream/tickets` (hub/stream_tickets.py); an access token in the URL is refused.
