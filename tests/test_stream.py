@@ -274,6 +274,27 @@ async def test_sigterm_ends_the_stream_with_server_restarting_and_logs_no_ticket
         assert "GET /api/v1/stream?… HTTP/1.1" in log_text
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_on_another_server_the_stream_is_an_asgi_response_with_the_same_messages(
+        settings: Settings) -> None:
+    """Without the hub's own HTTP protocol (no hand-off) the stream is hub/stream_outlet.py's
+    response, as is a HEAD on any server."""
+    async with serve_hub(settings, http="httptools") as hub:
+        account = await register(hub.http)
+        head = await hub.http.head(STREAM, headers=account.headers)
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+        async with open_stream(hub.http, account.access_token) as stream:
+            await publish_to(hub, [account.id], "test.event", {"n": 1})
+            (message,) = await stream.events(1)
+            assert message.data["name"] == "test.event"
+            assert message.id == f"{stream.welcome['epoch']}:{message.data['id']}"
+            assert (await hub.http.post("/api/v1/auth/logout", headers=account.headers)).status_code == 204
+            assert (await stream.ended()).data["code"] == "session_revoked"
+        async with asyncio.timeout(5):  # and it left the registry
+            while 'hub_connections{transport="stream"} 0.0' not in (await hub.http.get("/metrics")).text:
+                await asyncio.sleep(0.05)
+
+
 async def test_a_client_that_leaves_is_unregistered_at_once(hub: RunningHub) -> None:
     ((user_id, token),) = await make_users(hub.settings, 1)
     async with open_stream(hub.http, token):
