@@ -53,6 +53,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self.on_shutdown: Callable[[], None] | None = None  # set by a long-lived response
         self.on_lost: Callable[[], None] | None = None  # likewise: the peer is gone
+        self.shutting_down = False  # the server's graceful shutdown has begun
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -100,6 +101,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: a long-lived response ends itself first."""
+        self.shutting_down = True
         hook, self.on_shutdown = self.on_shutdown, None
         if hook is not None:
             hook()

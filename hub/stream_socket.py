@@ -199,6 +199,8 @@ class StreamStart(Response):
         finally:
             if handed:
                 self._socket.start(control.connections, chunked, self._welcome, *self._from)
+                if control.shutting_down:  # the server's shutdown asked before the hand-off
+                    self._socket.shutdown()
             else:  # the peer left (or the task was cancelled) before the hand-off
                 self._connection.stop()
                 self._api.registry.unregister(self._connection)
