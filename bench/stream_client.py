@@ -69,7 +69,7 @@ class StreamClient(Client, asyncio.Protocol):  # type: ignore[misc]
         else:
             self._body += buffer
             buffer.clear()
-        self._messages()
+            self._messages()
 
     def _dechunk(self) -> None:
         buffer, at = self._buffer, 0
@@ -84,8 +84,13 @@ class StreamClient(Client, asyncio.Protocol):  # type: ignore[misc]
             start = line_end + 2
             if len(buffer) < start + size + 2:
                 break
-            self._body += buffer[start:start + size]
+            chunk = bytes(buffer[start:start + size])
             at = start + size + 2
+            if not self._body and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == size - 2:
+                self._message(chunk[:-2])  # the hub's usual chunk: one whole message
+            else:
+                self._body += chunk
+                self._messages()
         del buffer[:at]
 
     def _messages(self) -> None:
@@ -96,6 +101,11 @@ class StreamClient(Client, asyncio.Protocol):  # type: ignore[misc]
         del body[:at]
 
     def _message(self, raw: bytes) -> None:
+        if (raw.startswith(b"id: ") and self.welcome.done()
+                and (data_at := raw.find(b"\ndata: ")) >= 0):
+            # after the welcome, a message with an id is an event; its data comes last
+            self.fleet.on_event(self, orjson.loads(raw[data_at + 7:]))
+            return
         if raw.startswith(b":"):
             return  # a ping comment
         fields: dict[bytes, bytes] = {}

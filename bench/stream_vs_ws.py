@@ -48,8 +48,8 @@ async def measure(transport: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"transport": transport, "clients": connected, "failed": failures,
             "rss_per_conn_kib": rss_per_conn, **{k: step[k] for k in (
                 "sent", "delivered", "lost", "late_or_duplicate", "misrouted", "closed",
-                "p50_ms", "p99_ms", "max_ms", "server_us_per_event",
-                "others_on_server_core_pct")}}
+                "p50_ms", "p99_ms", "max_ms", "server_us_per_event", "server_cpu_pct",
+                "loadgen_cpu_pct", "others_on_server_core_pct")}}
 
 
 def line(row: dict[str, Any]) -> str:
