@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-LABELS = {"hub": "hub", "forwarder": "PSUBSCRIBE forwarder (ceiling)", "socketio": "python-socketio",
+LABELS = {"hub": "hub", "hub-cluster": "hub, 2 processes on a 3-master Redis Cluster",
+          "forwarder": "PSUBSCRIBE forwarder (ceiling)", "socketio": "python-socketio",
           "broadcaster": "encode/broadcaster", "seed004": "seed 004 pattern (floor)"}
 P99_MS = 50.0
 

@@ -65,6 +65,7 @@ class RedisClusterNodes:
         self.replicas = replicas
         self.ports = cluster_ports(3 * (1 + replicas))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -99,14 +100,18 @@ class RedisClusterNodes:
     def launch(self, port: int) -> None:
         """Start the node of `port`; after a kill it rejoins from its nodes.conf (as a replica
         when its replica took over meanwhile)."""
+        self.processes[port] = subprocess.Popen(self.node_command(port), stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+
+    def node_command(self, port: int) -> list[str]:
+        """The redis-server command line of the node on `port` (`extra_args` appended)."""
         node_dir = self.directory / str(port)
-        self.processes[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
-             "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-             "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log"),
-             *(("--requirepass", self.password, "--masterauth", self.password) if self.password else ())],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
+                "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log"),
+                *(("--requirepass", self.password, "--masterauth", self.password) if self.password else ()),
+                *self.extra_args]
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
         """Until every live node reports `cluster_state:ok`, agrees on the slot map, and every
