@@ -41,7 +41,7 @@ WEIGHT = {"hub": 3.0, "hub-cluster": 1.5}  # the hub runs four more scenarios; t
 NOT_DURABLE = "n/a (no store and no publish API: events live only in Redis pub/sub)"
 NO_RESUME = "n/a (no resume: events published while a client is away are lost)"
 Opened = tuple[Server | HubGroup, Publisher, tuple[int, ...]]  # the server(s), publisher, Redis PIDs
-INJECTED_ONLY = "not run (this target compares the injected scenarios with the single-Redis hub)"
+INJECTED_ONLY = "not run (this target runs the injected scenarios only)"
 
 
 def log(message: str) -> None:
