@@ -17,6 +17,8 @@ from hub.presence import Presence
 from hub.ratelimit import Limit, RateLimiter
 from hub.signals import Signals
 
+ANNOUNCE_CHUNK = 500
+
 
 def _no_chat(chat_id: int) -> NotFound:
     return NotFound(f"no chat {chat_id} among yours")
@@ -70,14 +72,20 @@ class ChatLive:
             return "forbidden", f"chat {chat_id} is not among yours"
         return None
 
-    async def announce(self, user_id: int, online: bool) -> None:
-        """A presence listener: tell the online members of the user's chats."""
-        async with self._db.sessions() as session:
-            chats = await queries.co_members(session, user_id)
-        if not chats:
-            return
-        listening = set(await self._presence.online({m for ms in chats.values() for m in ms}))
-        await self._signals.send_many([
-            ([member for member in members if member in listening],
-             {"type": "presence", "chat_id": chat_id, "user_id": user_id, "online": online})
-            for chat_id, members in chats.items()])
+    async def announce(self, user_ids: list[int], online: bool) -> None:
+        """A presence listener: tell the online members of these users' chats, in chunks of
+        `ANNOUNCE_CHUNK` users (one query of their chats, one lookup of who is online, one
+        round trip of signals per chunk, however many users come or go at once)."""
+        for start in range(0, len(user_ids), ANNOUNCE_CHUNK):
+            changed = set(user_ids[start:start + ANNOUNCE_CHUNK])
+            async with self._db.sessions() as session:
+                chats = await queries.chats_of_users(session, changed)
+            if not chats:
+                continue
+            listening = set(await self._presence.online(
+                {member for members in chats.values() for member in members}))
+            await self._signals.send_many([
+                ([member for member in members if member != user_id and member in listening],
+                 {"type": "presence", "chat_id": chat_id, "user_id": user_id, "online": online})
+                for chat_id, members in chats.items()
+                for user_id in members if user_id in changed])
