@@ -109,7 +109,7 @@ async def one_setting(presence: bool, args: argparse.Namespace, out: Path) -> di
                "PRESENCE": "1" if presence else "0"}
         migrate_hub(env)
         users = await database.add_users(max(args.idle, args.storm) + 20, "pc")
-        row["chats"] = await add_chats(database, users[20:], args.chat_size)
+        row["chats"] = await add_chats(database, users[20:], args.chat_size) if args.chat_size else 0
         server = await start(TARGETS["hub"], server_cpus, out, redis_url=redis.url, secret=secret,
                              hub_env=env)
         publisher = RespPublisher("127.0.0.1", redis.port)
@@ -124,17 +124,20 @@ async def one_setting(presence: bool, args: argparse.Namespace, out: Path) -> di
             await asyncio.sleep(1.0)
             base_rss = server.rss()
             connected = users[20:20 + args.idle]
+            cpu = server.cpu()
             seconds, failures = await fleet.connect(connected, in_flight=500)
             row["connect_per_s"] = len(connected) / seconds
             row["connect_failures"] = failures
             await quiet(redis.port)
+            row["connect_cpu_us"] = (server.cpu() - cpu) / len(connected) * 1e6
             await asyncio.sleep(1.0)
             row["idle_connections"] = len(fleet.clients)
             row["idle_kib_per_conn"] = (server.rss() - base_rss) / max(1, len(fleet.clients)) / 1024
             row["signals_while_connecting"] = fleet.counters.signals
             log(f"  PRESENCE={int(presence)}: {len(fleet.clients)} idle, "
                 f"{row['idle_kib_per_conn']:.2f} KiB/conn, {row['connect_per_s']:.0f} conn/s")
-
+            if not args.storm:
+                return row
             before_calls, before_cpu = await commandstats(redis.port), server.cpu()
             storm = await bench.storm()
             row["presence_quiet_after_s"] = await quiet(redis.port)
@@ -174,6 +177,10 @@ def report(rows: dict[bool, dict[str, Any]], args: argparse.Namespace) -> str:
          on["idle_kib_per_conn"], ".2f", ratio("idle_kib_per_conn"))
     line("connects/s while filling", off["connect_per_s"], on["connect_per_s"], ",.0f",
          ratio("connect_per_s"))
+    line("hub CPU per connect while filling (us)", off["connect_cpu_us"], on["connect_cpu_us"],
+         ",.0f", ratio("connect_cpu_us"))
+    if "storm" not in on:
+        return "\n".join(lines)
     so, sn = off["storm"], on["storm"]
     line("storm: all caught up (s)", so["caught_up_s"] or 0, sn["caught_up_s"] or 0, ".2f",
          ratio("storm", "caught_up_s"))
@@ -181,6 +188,8 @@ def report(rows: dict[bool, dict[str, Any]], args: argparse.Namespace) -> str:
          ratio("storm", "connect_s"))
     line("storm: hub CPU, drop to quiet (s)", off["storm_cpu_s"], on["storm_cpu_s"], ".2f",
          ratio("storm_cpu_s"))
+    line("storm: hub CPU per user (us)", off["storm_cpu_s"] / so["clients"] * 1e6,
+         on["storm_cpu_s"] / sn["clients"] * 1e6, ",.0f", "")
     line("storm: presence quiet after catch-up (s)", off["presence_quiet_after_s"],
          on["presence_quiet_after_s"], ".2f", "")
     line("storm: presence frames received", off["storm_signals"], on["storm_signals"], ",", "")
@@ -220,8 +229,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.presence_cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections")
-    parser.add_argument("--storm", type=int, default=5_000, help="of them, reconnecting at once")
-    parser.add_argument("--chat-size", type=int, default=10, help="members per chat")
+    parser.add_argument("--storm", type=int, default=5_000,
+                        help="of them, reconnecting at once (0: no storm)")
+    parser.add_argument("--chat-size", type=int, default=10, help="members per chat (0: no chats)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "logs"))
     parser.add_argument("--deadline", type=float, default=600.0)
     args = parser.parse_args()
