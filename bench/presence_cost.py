@@ -139,7 +139,19 @@ async def one_setting(presence: bool, args: argparse.Namespace, out: Path) -> di
             if not args.storm:
                 return row
             before_calls, before_cpu = await commandstats(redis.port), server.cpu()
-            storm = await bench.storm()
+            if args.profile and presence:  # py-spy on the hub through the storm (bench.profile)
+                from bench.profile import profiled, summarize
+
+                path = out / "presence_storm.txt"
+                results: list[dict[str, Any]] = []
+
+                async def storm_once() -> None:
+                    results.append(await bench.storm())
+                await profiled(server.pid, loadgen_cpus, path, args.profile, storm_once)
+                storm = results[0]
+                print(summarize(path), flush=True)
+            else:
+                storm = await bench.storm()
             row["presence_quiet_after_s"] = await quiet(redis.port)
             after_calls, after_cpu = await commandstats(redis.port), server.cpu()
             row["storm"] = storm
@@ -232,6 +244,9 @@ def main() -> int:
     parser.add_argument("--storm", type=int, default=5_000,
                         help="of them, reconnecting at once (0: no storm)")
     parser.add_argument("--chat-size", type=int, default=10, help="members per chat (0: no chats)")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="record the hub with py-spy for this long from the start of the "
+                             "storm with PRESENCE=1 and print where its time went")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "logs"))
     parser.add_argument("--deadline", type=float, default=600.0)
     args = parser.parse_args()

@@ -18,7 +18,7 @@ from hub.presence import Presence
 from hub.ratelimit import Limit, RateLimiter
 from hub.signals import Signals
 
-ANNOUNCE_CHUNK = 500
+ANNOUNCE_CHUNK = 512
 
 
 def _no_chat(chat_id: int) -> NotFound:
