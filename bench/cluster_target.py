@@ -150,8 +150,11 @@ class HubGroup:
 
     def stop(self, grace: float = 30.0) -> float:
         """Every process stopped at once (SIGTERM, SIGKILL after `grace`); the slowest's seconds."""
+        def stop(server: Server) -> float:
+            return server.stop(grace)
+
         with ThreadPoolExecutor(len(self.servers)) as pool:
-            return max(pool.map(lambda server: server.stop(grace), self.servers))
+            return max(pool.map(stop, self.servers))
 
 
 @contextlib.asynccontextmanager

@@ -34,11 +34,12 @@ class Counters:
     skipped: int = 0
     late_or_duplicate: int = 0
     misrouted: int = 0
+    signals: int = 0  # live-only frames (presence, typing): not events, not checked
     latencies: list[float] = field(default_factory=list)
     last_receive: float = 0.0
 
     def reset(self) -> None:
-        self.delivered = self.skipped = self.late_or_duplicate = self.misrouted = 0
+        self.delivered = self.skipped = self.late_or_duplicate = self.misrouted = self.signals = 0
         self.latencies = []
         self.last_receive = 0.0
 
@@ -93,6 +94,9 @@ class Client(WSListener):
                 if self.resume is not None and message.get("recovered"):
                     self.last_id = self.base_id = self.resume[0]  # the replay follows
                 self.welcome.set_result(message)
+            return
+        elif payload[:9] == b'{"type":"' and payload[9:15] != b'event"':
+            self.fleet.counters.signals += 1
             return
         self.fleet.on_event(self, orjson.loads(payload))
 
