@@ -116,7 +116,7 @@ async def one_setting(presence: bool, args: argparse.Namespace, out: Path) -> di
         await publisher.open()
         fleet = Fleet(server.ws_url, "hub", token)
         params = Params(storm_clients=args.storm)
-        bench = Bench(server, fleet, publisher, params, redis.pid(), users[20:], log, api_key,
+        bench = Bench(server, fleet, publisher, params, redis.pids(), users[20:], log, api_key,
                       server_cpus=server_cpus)
         try:
             await fleet.connect(users[:20])  # warm-up users, in no chat
