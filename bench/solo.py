@@ -41,7 +41,7 @@ async def running_hub(users: int, params: Params, out: Path, log: object,
         await publisher.open()
         url = server.ws_url if transport == "ws" else server.http_url + "/api/v1/stream"
         fleet = Fleet(url, "hub", token, transport)
-        bench = Bench(server, fleet, publisher, params, redis.pid(), ids, log, api_key,  # type: ignore[arg-type]
+        bench = Bench(server, fleet, publisher, params, redis.pids(), ids, log, api_key,  # type: ignore[arg-type]
                       server_cpus=server_cpus)
         bench.results["loadgen_cpus"] = sorted(loadgen_cpus)
         try:
