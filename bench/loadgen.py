@@ -1,6 +1,6 @@
-"""The load generator: WebSocket clients (picows) that check every delivery, and a raw RESP
-publisher that injects events into Redis at a fixed rate (`bench.cluster_target` has the one for a
-Redis Cluster).
+"""The load generator: WebSocket clients (picows) or HTTP event stream clients
+(bench/stream_client.py) that check every delivery, and a raw RESP publisher that injects events
+into Redis at a fixed rate (`bench.cluster_target` has the one for a Redis Cluster).
 
 Every event the bench injects carries `{"u": user, "s": seq, "t": send time}`: a client counts
 an event as delivered only when it is for its own user (else misrouted) and carries the next
@@ -135,8 +135,10 @@ class Fleet:
     """All clients against one server (or several processes of one: `url` a list of them, each
     user's connection on `urls[user_id % len(urls)]`), and the checks of what they receive."""
 
-    def __init__(self, url: str | Sequence[str], dialect: str, tokens: Callable[[int], str]) -> None:
-        self.urls = [url] if isinstance(url, str) else list(url)
+    def __init__(self, url: str | Sequence[str], dialect: str, tokens: Callable[[int], str],
+                 transport: str = "ws") -> None:
+        self.urls = [url] if isinstance(url, str) else list(url)  # of /ws, or of the event stream
+        self.transport = transport  # "ws" or "stream"
         self.dialect = dialect
         self.tokens = tokens
         self.clients: dict[int, Client] = {}  # one connection per user
@@ -152,19 +154,26 @@ class Fleet:
                       resume: dict[int, tuple[int, str]] | None = None,
                       limit: float = 60.0) -> tuple[float, int]:
         """Open one authenticated connection per user; returns (seconds, failures)."""
+        from bench.stream_client import StreamClient  # a Client itself: imported once both exist
+
         gate = asyncio.Semaphore(in_flight)
         failures = 0
 
         async def one(user_id: int) -> None:
             nonlocal failures
             async with gate:
-                client = Client(self, user_id, self.tokens(user_id),
-                                resume.get(user_id) if resume else None)
+                kind = Client if self.transport == "ws" else StreamClient
+                client = kind(self, user_id, self.tokens(user_id),
+                              resume.get(user_id) if resume else None)
                 try:
                     async with asyncio.timeout(limit):
-                        await ws_connect(lambda: client, self.urls[user_id % len(self.urls)],
-                                         websocket_handshake_timeout=limit,
-                                         max_frame_size=1 << 20)
+                        url = self.urls[user_id % len(self.urls)]
+                        if isinstance(client, StreamClient):
+                            await client.open(url)
+                        else:
+                            await ws_connect(lambda: client, url,
+                                             websocket_handshake_timeout=limit,
+                                             max_frame_size=1 << 20)
                         await client.welcome
                 except asyncio.CancelledError:
                     client.close()

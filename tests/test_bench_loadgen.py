@@ -1,5 +1,6 @@
-"""The benchmark's load generator against a real hub: it counts every injected event delivered in
-order, and flags misrouted, repeated and skipped ones (so a bench run that loses events says so)."""
+"""The benchmark's load generator against a real hub, over /ws and over the HTTP event stream
+(bench/stream_client.py): it counts every injected event delivered in order, and flags
+misrouted, repeated and skipped ones (so a bench run that loses events says so)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def crafted(prefix: bytes, channel_user: int, event_id: int, user: int, seq: int
     return b"%snotifications:%d" % (prefix, channel_user), event
 
 
-async def test_load_generator_counts_deliveries_and_flags_bad_ones(hub: RunningHub) -> None:
+@pytest.mark.parametrize("transport", ["ws", "stream"])
+async def test_load_generator_counts_deliveries_and_flags_bad_ones(hub: RunningHub, transport: str) -> None:
     accounts = [await register(hub.http) for _ in range(3)]
     tokens = {account.id: account.access_token for account in accounts}
-    fleet = Fleet(hub.ws_url, HUB, tokens.__getitem__)
+    url = hub.ws_url if transport == "ws" else hub.base_url + "/api/v1/stream"
+    fleet = Fleet(url, HUB, tokens.__getitem__, transport)
     redis = urlparse(hub.settings.redis_url)
     publisher = RespPublisher(redis.hostname or "127.0.0.1", redis.port or 6379)
     prefix = hub.settings.redis_channel_prefix.encode()
@@ -66,6 +69,8 @@ async def test_load_generator_counts_deliveries_and_flags_bad_ones(hub: RunningH
             assert counters.skipped == 4
             assert counters.delivered == 1
             assert fleet.unexpected_closes == []
+            assert {type(c).__name__ for c in clients} == {
+                "Client" if transport == "ws" else "StreamClient"}
     finally:
         async with asyncio.timeout(15):
             await fleet.disconnect()

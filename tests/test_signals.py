@@ -5,6 +5,7 @@ on in-memory stand-ins, except the Redis store."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -14,13 +15,14 @@ import pytest
 
 from hub.broker_memory import MemoryBroker
 from hub.connection import STREAM, Connection, SlowConsumer, event_frame, text_frame
-from hub.event_stream import StreamOutlet, ending
 from hub.metrics import Metrics
 from hub.presence import MemoryPresence, Presence
 from hub.presence_redis import RedisPresence
 from hub.registry import Registry
 from hub.signals import Signals, is_signal, signal_payload
-from hub.sse import SSE_EVENTS, end_message
+from hub.sse import SSE_EVENTS, end_message, ending
+from hub.stream_outlet import StreamOutlet
+from hub.stream_socket import StreamSocket
 from tests.in_memory import USER, Outlet, Store, payload
 from tests.test_connection import make, offer, settled
 
@@ -113,12 +115,51 @@ async def test_a_stream_writes_signals_without_an_id_and_is_cut_when_they_go_unr
     assert outlet._chunks == [typing] and not typing.startswith(b"id:")
     for _ in range(1000 // len(typing) + 1):
         conn.signal(typing)
-    assert metrics.slow_consumer_disconnects._value.get() == 1
+    assert metrics.slow_consumer_disconnects.labels(STREAM)._value.get() == 1
     assert outlet._chunks == [end_message(*ending(SlowConsumer("")))]  # the unsent dropped
     conn.signal(typing)  # after the end: dropped
     assert len(outlet._chunks) == 1
     if outlet._deadline is not None:
         outlet._deadline.cancel()
+
+
+async def test_a_stream_socket_writes_signals_as_chunks_without_an_id_and_is_cut_when_unread() -> None:
+    metrics = Metrics()
+    left: list[Connection] = []
+    api = SimpleNamespace(settings=SimpleNamespace(ws_ping_interval=60), metrics=metrics,
+                          close_timeout=5.0, registry=SimpleNamespace(unregister=left.append))
+    hub_end, peer = socket.socketpair()
+    hub_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.setblocking(False)
+    stream = StreamSocket(api)  # type: ignore[arg-type]
+    conn = Connection(USER, 2**40, stream, Store().read, metrics, 100, 1000,
+                      encoding=SSE_EVENTS, transport=STREAM)
+    stream.attach(conn, b"id: e:")
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(lambda: stream, sock=hub_end)
+    stream.start(set(), True, b"welcome\n\n", 0, None)
+    typing = SSE_EVENTS.encode_signal(orjson.dumps(TYPING))
+    conn.signal(typing)
+    expected = b"9\r\nwelcome\n\n\r\n%x\r\n%s\r\n" % (len(typing), typing)
+    async with asyncio.timeout(5):
+        received = b""
+        while len(received) < len(expected):
+            received += await loop.sock_recv(peer, 65536)
+    assert received == expected and not typing.startswith(b"id:")
+    for _ in range(100_000):  # the peer reads no more: the kernel's buffers fill, then the bound
+        conn.signal(typing)
+        if metrics.slow_consumer_disconnects.labels(STREAM)._value.get():
+            break
+    assert metrics.slow_consumer_disconnects.labels(STREAM)._value.get() == 1
+    await asyncio.sleep(0)
+    assert left == [conn]  # the registry is left at once, not when the peer has read the end
+    async with asyncio.timeout(10):
+        while chunk := await loop.sock_recv(peer, 65536):
+            received += chunk
+    assert received.endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (
+        len(end := end_message(*ending(SlowConsumer("")))), end))
+    peer.close()
 
 
 async def test_memory_presence_announces_changes_once_and_not_a_quick_reconnect() -> None:
