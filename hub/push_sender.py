@@ -22,10 +22,10 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from hub import push_store
@@ -33,6 +33,7 @@ from hub.address_policy import AddressRefused, resolve
 from hub.db import Database, rfc3339, utcnow
 from hub.metrics import Metrics
 from hub.push_crypto import PushKeyError, VapidSigner, encrypt
+from hub.push_http import PushClient, PushHttpError, post_request
 from hub.push_rules import Notice, PushRule, default_notice, push_payload
 from hub.supervise import backoff_delay
 
@@ -111,6 +112,17 @@ class PushDecider:
                 for sub_id in scan.subscription_ids]
 
 
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """A push service's host as last checked: where to connect, trusted until (monotonic)."""
+
+    host: str
+    port: int
+    host_header: str
+    addresses: tuple[str, ...]
+    until: float
+
+
 class PushSender:
     """Sends the outbox. `open` makes its HTTP client (system CAs, or `SSL_CERT_FILE`)."""
 
@@ -121,35 +133,42 @@ class PushSender:
         self._signer = signer
         self._max_in_flight = max_in_flight
         self._allow_private = allow_private
-        self._client: httpx.AsyncClient | None = None
-        self._checked: dict[tuple[str, int], float] = {}  # host, port -> trusted until (monotonic)
+        self._client: PushClient | None = None
+        self._origins: dict[str, _Origin] = {}  # by the endpoint's scheme://netloc
 
     def open(self) -> None:
         # create_default_context loads the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR when set.
-        limits = httpx.Limits(max_connections=self._max_in_flight,
-                              max_keepalive_connections=self._max_in_flight)
-        self._client = httpx.AsyncClient(verify=ssl.create_default_context(), trust_env=False,
-                                         timeout=REQUEST_TIMEOUT, follow_redirects=False,
-                                         limits=limits)
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["http/1.1"])
+        self._client = PushClient(context, timeout=REQUEST_TIMEOUT, max_idle=self._max_in_flight)
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
-    async def _check_address(self, endpoint: str) -> None:
-        """The endpoint's host still resolves to public addresses only (checked again at send
-        time, since DNS may have changed since the subscription); a pass is trusted for
-        ADDRESS_CHECK_SECONDS per host, so a burst of pushes resolves each host once."""
+    async def _origin(self, endpoint: str) -> tuple[_Origin, str]:
+        """The endpoint's origin, its host still resolving to public addresses only (checked
+        again at send time, since DNS may have changed since the subscription; a pass is
+        trusted for ADDRESS_CHECK_SECONDS per host, so a burst resolves each host once), and
+        the request target (path and query)."""
         parts = urlsplit(endpoint)
-        host = (parts.hostname or "", parts.port or 443)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         now = time.monotonic()
-        if self._checked.get(host, 0.0) > now:
-            return
-        await resolve(host[0], host[1], allow_private=self._allow_private)
-        if len(self._checked) > 1000:
-            self._checked.clear()
-        self._checked[host] = now + ADDRESS_CHECK_SECONDS
+        origin = self._origins.get(parts.netloc)
+        if origin is not None and origin.until > now:
+            return origin, target
+        if parts.scheme != "https" or not parts.hostname:
+            raise AddressRefused(f"not an https URL: {endpoint[:100]!r}")
+        host, port = parts.hostname, parts.port or 443
+        addresses = await resolve(host, port, allow_private=self._allow_private)
+        literal = f"[{host}]" if ":" in host else host
+        origin = _Origin(host, port, literal if port == 443 else f"{literal}:{port}",
+                         tuple(str(ip) for ip in addresses), now + ADDRESS_CHECK_SECONDS)
+        if len(self._origins) > 1000:
+            self._origins.clear()
+        self._origins[parts.netloc] = origin
+        return origin, target
 
     async def step(self) -> None:
         while True:
@@ -161,6 +180,8 @@ class PushSender:
                 log.warning("dropped %d pushes whose process died while sending them", abandoned)
                 self._metrics.push_sent.labels("abandoned").inc(abandoned)
             if not claimed:
+                if self._client is not None:
+                    self._client.sweep()
                 return
             outcomes = await asyncio.gather(*(self._send(push) for push in claimed))
             async with self._db.sessions.begin() as session:
@@ -199,34 +220,37 @@ class PushSender:
         if ttl <= 0:
             return "expired", None
         try:
-            await self._check_address(push.endpoint)
-            body = encrypt(push.payload, push.p256dh, push.auth)
+            origin, target = await self._origin(push.endpoint)
+            headers = [("TTL", str(ttl)), ("Content-Encoding", "aes128gcm"),
+                       ("Content-Type", "application/octet-stream"), ("Urgency", "normal"),
+                       ("Authorization", self._signer.authorization(push.endpoint))]
+            if push.topic:
+                headers.append(("Topic", push.topic))
+            request = post_request(origin.host_header, target, headers,
+                                   encrypt(push.payload, push.p256dh, push.auth))
         except AddressRefused as exc:
             log.warning("push endpoint refused, subscription %s deleted: %s", push.subscription_id, exc)
             return "gone", None
         except PushKeyError:
             return "gone", None
-        headers = {"TTL": str(ttl), "Content-Encoding": "aes128gcm",
-                   "Content-Type": "application/octet-stream", "Urgency": "normal",
-                   "Authorization": self._signer.authorization(push.endpoint)}
-        if push.topic:
-            headers["Topic"] = push.topic
+        except ValueError as exc:  # a target or header that cannot be sent as is
+            log.warning("push to subscription %s cannot be sent, deleted: %s", push.subscription_id, exc)
+            return "gone", None
         assert self._client is not None, "PushSender.open() was not called"
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                response = await self._client.post(push.endpoint, content=body, headers=headers)
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            log.info("push to subscription %s failed: %r", push.subscription_id, exc)
+            answer = await self._client.post(origin.host, origin.port, origin.addresses, request)
+        except PushHttpError as exc:
+            log.info("push to subscription %s failed: %s", push.subscription_id, exc)
             return "retry", None
-        status = response.status_code
+        status = answer.status
         if 200 <= status < 300:
             return "sent", None
         if status in (404, 410):
             return "gone", None
         if status == 429 or status >= 500:
-            return "retry", _retry_after(response.headers.get("retry-after"))
+            return "retry", _retry_after(answer.retry_after)
         log.warning("push service refused subscription %s's push: %s %s", push.subscription_id,
-                    status, response.text[:200])
+                    status, answer.body[:200].decode(errors="replace"))
         return "rejected", None
 
 
