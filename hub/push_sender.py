@@ -72,10 +72,11 @@ class PushDecider:
         self._flushed = {user: max(mark, self._flushed.get(user, 0)) for user, mark in marks.items()}
 
     async def decide(self) -> None:
+        after = 0
         while True:
             async with self._db.sessions.begin() as session:
                 scans = await push_store.claim_scans(session, utcnow() - self._delay, SCAN_USERS,
-                                                     SCAN_EVENTS)
+                                                     SCAN_EVENTS, after)
                 pushes: list[push_store.NewPush] = []
                 scanned: dict[int, int] = {}
                 for scan in scans:
@@ -88,6 +89,9 @@ class PushDecider:
                 await push_store.enqueue(session, self._db.dialect, pushes)
             if len(scans) < SCAN_USERS:
                 return
+            # On after the users just decided, but not past one that may have more events due.
+            full = [scan.user_id for scan in scans if len(scan.events) == SCAN_EVENTS]
+            after = min(full) - 1 if full else scans[-1].user_id
 
     async def _decide(self, session: Any, scan: push_store.UserScan,
                       event: push_store.DueEvent) -> list[push_store.NewPush]:

@@ -160,16 +160,19 @@ class UserScan:
 
 
 async def claim_scans(session: AsyncSession, due: dt.datetime, users: int,
-                      events_per_user: int) -> list[UserScan]:
-    """Users with events past `scanned_id` created at or before `due`, their rows locked (rows
-    another process holds are skipped), with those events in id order (stopping at the first
-    not yet due, so the scan never passes an event it has not decided)."""
+                      events_per_user: int, after: int = 0) -> list[UserScan]:
+    """Users of id above `after` with events past `scanned_id` created at or before `due`,
+    their rows locked (rows another process holds are skipped), with those events in id order
+    (stopping at the first not yet due, so the scan never passes an event it has not decided).
+    A caller going through all users passes the last id it got as `after`, so it does not
+    test the users it has just decided again."""
     pending = select(Event.id).where(Event.user_id == PushUser.user_id,
                                      Event.id > PushUser.scanned_id,
                                      Event.created_at <= due).exists()
     rows = (await session.execute(
-        select(PushUser.user_id, PushUser.scanned_id, PushUser.delivered_id).where(pending)
-        .order_by(PushUser.user_id).limit(users).with_for_update(skip_locked=True))).all()
+        select(PushUser.user_id, PushUser.scanned_id, PushUser.delivered_id)
+        .where(PushUser.user_id > after, pending).order_by(PushUser.user_id).limit(users)
+        .with_for_update(skip_locked=True))).all()
     if not rows:
         return []
     scans = {user_id: UserScan(user_id, scanned_id, delivered_id, [], [])
@@ -205,16 +208,19 @@ class NewPush:
 
 
 async def enqueue(session: AsyncSession, dialect: str, pushes: Sequence[NewPush]) -> None:
-    """Add pushes to the outbox; one already there (same subscription and event) stays as is."""
+    """Add pushes to the outbox; one already there (same subscription and event) stays as is.
+    One statement run for all rows (compiled once, not per number of rows)."""
     if not pushes:
         return
     now = utcnow()
+    table = cast(Table, PushOutbox.__table__)
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(insert(PushOutbox).values([
-        {"subscription_id": p.subscription_id, "event_id": p.event_id, "payload": p.payload,
-         "topic": p.topic, "expires_at": p.expires_at, "next_at": now, "attempts": 0}
-        for p in pushes
-    ]).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]))
+    connection = await session.connection()
+    await connection.execute(
+        insert(table).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]),
+        [{"subscription_id": p.subscription_id, "event_id": p.event_id, "payload": p.payload,
+          "topic": p.topic, "expires_at": p.expires_at, "next_at": now, "attempts": 0}
+         for p in pushes])
 
 
 async def advance_scans(session: AsyncSession, scanned: Mapping[int, int]) -> None:
