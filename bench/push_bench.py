@@ -148,12 +148,12 @@ def running_sinks(workdir: Path, processes: int, cpus: set[int], sample_every: i
 
 async def wait_listening(url: str, cert: Path) -> None:
     async with httpx.AsyncClient(verify=str(cert)) as http:
-        for _ in range(100):
+        for _ in range(300):
             with contextlib.suppress(httpx.TransportError):
                 await http.post(url + "/push/probe", content=b"")
                 return
             await asyncio.sleep(0.1)
-    raise RuntimeError("the push sinks did not start within 10 s")
+    raise RuntimeError("the push sinks did not start within 30 s")
 
 
 async def insert_users(database_url: str, users: int, endpoint_base: str,
@@ -227,12 +227,8 @@ def pin_process(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
-async def scanned_all(database_url: str) -> bool:
-    connection = await asyncpg.connect(database_url)
-    try:
-        left = await connection.fetchval("SELECT count(*) FROM push_users WHERE scanned_id = 0")
-    finally:
-        await connection.close()
+async def scanned_all(connection: asyncpg.Connection) -> bool:
+    left = await connection.fetchval("SELECT count(*) FROM push_users WHERE scanned_id = 0")
     return int(left) == 0
 
 
@@ -254,11 +250,15 @@ async def publish_and_wait(args: argparse.Namespace, http: httpx.AsyncClient, id
         headers={"Authorization": f"Bearer {API_KEY}"})
     assert answer.status_code == 202, answer.text
     run.published = time.perf_counter() - started
-    while run.count < args.users and time.perf_counter() - started < args.deadline:
-        await asyncio.sleep(0.2)
-        run.count = sinks.total() - first
-        if run.decided is None and await scanned_all(env["DATABASE_URL"]):
-            run.decided = time.perf_counter() - started
+    connection = await asyncpg.connect(env["DATABASE_URL"])  # one: the server is shared
+    try:
+        while run.count < args.users and time.perf_counter() - started < args.deadline:
+            await asyncio.sleep(0.2)
+            run.count = sinks.total() - first
+            if run.decided is None and await scanned_all(connection):
+                run.decided = time.perf_counter() - started
+    finally:
+        await connection.close()
     run.elapsed = time.perf_counter() - started
 
 

@@ -7,9 +7,10 @@
   `seen` check (a chat's read marker) claims becomes one outbox row per subscription, and the
   scan moves past it in the same commit. User rows are locked with SKIP LOCKED, so processes
   split the users between them; the outbox's unique key keeps a push decided twice single.
-- `send` claims due rows (committed before any request, SKIP LOCKED), sends at most
-  `PUSH_MAX_IN_FLIGHT` at once and records each outcome: sent, 404/410 deletes the
-  subscription, 429 waits `Retry-After`, 5xx and network errors back off, all within the TTL.
+- `step` claims due rows (committed before any request, SKIP LOCKED), keeps at most
+  `PUSH_MAX_IN_FLIGHT` requests open (hub/push_http.py) and records the outcomes in batches:
+  sent, 404/410 deletes the subscription, 429 waits `Retry-After`, 5xx and network errors
+  back off, all within the TTL.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ REQUEST_TIMEOUT = 10.0
 CLAIM_LEASE = dt.timedelta(seconds=60)  # far beyond REQUEST_TIMEOUT: only a dead process outlives it
 MAX_BACKOFF = 300.0
 ADDRESS_CHECK_SECONDS = 60.0
+ROUND_SECONDS = 1.0  # the longest a sender waits before recording outcomes and claiming more
+ABANDONED_CHECK_SECONDS = 10.0
+
+Outcome = tuple[push_store.ClaimedPush, str, float | None]  # push, result, Retry-After seconds
 
 
 class PushDecider:
@@ -139,6 +144,7 @@ class PushSender:
         self._allow_private = allow_private
         self._client: PushClient | None = None
         self._origins: dict[str, _Origin] = {}  # by the endpoint's scheme://netloc
+        self._abandoned_check = 0.0  # monotonic time of the next look for abandoned claims
 
     def open(self) -> None:
         # create_default_context loads the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR when set.
@@ -175,51 +181,94 @@ class PushSender:
         return origin, target
 
     async def step(self) -> None:
-        while True:
-            now = utcnow()
+        """Keep up to `PUSH_MAX_IN_FLIGHT` pushes in flight until none is due. Each round, in
+        one transaction, records the outcomes of the pushes finished since the last round and
+        claims as many new ones; a round comes when half the slots are free (or, once the
+        outbox is drained, when every push in flight is done), and at least every ROUND_SECONDS."""
+        now = time.monotonic()
+        if now >= self._abandoned_check:
+            self._abandoned_check = now + ABANDONED_CHECK_SECONDS
             async with self._db.sessions.begin() as session:
-                abandoned = await push_store.drop_abandoned(session, now)
-                claimed = await push_store.claim_due(session, now, CLAIM_LEASE, self._max_in_flight)
+                abandoned = await push_store.drop_abandoned(session, utcnow())
             if abandoned:
                 log.warning("dropped %d pushes whose process died while sending them", abandoned)
                 self._metrics.push_sent.labels("abandoned").inc(abandoned)
-            if not claimed:
-                if self._client is not None:
-                    self._client.sweep()
-                return
-            outcomes = await asyncio.gather(*(self._send(push) for push in claimed))
-            async with self._db.sessions.begin() as session:
-                done = [await self._record(session, push, result, retry_after)
-                        for push, (result, retry_after) in zip(claimed, outcomes, strict=True)]
-                await push_store.finish(session, [push_id for push_id in done if push_id is not None])
-            if len(claimed) < self._max_in_flight:
-                return
+        in_flight: set[asyncio.Task[Outcome]] = set()
+        finished: list[Outcome] = []
+        wake = asyncio.Event()
+        wanted = 1  # finished pushes worth a round
 
-    async def _record(self, session: Any, push: push_store.ClaimedPush, result: str,
-                      retry_after: float | None) -> int | None:
-        """Count the outcome and store a retry or a gone subscription; the push's id when the
-        row is done with (the caller deletes those together)."""
-        done: int | None = None
-        if result == "gone":
-            await push_store.remove_subscription(session, push.subscription_id)
-        elif result == "retry":
-            attempts = push.attempts + 1
-            delay = retry_after if retry_after is not None else max(
-                1.0, backoff_delay(attempts, base=1.0, cap=MAX_BACKOFF))
-            when = utcnow() + dt.timedelta(seconds=delay)
-            if when >= push.expires_at:
-                result = "expired"
-                done = push.id
+        def on_done(task: asyncio.Task[Outcome]) -> None:
+            in_flight.discard(task)
+            if task.cancelled():
+                return
+            if (error := task.exception()) is not None:  # its row stays claimed, then dropped
+                log.error("sending a push failed", exc_info=error)
             else:
-                result = "retried"
-                await push_store.retry_at(session, push.id, when, attempts)
-        else:
-            done = push.id
-        self._metrics.push_sent.labels(result).inc()
-        return done
+                finished.append(task.result())
+            if len(finished) >= wanted or not in_flight:
+                wake.set()
 
-    async def _send(self, push: push_store.ClaimedPush) -> tuple[str, float | None]:
-        """One request: ("sent" | "gone" | "retry" | "rejected" | "expired", Retry-After)."""
+        try:
+            while True:
+                outcomes, finished[:] = finished[:], []
+                room = self._max_in_flight - len(in_flight)
+                async with self._db.sessions.begin() as session:
+                    await self._record(session, outcomes)
+                    claimed = await push_store.claim_due(session, utcnow(), CLAIM_LEASE, room) \
+                        if room else []
+                for push in claimed:
+                    task = asyncio.create_task(self._send(push))
+                    in_flight.add(task)
+                    task.add_done_callback(on_done)
+                if not in_flight:
+                    if finished:
+                        continue
+                    if self._client is not None:
+                        self._client.sweep()
+                    return
+                drained = len(claimed) < room
+                wanted = len(in_flight) if drained else max(1, self._max_in_flight // 2)
+                if len(finished) < wanted:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(ROUND_SECONDS):
+                            await wake.wait()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _record(self, session: Any, outcomes: list[Outcome]) -> None:
+        """Count the outcomes, store retries and gone subscriptions, delete the pushes done
+        with in one statement."""
+        done: list[int] = []
+        for push, result, retry_after in outcomes:
+            if result == "gone":
+                await push_store.remove_subscription(session, push.subscription_id)
+            elif result == "retry":
+                attempts = push.attempts + 1
+                delay = retry_after if retry_after is not None else max(
+                    1.0, backoff_delay(attempts, base=1.0, cap=MAX_BACKOFF))
+                when = utcnow() + dt.timedelta(seconds=delay)
+                if when >= push.expires_at:
+                    result = "expired"
+                    done.append(push.id)
+                else:
+                    result = "retried"
+                    await push_store.retry_at(session, push.id, when, attempts)
+            else:
+                done.append(push.id)
+            self._metrics.push_sent.labels(result).inc()
+        await push_store.finish(session, done)
+
+    async def _send(self, push: push_store.ClaimedPush) -> Outcome:
+        """One request: the push with "sent" | "gone" | "retry" | "rejected" | "expired", and
+        the seconds of a `Retry-After`."""
+        result, retry_after = await self._request(push)
+        return push, result, retry_after
+
+    async def _request(self, push: push_store.ClaimedPush) -> tuple[str, float | None]:
         ttl = int((push.expires_at - utcnow()).total_seconds())
         if ttl <= 0:
             return "expired", None

@@ -226,8 +226,12 @@ async def enqueue(session: AsyncSession, dialect: str, pushes: Sequence[NewPush]
 async def advance_scans(session: AsyncSession, scanned: Mapping[int, int]) -> None:
     """Move each user's scan (user id -> last event id decided) in one executemany."""
     if scanned:
-        await session.execute(update(PushUser), [
-            {"user_id": user_id, "scanned_id": scanned_id} for user_id, scanned_id in scanned.items()])
+        table = cast(Table, PushUser.__table__)
+        connection = await session.connection()
+        await connection.execute(
+            update(table).where(table.c.user_id == bindparam("uid"))
+            .values(scanned_id=bindparam("scanned")),
+            [{"uid": user_id, "scanned": scanned_id} for user_id, scanned_id in scanned.items()])
 
 
 # --- sending -----------------------------------------------------------------------------------

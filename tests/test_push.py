@@ -163,6 +163,23 @@ async def test_a_batch_of_sent_pushes_is_finished_in_one_statement(
     assert len(deletes) == 1, deletes  # one decide commit, one claim of all three, one DELETE
 
 
+async def test_requests_in_flight_are_bounded(push_settings: Settings, service: PushService) -> None:
+    """With PUSH_MAX_IN_FLIGHT=2 and answers held back, 2 requests are open at once, never
+    more, and as one finishes the next starts, until each of 7 devices has its push once."""
+    service.hold = 0.5
+    async with serve_hub(replace(push_settings, push_max_in_flight=2)) as hub:
+        alice, bob = await register(hub.http), await register(hub.http)
+        subs = [service.subscribe() for _ in range(7)]
+        for sub in subs:
+            await subscribe(hub, alice, sub)
+        chat_id = await chat_of(hub, bob, alice)
+        await post(hub, bob, chat_id, "seven devices")
+        await service.wait_accepted(7, timeout=30)
+        await quiet(1.0)
+    assert service.most_open == 2
+    assert sorted(p.endpoint for p in service.received) == sorted(s.endpoint for s in subs)
+
+
 async def test_gone_subscription_is_deleted(hub: RunningHub, service: PushService) -> None:
     alice, bob = await register(hub.http), await register(hub.http)
     sub = service.subscribe()
