@@ -117,8 +117,8 @@ class PushDecider:
                 notice = rule.describe(data)
         payload = push_payload(notice, event.id, event.name, event.data, rfc3339(event.created_at))
         expires_at = event.created_at + self._ttl
-        return [push_store.NewPush(sub_id, event.id, payload, notice.topic, expires_at)
-                for sub_id in scan.subscription_ids]
+        return [push_store.NewPush(sub_id, event.id, payload, notice.topic, expires_at,
+                                   notice.position) for sub_id in scan.subscription_ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +275,7 @@ class PushSender:
         try:
             origin, target = await self._origin(push.endpoint)
             headers = [("TTL", str(ttl)), ("Content-Encoding", "aes128gcm"),
-                       ("Content-Type", "application/octet-stream"), ("Urgency", "normal"),
+                       ("Content-Type", "application/octet-stream"), ("Urgency", push.urgency),
                        ("Authorization", self._signer.authorization(push.endpoint))]
             if push.topic:
                 headers.append(("Topic", push.topic))

@@ -136,6 +136,49 @@ async def test_read_marker_before_the_delay_prevents_the_push(push_settings: Set
         assert service.received == []
 
 
+async def test_reading_a_pushed_chat_closes_its_notifications(hub: RunningHub,
+                                                               service: PushService) -> None:
+    """Read elsewhere after the push: each device gets a small push (Urgency low, the chat's
+    Topic) saying which notifications to close; a read that reaches no pushed message, or
+    reads again, sends none."""
+    alice, bob = await register(hub.http), await register(hub.http)
+    phone, tablet = service.subscribe(), service.subscribe()
+    for sub in (phone, tablet):
+        await subscribe(hub, alice, sub)
+    chat_id = await chat_of(hub, bob, alice)
+    first = await post(hub, bob, chat_id, "first")
+    await service.wait_accepted(1, phone)
+    await service.wait_accepted(1, tablet)
+    second = await post(hub, bob, chat_id, "second")  # pushed too: the newest notice of the chat
+    await service.wait_accepted(2, phone)
+    await service.wait_accepted(2, tablet)
+
+    async def read(message_id: int) -> None:
+        answer = await hub.http.post(f"/api/v1/chats/{chat_id}/read",
+                                     json={"message_id": message_id}, headers=alice.headers)
+        assert answer.status_code == 204, answer.text
+
+    await read(first)  # below the newest pushed message: the notification stays
+    await quiet(DELAY + 1)
+    assert len(service.received) == 4
+    await read(second)
+    for sub in (phone, tablet):
+        close = (await service.wait_accepted(3, sub))[2]
+        assert close.payload == {"close": f"chat-{chat_id}"}
+        assert close.headers["urgency"] == "low" and close.headers["topic"] == f"chat-{chat_id}"
+    await read(second)
+    await quiet(DELAY + 1)
+    assert len(service.received) == 6
+    # Replying reads the chat too (posting moves the sender's read marker).
+    await post(hub, bob, chat_id, "third")
+    await service.wait_accepted(4, phone)
+    await post(hub, alice, chat_id, "on my way")
+    assert (await service.wait_accepted(5, phone))[4].payload == {"close": f"chat-{chat_id}"}
+    assert (await service.wait_accepted(5, tablet))[4].payload == {"close": f"chat-{chat_id}"}
+    metrics = (await hub.http.get("/metrics")).text
+    assert 'hub_push_sent_total{result="sent"} 10.0' in metrics
+
+
 async def test_a_batch_of_sent_pushes_is_finished_in_one_statement(
         hub: RunningHub, service: PushService) -> None:
     """Pushes sent together leave the outbox in one DELETE, not one per push (bench: round

@@ -9,8 +9,9 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from chat.push import describe_message
 from hub.push_crypto import PushKeyError, b64url, encrypt, public_key_b64
-from hub.push_rules import MAX_PAYLOAD_BYTES, Notice, push_payload
+from hub.push_rules import MAX_PAYLOAD_BYTES, Notice, close_payload, push_payload
 
 CREATED = "2026-12-07T10:00:00.123Z"
 
@@ -62,3 +63,11 @@ def test_unusable_subscription_keys_are_a_push_key_error() -> None:
                          (key, "%%%")):
         with pytest.raises(PushKeyError):
             encrypt(b"{}", p256dh, auth)
+
+
+def test_a_chat_message_is_closed_by_a_read_that_reaches_it() -> None:
+    """The chat's rule gives each message's notice its chat's topic and the message id as the
+    position a read must reach; the close push names that topic, the notifications' tag."""
+    notice = describe_message({"id": 41, "chat_id": 7, "sender_username": "bob", "text": "hi"})
+    assert (notice.topic, notice.position) == ("chat-7", 41)
+    assert orjson.loads(close_payload("chat-7")) == {"close": "chat-7"}
