@@ -33,6 +33,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -262,14 +263,19 @@ async def close_notices(session: AsyncSession, user_id: int, topic: str, positio
     """The user has seen `topic` up to `position` elsewhere: each of their subscriptions with
     a notice of that topic at or below it gets a close push (`payload`, `Urgency: low`, the
     same topic so it replaces a push still waiting at the push service) and loses the
-    notice. Returns how many close pushes were decided."""
+    notice. The notice's own push, when no process has claimed it yet, is dropped: it would
+    only show what was read. Returns how many close pushes were decided."""
     notice = PushNotice
-    rows = (await session.execute(
+    rows = [(subscription_id, event_id) for subscription_id, event_id in (await session.execute(
         delete(notice)
         .where(notice.topic == topic, notice.position <= position,
                notice.subscription_id.in_(select(PushSubscription.id)
                                           .where(PushSubscription.user_id == user_id)))
-        .returning(notice.subscription_id, notice.event_id))).all()
+        .returning(notice.subscription_id, notice.event_id))).all()]
+    if rows:
+        await session.execute(delete(PushOutbox).where(
+            tuple_(PushOutbox.subscription_id, PushOutbox.event_id).in_(rows),
+            PushOutbox.claimed_until.is_(None)))
     expires_at = utcnow() + CLOSE_TTL
     dialect = (await session.connection()).dialect.name
     await enqueue(session, dialect, [

@@ -179,6 +179,32 @@ async def test_reading_a_pushed_chat_closes_its_notifications(hub: RunningHub,
     assert 'hub_push_sent_total{result="sent"} 10.0' in metrics
 
 
+async def test_a_push_read_before_it_is_sent_is_dropped(push_settings: Settings,
+                                                        service: PushService) -> None:
+    """One request at a time, each held 2 s: while the phone's push is in flight, the tablet's
+    waits in the outbox; a read then drops the tablet's and sends both devices a close push."""
+    service.hold = 2.0
+    async with serve_hub(replace(push_settings, push_max_in_flight=1)) as hub:
+        alice, bob = await register(hub.http), await register(hub.http)
+        subs = [service.subscribe(), service.subscribe()]
+        for sub in subs:
+            await subscribe(hub, alice, sub)
+        chat_id = await chat_of(hub, bob, alice)
+        message_id = await post(hub, bob, chat_id, "read me soon")
+        async with asyncio.timeout(20):
+            while service.open_requests == 0:  # decided, and the first device's push is out
+                await asyncio.sleep(0.02)
+        read = await hub.http.post(f"/api/v1/chats/{chat_id}/read", json={"message_id": message_id},
+                                   headers=alice.headers)
+        assert read.status_code == 204, read.text
+        await service.wait_accepted(3, timeout=30)
+        await quiet(2.5)
+    payloads = {sub.endpoint: [p.payload.get("close", p.payload.get("body")) for p in service.received
+                               if p.endpoint == sub.endpoint] for sub in subs}
+    close = f"chat-{chat_id}"
+    assert sorted(payloads.values()) == [[close], ["read me soon", close]]
+
+
 async def test_a_batch_of_sent_pushes_is_finished_in_one_statement(
         hub: RunningHub, service: PushService) -> None:
     """Pushes sent together leave the outbox in one DELETE, not one per push (bench: round
