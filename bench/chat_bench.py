@@ -72,8 +72,9 @@ async def scratch_database(backend: str, tag: str, workdir: Path) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def running_hub(env: dict[str, str], backend: str) -> AsyncIterator[str]:
-    """A hub process on a free port; its base URL. Stopped with SIGTERM (then SIGKILL) on exit."""
+async def running_hub(env: dict[str, str], backend: str, workers: int = 1) -> AsyncIterator[str]:
+    """A hub process on a free port (`hub serve --workers`); its base URL. Stopped with SIGTERM
+    (then SIGKILL) on exit."""
     port = free_port()
     full_env = {**os.environ, "HUB_ENV": "dev", "JWT_SECRET": secrets.token_hex(32),
                 "ACCESS_TOKEN_TTL": "3600", "LOG_LEVEL": "WARNING",
@@ -88,7 +89,7 @@ async def running_hub(env: dict[str, str], backend: str) -> AsyncIterator[str]:
             raise RuntimeError("hub migrate failed")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
-        env=full_env, cwd=ROOT)
+        "--workers", str(workers), env=full_env, cwd=ROOT)
     base_url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=2) as http:

@@ -15,9 +15,11 @@ from bench.targets import TARGETS, hub_environment, migrate_hub, start, token_is
 
 
 @contextlib.asynccontextmanager
-async def running_hub(users: int, params: Params, out: Path, log: object) -> AsyncIterator[Bench]:
+async def running_hub(users: int, params: Params, out: Path, log: object,
+                      transport: str = "ws") -> AsyncIterator[Bench]:
     """A migrated database with `users` users, a private Redis, the hub pinned to the server core
-    and this process to the others; everything is removed on exit."""
+    and this process to the others; everything is removed on exit. The fleet's clients use
+    `transport`: "ws" (/ws) or "stream" (the HTTP event stream)."""
     server_cpus, loadgen_cpus = cores()
     os.sched_setaffinity(0, loadgen_cpus)
     raise_nofile()
@@ -37,8 +39,9 @@ async def running_hub(users: int, params: Params, out: Path, log: object) -> Asy
                              hub_env=env)
         publisher = RespPublisher("127.0.0.1", redis.port)
         await publisher.open()
-        fleet = Fleet(server.ws_url, "hub", token)
-        bench = Bench(server, fleet, publisher, params, redis.pid(), ids, log, api_key,  # type: ignore[arg-type]
+        url = server.ws_url if transport == "ws" else server.http_url + "/api/v1/stream"
+        fleet = Fleet(url, "hub", token, transport)
+        bench = Bench(server, fleet, publisher, params, redis.pids(), ids, log, api_key,  # type: ignore[arg-type]
                       server_cpus=server_cpus)
         bench.results["loadgen_cpus"] = sorted(loadgen_cpus)
         try:

@@ -1,185 +1,89 @@
-"""The event stream over HTTP next to /ws (issue 16): idle memory per connection and unicast
-delivery latency, each transport on a fresh hub process of its own (SQLite, in-process broker).
+"""The event stream over HTTP next to /ws (issue 16): idle memory per connection and unicast p99
+at 5,000 events/s for 1,000 clients, each transport on a fresh hub of its own.
 
-    .venv/bin/python -m bench.stream_vs_ws [--clients 1000] [--rate 200] [--seconds 10]
+    .venv/bin/python -m bench.stream_vs_ws [--clients 1000] [--rate 5000] [--seconds 4]
 
-Clients are plain asyncio connections in this process (an HTTP/1.1 GET read line by line, or a
-`websockets` client), one per user. Memory is the hub's RSS after the clients connected minus
-before, per connection. Latency is from an event's `created_at` (its commit) to its arrival,
-for events published one per call at `--rate` calls/s through `POST /api/v1/publish` to random
-users; it includes the publish path, so compare the two transports, not absolute figures with
-bench/run's, which inject straight into Redis. Stops by itself: every wait is bounded.
+The set-up of bench/run's hub (bench/solo.py): PostgreSQL, a private Redis, the hub pinned to one
+core and this load generator to the other. Per transport: warm-up connections come and go (the
+RSS then is the base), `--clients` users connect (one connection each: picows WebSocket clients,
+or bench/stream_client.py's raw event streams), and after a second of quiet the hub's RSS minus
+the base, per connection, is the idle memory. Then a 500/s warm-up step and the measured step:
+events put on random users' Redis channels at `--rate`/s for `--seconds` (bench/scenarios.py
+`_unicast_step`), each checked by its client (lost, duplicate or out of order, misrouted) with
+its latency from injection to arrival, and the hub's CPU per event from /proc. Prints one line
+per transport and the stream's ratios to /ws (the target: within 1.5x on both). Stops by itself:
+every wait is bounded (about a minute in all).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime as dt
-import json
-import os
-import random
-import secrets
-import signal
-import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import httpx
-import websockets
+from bench.__main__ import log, use_uvloop
+from bench.loadgen import Injector
+from bench.scenarios import Params
+from bench.solo import running_hub
+from bench.targets import ROOT
 
-from bench.chat_bench import free_port
-from bench.loadgen import percentile
-
-ROOT = Path(__file__).resolve().parent.parent
-API_KEY = secrets.token_hex(16)
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+TRANSPORTS = ("ws", "stream")
 
 
-@contextlib.asynccontextmanager
-async def hub(workdir: Path, tag: str) -> AsyncIterator[tuple[int, str, dict[str, str]]]:
-    port = free_port()
-    env = {**os.environ, "HUB_ENV": "dev", "JWT_SECRET": secrets.token_hex(32), "LOG_LEVEL": "WARNING",
-           "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/{tag}.db", "HUB_API_KEY": API_KEY,
-           "ACCESS_TOKEN_TTL": "3600", "WS_MAX_CONNECTIONS_PER_USER": "5"}
-    env.pop("REDIS_URL", None)
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "hub", "serve", "--port",
-                                                   str(port), env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(base + "/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-        yield process.pid, base, env
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+async def measure(transport: str, args: argparse.Namespace) -> dict[str, Any]:
+    params = Params(step_seconds=args.seconds, ladder_users=args.clients)
+    async with running_hub(args.clients, params, Path(args.out) / "logs", log, transport) as bench:
+        base = await bench.baseline()
+        seconds, failures = await bench.fleet.connect(bench.users, in_flight=100)
+        await asyncio.sleep(1.0)
+        connected = len(bench.fleet.clients)
+        rss_per_conn = (bench.server.rss() - base) / max(1, connected) / 1024
+        log(f"{transport}: {connected} connected in {seconds:.1f} s "
+            f"({failures} failed), {rss_per_conn:.1f} KiB each")
+        clients = list(bench.fleet.clients.values())
+        injector = Injector("hub")
+        await bench._unicast_step(clients, injector, 500)  # warm-up, not reported
+        step = await bench._unicast_step(clients, injector, args.rate)
+    return {"transport": transport, "clients": connected, "failed": failures,
+            "rss_per_conn_kib": rss_per_conn, **{k: step[k] for k in (
+                "sent", "delivered", "lost", "late_or_duplicate", "misrouted", "closed",
+                "p50_ms", "p99_ms", "max_ms", "server_us_per_event", "server_cpu_pct",
+                "loadgen_cpu_pct", "others_on_server_core_pct")}}
 
 
-async def users(env: dict[str, str], count: int) -> list[tuple[int, str]]:
-    from auth.tokens import ACCESS, TokenCodec
-    from hub.db import Database
-    from hub.users import create_user
-
-    db = Database(env["DATABASE_URL"])
-    db.open()
-    try:
-        async with db.sessions.begin() as session:
-            ids = [(await create_user(session, f"b{n}_{secrets.token_hex(3)}")).id for n in range(count)]
-    finally:
-        await db.close()
-    codec = TokenCodec(env["JWT_SECRET"], "HS256", 3600, 86400)
-    return [(user_id, codec.issue(user_id, ACCESS)[0]) for user_id in ids]
-
-
-def _created(event: dict[str, object]) -> float:
-    return dt.datetime.fromisoformat(str(event["created_at"]).replace("Z", "+00:00")).timestamp()
-
-
-async def stream_client(port: int, token: str, latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /api/v1/stream HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n"
-                 .encode())
-    try:
-        while line := await reader.readline():
-            if line.startswith(b"data: {\"id\""):
-                latencies.append(time.time() - _created(json.loads(line[6:])))
-    finally:
-        writer.close()
-
-
-async def ws_client(url: str, token: str, latencies: list[float], ready: asyncio.Event) -> None:
-    async with websockets.connect(url, max_size=2**20, ping_interval=None) as ws:
-        await ws.send(json.dumps({"type": "auth", "token": token}))
-        await ws.recv()
-        ready.set()
-        async for raw in ws:
-            frame = json.loads(raw)
-            if frame.get("type") == "event":
-                latencies.append(time.time() - _created(frame))
-
-
-async def measure(transport: str, clients: int, rate: int, seconds: float, workdir: Path) -> dict[str, float]:
-    async with hub(workdir, transport) as (pid, base, env):
-        people = await users(env, clients)
-        before = rss(pid)
-        latencies: list[float] = []
-        tasks = []
-        port = int(base.rsplit(":", 1)[1])
-        for start in range(0, clients, 100):
-            batch = people[start:start + 100]
-            if transport == "stream":
-                tasks += [asyncio.create_task(stream_client(port, token, latencies)) for _, token in batch]
-            else:
-                ready = [asyncio.Event() for _ in batch]
-                url = base.replace("http", "ws") + "/ws"
-                tasks += [asyncio.create_task(ws_client(url, token, latencies, r))
-                          for (_, token), r in zip(batch, ready, strict=True)]
-                async with asyncio.timeout(30):
-                    await asyncio.gather(*(r.wait() for r in ready))
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            async with asyncio.timeout(60):
-                while True:  # every client registered
-                    if f"hub_connections {float(clients)}" in (await http.get("/metrics")).text:
-                        break
-                    await asyncio.sleep(0.2)
-            await asyncio.sleep(1.0)
-            after = rss(pid)
-            rng = random.Random(16)
-            sent, deadline = 0, time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                tick = time.monotonic()
-                calls = [http.post("/api/v1/publish", headers={"Authorization": f"Bearer {API_KEY}"},
-                                   json={"user_ids": [rng.choice(people)[0]], "name": "bench.tick"})
-                         for _ in range(max(1, rate // 10))]
-                await asyncio.gather(*calls)
-                sent += len(calls)
-                await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    while True:  # the last events on their way
-                        if len(latencies) >= sent:
-                            break
-                        await asyncio.sleep(0.1)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return {"clients": clients, "rss_per_conn_kib": (after - before) / clients / 1024,
-            "sent": sent, "delivered": len(latencies),
-            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+def line(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="hub-stream-bench-") as workdir:
-        for transport in ("ws", "stream"):
-            row = await measure(transport, args.clients, args.rate, args.seconds, Path(workdir))
-            print(f"{transport:6} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in row.items()), flush=True)
-    return 0
+    rows = {}
+    for transport in TRANSPORTS:
+        rows[transport] = await measure(transport, args)
+    print(f"\nunicast at {args.rate}/s for {args.clients} clients, {args.seconds:g} s:")
+    for row in rows.values():
+        print(f"{row['transport']:6} {line(row)}")
+    ws, stream = rows["ws"], rows["stream"]
+    print(f"stream/ws: idle memory {stream['rss_per_conn_kib'] / ws['rss_per_conn_kib']:.2f}x, "
+          f"p99 {stream['p99_ms'] / ws['p99_ms']:.2f}x, "
+          f"CPU per event {stream['server_us_per_event'] / ws['server_us_per_event']:.2f}x "
+          f"(target: within 1.5x)")
+    bad = sum(row[k] for row in rows.values() for k in ("lost", "late_or_duplicate", "misrouted"))
+    print("every delivery checked: " + ("none lost, duplicated, out of order or misrouted"
+                                        if not bad else f"{bad} bad deliveries"))
+    return 0 if not bad else 1
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.stream_vs_ws")
+    parser = argparse.ArgumentParser(prog="python -m bench.stream_vs_ws", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--rate", type=int, default=200, help="publish calls per second")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    return asyncio.run(asyncio.wait_for(main_async(parser.parse_args()), 600))
+    parser.add_argument("--rate", type=int, default=5000, help="events/s to random users")
+    parser.add_argument("--seconds", type=float, default=4.0, help="of the measured step")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    use_uvloop()
+    return asyncio.run(asyncio.wait_for(main_async(args), 300))
 
 
 if __name__ == "__main__":

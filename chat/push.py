@@ -14,7 +14,12 @@ from hub.push_rules import Notice, PushRule
 
 def describe_message(data: dict[str, Any]) -> Notice:
     return Notice(title=str(data["sender_username"]), body=str(data["text"]),
-                  topic=f"chat-{int(data['chat_id'])}")
+                  topic=chat_topic(int(data["chat_id"])), position=int(data["id"]))
+
+
+def chat_topic(chat_id: int) -> str:
+    """The push `Topic` of a chat's messages, and the tag of their notifications (/sw.js)."""
+    return f"chat-{chat_id}"
 
 
 async def message_read(session: AsyncSession, user_id: int, data: dict[str, Any]) -> bool:

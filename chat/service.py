@@ -27,11 +27,13 @@ from chat.events import (
     MessageOut,
     ReadUpTo,
 )
+from chat.push import chat_topic
 from chat.queries import ChatRow, chat_json
 from hub.db import Database, rfc3339, utcnow
 from hub.errors import Conflict, Forbidden, Invalid, NotFound
 from hub.events import EventBus, Transaction
 from hub.idempotency import KeyedRequest, StoredAnswer, answer_once
+from hub.push_rules import close_pushed
 from hub.ratelimit import Limit, RateLimiter
 from hub.users import existing_user_ids
 
@@ -167,6 +169,8 @@ class ChatService:
                 sender_username=head.member_name, text=text, created_at=rfc3339(now)))
             member_ids = await queries.member_ids(tx.session, chat_id)
             await tx.emit(member_ids, event)
+            # The sender has read the chat up to here: notifications of it close on their devices.
+            await close_pushed(tx.session, sender_id, chat_topic(chat_id), message_id)
             return StoredAnswer(201, event.data_json)  # the answer is the event's data, as encoded
 
         async def spend_allowance() -> None:
@@ -199,6 +203,7 @@ class ChatService:
                 others = [uid for uid in await queries.member_ids(session, chat_id) if uid != user_id]
                 await tx.emit(others, CHAT_READ(ReadUpTo(chat_id=chat_id, user_id=user_id,
                                                          message_id=message_id)))
+                await close_pushed(session, user_id, chat_topic(chat_id), message_id)
 
     async def block(self, blocker_id: int, blocked_id: int) -> None:
         """`blocker_id` blocks `blocked_id` (again is no change). 422 for oneself or an unknown

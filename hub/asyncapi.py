@@ -1,6 +1,7 @@
-"""The AsyncAPI 3.0 document of the `/ws` protocol (docs/protocol.md §4-§5), built from the same
-sources as the hub: the frame models below, the declared events' data models
-(`hub.events.EventType`) and the close codes (`hub.close_codes.CloseCode`).
+"""The AsyncAPI 3.0 document of the `/ws` protocol (docs/protocol.md §4-§5) and of the event
+stream over HTTP (§12), built from the same sources as the hub: the frame models below, the
+declared events' data models (`hub.events.EventType`) and the close codes
+(`hub.close_codes.CloseCode`).
 
 The frames' models describe what `hub.ws_frames` parses and writes (it builds them by hand, on
 the hot path, without pydantic); tests/test_asyncapi.py checks every frame a real hub sends
@@ -11,7 +12,7 @@ Operations are the hub's view: it `receive`s client frames and `send`s server fr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
@@ -22,6 +23,8 @@ from hub.events import EVENT_NAME, EventType
 REF = "#/components/schemas/{model}"
 CHANNEL = "ws"
 PATH = "/ws"
+STREAM_CHANNEL = "stream"
+STREAM_PATH = "/api/v1/stream"
 
 
 class AuthFrame(BaseModel):
@@ -121,9 +124,32 @@ class TypingSignal(BaseModel):
     user_id: int
 
 
+class StreamEvent(BaseModel):
+    """An event of the stream (§12): the event object of §1, on one `data:` line."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    name: Annotated[str, Field(pattern=EVENT_NAME)]
+    data: dict[str, Any]
+    created_at: str
+
+
+class StreamEnd(BaseModel):
+    """The stream's last message (`event: error`): why the hub ended it, and what to do."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: Literal["token_expired", "slow_consumer", "server_restarting", "session_revoked",
+                  "history_gone", "internal"]
+    detail: str
+
+
 CLIENT_FRAMES: tuple[type[BaseModel], ...] = (AuthFrame, PingFrame, RefreshFrame, TypingFrame)
 SERVER_FRAMES: tuple[type[BaseModel], ...] = (WelcomeFrame, EventFrame, PongFrame, RefreshedFrame,
                                               ErrorFrame, PresenceSignal, TypingSignal)
+
+
+STREAM_ENDS: tuple[str, ...] = get_args(StreamEnd.model_fields["code"].annotation)
+SSE_ID = {"type": "string", "pattern": "^.+:[0-9]+$", "description": "<epoch>:<event id>"}
 
 
 def frame_type(model: type[BaseModel]) -> str:
@@ -137,8 +163,10 @@ def build_asyncapi(event_types: Mapping[str, EventType[Any]], title: str,
     (an `event` frame whose `name` and `data` the declaration fixes)."""
     data_models = sorted({e.data for e in event_types.values()}, key=lambda m: m.__name__)
     frames = (*CLIENT_FRAMES, *SERVER_FRAMES)
+    models: tuple[type[BaseModel], ...] = (*frames, StreamEvent, StreamEnd)
     keys, schema = models_json_schema(
-        [*((m, "validation") for m in frames), *((m, "serialization") for m in data_models)],
+        [*((m, "validation") for m in models),
+         *((m, "serialization") for m in data_models)],
         ref_template=REF)
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
     messages: dict[str, Any] = {}
@@ -167,9 +195,12 @@ def build_asyncapi(event_types: Mapping[str, EventType[Any]], title: str,
                  "properties": {"name": {"const": name}, "data": {"$ref": data_ref}}},
             ]},
         }
-    channel_ref = f"#/channels/{CHANNEL}"
+    ws_keys = list(messages)
+    stream_keys = _stream_messages(messages, keys, event_types)
 
-    def operation(action: str, keys_: list[str], summary: str) -> dict[str, Any]:
+    def operation(action: str, keys_: list[str], summary: str,
+                  channel: str = CHANNEL) -> dict[str, Any]:
+        channel_ref = f"#/channels/{channel}"
         return {"action": action, "channel": {"$ref": channel_ref}, "summary": summary,
                 "messages": [{"$ref": f"{channel_ref}/messages/{k}"} for k in keys_]}
 
@@ -182,7 +213,10 @@ def build_asyncapi(event_types: Mapping[str, EventType[Any]], title: str,
             "description": "The hub's WebSocket protocol (docs/protocol.md §4) and the events "
                            "it delivers (§5). Every message is one JSON object, told apart by "
                            "`type`; an `event` frame's `data` has the shape its `name` fixes. "
-                           "Close codes: `x-close-codes` of the channel.",
+                           "Close codes: `x-close-codes` of the channel. The same stream over "
+                           "HTTP as Server-Sent Events (§12): the `stream` channel, each "
+                           "message's `headers` being its SSE fields and its payload the JSON "
+                           "of its `data:` line.",
         },
         "defaultContentType": "application/json",
         "channels": {CHANNEL: {
@@ -190,18 +224,75 @@ def build_asyncapi(event_types: Mapping[str, EventType[Any]], title: str,
             "description": "Handshake, then `auth` first; the hub answers `welcome`, then "
                            "events and answers to client frames, until a close with one of "
                            "`x-close-codes`.",
-            "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in messages},
+            "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in ws_keys},
             "bindings": {"ws": {"method": "GET", "bindingVersion": "0.1.0"}},
             "x-close-codes": [
                 {"code": int(code), "name": code.name, "action": code.action.value,
                  "sent_by": code.sent_by.value, "meaning": code.meaning} for code in CloseCode],
+        }, STREAM_CHANNEL: {
+            "address": STREAM_PATH, "title": "The event stream over HTTP (Server-Sent Events)",
+            "description": "GET with `Authorization: Bearer` or `?ticket=` (POST "
+                           "/api/v1/stream/tickets), resuming from `Last-Event-ID: <epoch>:<id>` "
+                           "or `?last_event_id=&epoch=`; a `text/event-stream` answer: `welcome`, "
+                           "the replay, live events (with an `id`), signals (without), a `: ping` "
+                           "comment every WS_PING_INTERVAL seconds, and last an `error` whose "
+                           "`code` says why the hub ended the stream.",
+            "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in stream_keys},
         }},
         "operations": {
             "receiveClientFrames": operation("receive", client, "Frames a client sends"),
             "sendServerFrames": operation("send", server, "Frames the hub sends"),
             "sendEvents": operation("send", event_messages,
                                     "The declared events, each an `event` frame"),
+            "sendStreamMessages": {
+                **operation("send", stream_keys, "The messages of an event stream, in SSE",
+                            STREAM_CHANNEL),
+                "bindings": {"http": {"method": "GET", "bindingVersion": "0.3.0"}},
+            },
         },
         "components": {"messages": messages, "schemas": schemas},
     }
 
+
+
+def _stream_messages(messages: dict[str, Any], keys: Mapping[Any, dict[str, Any]],
+                     event_types: Mapping[str, EventType[Any]]) -> list[str]:
+    """The stream's messages (§12), added to `messages` as `stream.*`: the welcome, an event of
+    any name and of each declared one, the signals, the final `error`. Their `headers` are the
+    SSE fields (`event`, and `id` for the welcome and events only)."""
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": keys[(model, "validation")]["$ref"]}
+
+    def sse(event: dict[str, Any], with_id: bool) -> dict[str, Any]:
+        fields: dict[str, Any] = {"type": "object", "properties": {"event": event},
+                                  "required": ["event", "id"] if with_id else ["event"]}
+        if with_id:
+            fields["properties"]["id"] = SSE_ID
+        else:
+            fields["not"] = {"required": ["id"]}
+        return fields
+
+    def add(key: str, name: str, summary: str, headers: dict[str, Any],
+            payload: dict[str, Any]) -> None:
+        messages[key] = {"name": name, "title": f"{name} (event stream)", "summary": summary,
+                         "contentType": "application/json", "headers": headers,
+                         "payload": payload}
+
+    add("stream.welcome", "welcome", "First: the welcome object of /ws; its id is the position "
+        "the stream continues after.", sse({"const": "welcome"}, True), ref(WelcomeFrame))
+    add("stream.event", "event", "An event: `event:` is its name, `id:` <epoch>:<id>.",
+        sse({"type": "string", "pattern": EVENT_NAME}, True), ref(StreamEvent))
+    for name, event_type in event_types.items():
+        data_ref = keys[(event_type.data, "serialization")]["$ref"]
+        add(f"stream.event.{name}", name, f"The event `{name}`, sent to {event_type.recipients}.",
+            sse({"const": name}, True), {"allOf": [ref(StreamEvent), {
+                "type": "object", "required": ["name", "data"],
+                "properties": {"name": {"const": name}, "data": {"$ref": data_ref}}}]})
+    for signal in (PresenceSignal, TypingSignal):
+        kind = frame_type(signal)
+        add(f"stream.{kind}", kind, "A signal (§11) without an id: never replayed.",
+            sse({"const": kind}, False), ref(signal))
+    add("stream.error", "error", "Last: why the hub ended the stream; the connection closes.",
+        sse({"const": "error"}, False), ref(StreamEnd))
+    return [key for key in messages if key.startswith("stream.")]

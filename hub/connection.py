@@ -125,8 +125,8 @@ class Connection:
     """Outbound state of one socket. `offer` never blocks; `stop` ends it for good."""
 
     __slots__ = ("_bytes", "_catch_up", "_clock", "_ended", "_expiry", "_fill_to", "_max_bytes",
-                 "_max_messages", "_metrics", "_outlet", "_queue", "_read", "_started", "_task",
-                 "_unsent", "delivered", "encoding", "expires_at", "session_id", "transport",
+                 "_max_messages", "_metrics", "_observe", "_outlet", "_queue", "_read", "_started",
+                 "_task", "_unsent", "delivered", "encoding", "expires_at", "session_id", "transport",
                  "user_id")
 
     def __init__(self, user_id: int, expires_at: float, outlet: Outlet, read: ReadEvents,
@@ -142,6 +142,7 @@ class Connection:
         self._outlet = outlet
         self._read = read
         self._metrics = metrics
+        self._observe = metrics.deliveries.observer(transport)
         self._clock = clock  # unix time, the clock of `expires_at` and of events' `created_at`
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -233,7 +234,7 @@ class Connection:
         outlet = self._outlet
         outlet.write(frame)
         self.delivered = event_id
-        self._metrics.deliveries.observe(max(0.0, self._clock() - created_at))
+        self._observe(max(0.0, self._clock() - created_at))
         self._check_unsent()
 
     def _check_unsent(self) -> None:

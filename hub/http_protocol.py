@@ -12,7 +12,8 @@ A long-lived response (the event stream, hub/event_stream.py) reaches its connec
 the request's scope (`scope[CONTROL]`, this protocol): it is told of the server's graceful
 shutdown (`on_shutdown`, so it can say goodbye before uvicorn waits for it) and of the peer's
 leaving (`on_lost`, without a task waiting on `receive`), and may `abort` the connection of a
-peer that stopped reading.
+peer that stopped reading. On this protocol the stream goes further: once its head is sent, it
+takes the connection over (`hand_off`) and the request's task ends.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self.on_shutdown: Callable[[], None] | None = None  # set by a long-lived response
         self.on_lost: Callable[[], None] | None = None  # likewise: the peer is gone
+        self.shutting_down = False  # the server's graceful shutdown has begun
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -99,10 +101,36 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: a long-lived response ends itself first."""
+        self.shutting_down = True
         hook, self.on_shutdown = self.on_shutdown, None
         if hook is not None:
             hook()
         super().shutdown()
+
+    def response_chunked(self) -> bool:
+        """Whether the current response's body goes in chunks (decided when its head was sent)."""
+        return bool(self.cycle is not None and self.cycle.chunked_encoding)
+
+    def hand_off(self, protocol: asyncio.Protocol) -> bool:
+        """Give the connection to `protocol` after the current response's head (a long-lived
+        response that writes by itself, hub/stream_socket.py), as uvicorn does with an upgrade:
+        the request's task may end (uvicorn counts the response complete), this protocol leaves
+        the server's connections and parses nothing more. False when the peer is already gone."""
+        cycle, transport = self.cycle, self.transport
+        if cycle is None or cycle.disconnected or transport.is_closing():
+            return False
+        cycle.response_complete = True
+        cycle.keep_alive = False
+        self.connections.discard(self)
+        self._unset_keepalive_if_required()
+        self._cancel_head_timer()
+        self.on_shutdown = self.on_lost = None
+        self.pipeline.clear()
+        protocol.connection_made(transport)
+        transport.set_protocol(protocol)
+        if not transport.is_reading():
+            transport.resume_reading()  # to learn when the peer leaves
+        return True
 
     def abort(self) -> None:
         """Drop the connection now, whatever is still unsent (a peer that stopped reading)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+TRANSPORTS = ("ws", "stream")  # the `transport` label: /ws, the HTTP event stream (§12)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,11 @@ class Metrics:
         if tls_certificate_file is not None:
             r.register(CertificateExpiry(Path(tls_certificate_file)))
         self.connections = Gauge("hub_connections",
-                                 "Open authenticated connections, /ws and the HTTP stream",
-                                 registry=r)
+                                 "Open authenticated connections, by transport (ws, stream)",
+                                 ["transport"], registry=r)
         self.stream_connections = Gauge("hub_stream_connections",
-                                        "Open authenticated HTTP event streams (/api/v1/stream)",
+                                        "Open authenticated HTTP event streams (/api/v1/stream); "
+                                        "deprecated: hub_connections{transport=\"stream\"}",
                                         registry=r)
         self.stream_ends = Counter("hub_stream_ends_total",
                                    "HTTP event streams the hub ended, by the error event it sent",
@@ -42,7 +44,8 @@ class Metrics:
         r.register(self.deliveries)
         self.slow_consumer_disconnects = Counter("hub_slow_consumer_disconnects_total",
                                                  "Connections ended as slow consumers (/ws: 4009, "
-                                                 "the stream: slow_consumer)", registry=r)
+                                                 "the stream: slow_consumer), by transport",
+                                                 ["transport"], registry=r)
         self.http_requests = Counter("hub_http_requests_total", "REST requests answered",
                                      ["route", "method", "status"], registry=r)
         self.broker_reconnects = Counter("hub_broker_reconnects_total",
@@ -72,39 +75,65 @@ class Metrics:
                                  "deleted), retried, expired, rejected, abandoned",
                                  ["result"], registry=r)
 
+        for transport in TRANSPORTS:  # every series from the start, at 0
+            self.connections.labels(transport)
+            self.slow_consumer_disconnects.labels(transport)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class Deliveries(Collector):
-    """`hub_events_delivered_total` and `hub_delivery_latency_seconds` in one, observed once per
-    event frame sent, the hottest call of the hub. prometheus_client's Histogram takes a lock per
-    observation; this one is plain counters, safe because only the event loop's thread observes
-    (a scrape from another thread may see an observation half-counted, never a corrupt value)."""
+class Latencies:
+    """The delivery latencies of one transport: plain counters per bucket (the last one +Inf)."""
 
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self._bounds = buckets
-        self._counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self._sum = 0.0
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
         """One frame sent, `seconds` after its event was committed."""
-        self._counts[bisect_left(self._bounds, seconds)] += 1
-        self._sum += seconds
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+
+class Deliveries(Collector):
+    """`hub_events_delivered_total` and `hub_delivery_latency_seconds` in one, by transport,
+    observed once per event frame sent, the hottest call of the hub. prometheus_client's
+    Histogram takes a lock per observation; this one is plain counters, safe because only the
+    event loop's thread observes (a scrape from another thread may see an observation
+    half-counted, never a corrupt value). A connection keeps its transport's `observer`."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._bounds = buckets
+        self._by_transport = {transport: Latencies(buckets) for transport in TRANSPORTS}
+
+    def observer(self, transport: str) -> Callable[[float], None]:
+        """What a connection of `transport` calls per frame sent, with the seconds since commit."""
+        return self._by_transport[transport].observe
+
+    @property
+    def total_sum(self) -> float:
+        return sum(latencies.sum for latencies in self._by_transport.values())
 
     def collect(self) -> Iterator[Metric]:
-        counts = list(self._counts)
-        total = sum(counts)
-        delivered = CounterMetricFamily("hub_events_delivered", "Event frames sent to connections")
-        delivered.add_metric([], total)
-        yield delivered
-        cumulative, buckets = 0, []
-        for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        delivered = CounterMetricFamily("hub_events_delivered",
+                                        "Event frames sent to connections, by transport",
+                                        labels=["transport"])
         latency = HistogramMetricFamily("hub_delivery_latency_seconds",
-                                        "From commit to the send of the event frame")
-        latency.add_metric([], buckets, self._sum)
+                                        "From commit to the send of the event frame, by transport",
+                                        labels=["transport"])
+        for transport, latencies in self._by_transport.items():
+            counts = list(latencies.counts)
+            delivered.add_metric([transport], sum(counts))
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([transport], buckets, latencies.sum)
+        yield delivered
         yield latency
 
 

@@ -1,20 +1,25 @@
 """Web Push cryptography: the VAPID key (RFC 8292) and the `aes128gcm` payload (RFC 8291).
 
-The only module that imports `http_ece` and `py_vapid`; their errors become `ConfigError` (a
-bad key at start-up) or `PushKeyError` (a subscription's keys that cannot be used).
+The only module that imports `py_vapid`; key errors become `ConfigError` (a bad key at
+start-up) or `PushKeyError` (a subscription's keys that cannot be used). The payload is
+encrypted with `cryptography`'s primitives as RFC 8291 §3.4 and RFC 8188 §2 write it (one
+record, HKDF-SHA256 with single-block outputs as HMACs); `http_ece`'s general code for every
+version of the format cost about a third more per push. The tests decrypt with `http_ece`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
+import struct
 import time
 from urllib.parse import urlsplit
 
-import http_ece  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 
 from hub.env import ConfigError
@@ -93,17 +98,39 @@ class VapidSigner:
         return header
 
 
+RECORD_SIZE = 4096  # the one record's size in the header (RFC 8188 §2); payloads are ≤ 3,000 bytes
+_CURVE = ec.SECP256R1()
+_X962 = serialization.Encoding.X962
+_UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
+
+
 def encrypt(payload: bytes, p256dh: str, auth: str) -> bytes:
-    """The RFC 8291 `aes128gcm` body of `payload` for one subscription's keys."""
+    """The RFC 8291 `aes128gcm` body of `payload` for one subscription's keys, with a new
+    ECDH key pair and salt for each message."""
     try:
-        receiver = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b64url_decode(p256dh))
+        receiver_bytes = b64url_decode(p256dh)
+        receiver = ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, receiver_bytes)
         secret = b64url_decode(auth)
     except ValueError as exc:
         raise PushKeyError(str(exc)) from exc
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    body: bytes = http_ece.encrypt(payload, salt=os.urandom(16), private_key=server_key,
-                                   dh=receiver, auth_secret=secret, version="aes128gcm")
-    return body
+    if len(secret) != 16:
+        raise PushKeyError(f"auth is {len(secret)} bytes, not 16")
+    if len(payload) + 17 > RECORD_SIZE:
+        raise ValueError(f"a payload of {len(payload)} bytes does not fit one record")
+    server_key = ec.generate_private_key(_CURVE)
+    server_public = server_key.public_key().public_bytes(_X962, _UNCOMPRESSED)
+    shared = server_key.exchange(ec.ECDH(), receiver)
+    # RFC 8291 §3.4: IKM = HKDF(auth, ecdh_secret, "WebPush: info" || 0 || ua_public || as_public, 32)
+    prk_key = hmac.digest(secret, shared, "sha256")
+    ikm = hmac.digest(prk_key, b"WebPush: info\x00" + receiver_bytes + server_public + b"\x01",
+                      "sha256")
+    # RFC 8188 §2.2-2.3: CEK and NONCE from HKDF(salt, IKM)
+    salt = os.urandom(16)
+    prk = hmac.digest(salt, ikm, "sha256")
+    cek = hmac.digest(prk, b"Content-Encoding: aes128gcm\x00\x01", "sha256")[:16]
+    nonce = hmac.digest(prk, b"Content-Encoding: nonce\x00\x01", "sha256")[:12]
+    header = salt + struct.pack("!IB", RECORD_SIZE, len(server_public)) + server_public
+    return header + AESGCM(cek).encrypt(nonce, payload + b"\x02", None)  # 2: the last record
 
 
 def check_subscription_keys(p256dh: str, auth: str) -> str | None:

@@ -2,7 +2,9 @@
 notification, its `Topic`, and whether the user has seen the event some other way.
 
 A feature hands `PushRule`s to the composition root in its `Feature(push_rules=...)`; an event
-name in `PUSH_EVENTS` without a rule is pushed with its name as the title.
+name in `PUSH_EVENTS` without a rule is pushed with its name as the title. When the user sees a
+topic elsewhere (reads the chat), the feature calls `close_pushed` in its transaction, and the
+notifications of that topic that were pushed are closed on the user's devices.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub import push_store
 
 MAX_PAYLOAD_BYTES = 3000  # what every push service accepts once encrypted (RFC 8291 allows ~3993)
 MAX_TITLE = 100
@@ -28,6 +32,7 @@ class Notice:
     title: str
     body: str
     topic: str | None = None
+    position: int | None = None  # with a topic: the `close_pushed` position that closes it
 
 
 Describe = Callable[[dict[str, Any]], Notice]
@@ -40,6 +45,19 @@ Seen = Callable[[AsyncSession, int, dict[str, Any]], Awaitable[bool]]
 class PushRule:
     describe: Describe
     seen: Seen | None = None
+
+
+async def close_pushed(session: AsyncSession, user_id: int, topic: str, position: int) -> int:
+    """The user has seen `topic` up to `position` (e.g. read the chat up to a message): each of
+    their devices that was pushed a notice of that topic at or below it gets a small push
+    (`Urgency: low`, same `Topic`, payload `{"close": topic}`) on which /sw.js closes the
+    notifications tagged `topic`. Only writes, in the caller's transaction; returns how many
+    close pushes were decided (0 when push is off or nothing was pushed)."""
+    return await push_store.close_notices(session, user_id, topic, position, close_payload(topic))
+
+
+def close_payload(topic: str) -> bytes:
+    return orjson.dumps({"close": topic})
 
 
 def default_notice(name: str) -> Notice:

@@ -7,9 +7,10 @@
   `seen` check (a chat's read marker) claims becomes one outbox row per subscription, and the
   scan moves past it in the same commit. User rows are locked with SKIP LOCKED, so processes
   split the users between them; the outbox's unique key keeps a push decided twice single.
-- `send` claims due rows (committed before any request, SKIP LOCKED), sends at most
-  `PUSH_MAX_IN_FLIGHT` at once and records each outcome: sent, 404/410 deletes the
-  subscription, 429 waits `Retry-After`, 5xx and network errors back off, all within the TTL.
+- `step` claims due rows (committed before any request, SKIP LOCKED), keeps at most
+  `PUSH_MAX_IN_FLIGHT` requests open (hub/push_http.py) and records the outcomes in batches:
+  sent, 404/410 deletes the subscription, 429 waits `Retry-After`, 5xx and network errors
+  back off, all within the TTL.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from hub import push_store
@@ -33,6 +34,7 @@ from hub.address_policy import AddressRefused, resolve
 from hub.db import Database, rfc3339, utcnow
 from hub.metrics import Metrics
 from hub.push_crypto import PushKeyError, VapidSigner, encrypt
+from hub.push_http import PushClient, PushHttpError, post_request
 from hub.push_rules import Notice, PushRule, default_notice, push_payload
 from hub.supervise import backoff_delay
 
@@ -44,6 +46,10 @@ REQUEST_TIMEOUT = 10.0
 CLAIM_LEASE = dt.timedelta(seconds=60)  # far beyond REQUEST_TIMEOUT: only a dead process outlives it
 MAX_BACKOFF = 300.0
 ADDRESS_CHECK_SECONDS = 60.0
+ROUND_SECONDS = 1.0  # the longest a sender waits before recording outcomes and claiming more
+ABANDONED_CHECK_SECONDS = 10.0
+
+Outcome = tuple[push_store.ClaimedPush, str, float | None]  # push, result, Retry-After seconds
 
 
 class PushDecider:
@@ -71,10 +77,11 @@ class PushDecider:
         self._flushed = {user: max(mark, self._flushed.get(user, 0)) for user, mark in marks.items()}
 
     async def decide(self) -> None:
+        after = 0
         while True:
             async with self._db.sessions.begin() as session:
                 scans = await push_store.claim_scans(session, utcnow() - self._delay, SCAN_USERS,
-                                                     SCAN_EVENTS)
+                                                     SCAN_EVENTS, after)
                 pushes: list[push_store.NewPush] = []
                 scanned: dict[int, int] = {}
                 for scan in scans:
@@ -87,6 +94,9 @@ class PushDecider:
                 await push_store.enqueue(session, self._db.dialect, pushes)
             if len(scans) < SCAN_USERS:
                 return
+            # On after the users just decided, but not past one that may have more events due.
+            full = [scan.user_id for scan in scans if len(scan.events) == SCAN_EVENTS]
+            after = min(full) - 1 if full else scans[-1].user_id
 
     async def _decide(self, session: Any, scan: push_store.UserScan,
                       event: push_store.DueEvent) -> list[push_store.NewPush]:
@@ -107,8 +117,19 @@ class PushDecider:
                 notice = rule.describe(data)
         payload = push_payload(notice, event.id, event.name, event.data, rfc3339(event.created_at))
         expires_at = event.created_at + self._ttl
-        return [push_store.NewPush(sub_id, event.id, payload, notice.topic, expires_at)
-                for sub_id in scan.subscription_ids]
+        return [push_store.NewPush(sub_id, event.id, payload, notice.topic, expires_at,
+                                   notice.position) for sub_id in scan.subscription_ids]
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """A push service's host as last checked: where to connect, trusted until (monotonic)."""
+
+    host: str
+    port: int
+    host_header: str
+    addresses: tuple[str, ...]
+    until: float
 
 
 class PushSender:
@@ -121,112 +142,168 @@ class PushSender:
         self._signer = signer
         self._max_in_flight = max_in_flight
         self._allow_private = allow_private
-        self._client: httpx.AsyncClient | None = None
-        self._checked: dict[tuple[str, int], float] = {}  # host, port -> trusted until (monotonic)
+        self._client: PushClient | None = None
+        self._origins: dict[str, _Origin] = {}  # by the endpoint's scheme://netloc
+        self._abandoned_check = 0.0  # monotonic time of the next look for abandoned claims
 
     def open(self) -> None:
         # create_default_context loads the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR when set.
-        limits = httpx.Limits(max_connections=self._max_in_flight,
-                              max_keepalive_connections=self._max_in_flight)
-        self._client = httpx.AsyncClient(verify=ssl.create_default_context(), trust_env=False,
-                                         timeout=REQUEST_TIMEOUT, follow_redirects=False,
-                                         limits=limits)
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["http/1.1"])
+        self._client = PushClient(context, timeout=REQUEST_TIMEOUT, max_idle=self._max_in_flight)
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
-    async def _check_address(self, endpoint: str) -> None:
-        """The endpoint's host still resolves to public addresses only (checked again at send
-        time, since DNS may have changed since the subscription); a pass is trusted for
-        ADDRESS_CHECK_SECONDS per host, so a burst of pushes resolves each host once."""
+    async def _origin(self, endpoint: str) -> tuple[_Origin, str]:
+        """The endpoint's origin, its host still resolving to public addresses only (checked
+        again at send time, since DNS may have changed since the subscription; a pass is
+        trusted for ADDRESS_CHECK_SECONDS per host, so a burst resolves each host once), and
+        the request target (path and query)."""
         parts = urlsplit(endpoint)
-        host = (parts.hostname or "", parts.port or 443)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         now = time.monotonic()
-        if self._checked.get(host, 0.0) > now:
-            return
-        await resolve(host[0], host[1], allow_private=self._allow_private)
-        if len(self._checked) > 1000:
-            self._checked.clear()
-        self._checked[host] = now + ADDRESS_CHECK_SECONDS
+        origin = self._origins.get(parts.netloc)
+        if origin is not None and origin.until > now:
+            return origin, target
+        if parts.scheme != "https" or not parts.hostname:
+            raise AddressRefused(f"not an https URL: {endpoint[:100]!r}")
+        host, port = parts.hostname, parts.port or 443
+        addresses = await resolve(host, port, allow_private=self._allow_private)
+        literal = f"[{host}]" if ":" in host else host
+        origin = _Origin(host, port, literal if port == 443 else f"{literal}:{port}",
+                         tuple(str(ip) for ip in addresses), now + ADDRESS_CHECK_SECONDS)
+        if len(self._origins) > 1000:
+            self._origins.clear()
+        self._origins[parts.netloc] = origin
+        return origin, target
 
     async def step(self) -> None:
-        while True:
-            now = utcnow()
+        """Keep up to `PUSH_MAX_IN_FLIGHT` pushes in flight until none is due. Each round, in
+        one transaction, records the outcomes of the pushes finished since the last round and
+        claims as many new ones; a round comes when half the slots are free (or, once the
+        outbox is drained, when every push in flight is done), and at least every ROUND_SECONDS."""
+        now = time.monotonic()
+        if now >= self._abandoned_check:
+            self._abandoned_check = now + ABANDONED_CHECK_SECONDS
             async with self._db.sessions.begin() as session:
-                abandoned = await push_store.drop_abandoned(session, now)
-                claimed = await push_store.claim_due(session, now, CLAIM_LEASE, self._max_in_flight)
+                abandoned = await push_store.drop_abandoned(session, utcnow())
             if abandoned:
                 log.warning("dropped %d pushes whose process died while sending them", abandoned)
                 self._metrics.push_sent.labels("abandoned").inc(abandoned)
-            if not claimed:
-                return
-            outcomes = await asyncio.gather(*(self._send(push) for push in claimed))
-            async with self._db.sessions.begin() as session:
-                done = [await self._record(session, push, result, retry_after)
-                        for push, (result, retry_after) in zip(claimed, outcomes, strict=True)]
-                await push_store.finish(session, [push_id for push_id in done if push_id is not None])
-            if len(claimed) < self._max_in_flight:
-                return
+        in_flight: set[asyncio.Task[Outcome]] = set()
+        finished: list[Outcome] = []
+        wake = asyncio.Event()
+        wanted = 1  # finished pushes worth a round
 
-    async def _record(self, session: Any, push: push_store.ClaimedPush, result: str,
-                      retry_after: float | None) -> int | None:
-        """Count the outcome and store a retry or a gone subscription; the push's id when the
-        row is done with (the caller deletes those together)."""
-        done: int | None = None
-        if result == "gone":
-            await push_store.remove_subscription(session, push.subscription_id)
-        elif result == "retry":
-            attempts = push.attempts + 1
-            delay = retry_after if retry_after is not None else max(
-                1.0, backoff_delay(attempts, base=1.0, cap=MAX_BACKOFF))
-            when = utcnow() + dt.timedelta(seconds=delay)
-            if when >= push.expires_at:
-                result = "expired"
-                done = push.id
+        def on_done(task: asyncio.Task[Outcome]) -> None:
+            in_flight.discard(task)
+            if task.cancelled():
+                return
+            if (error := task.exception()) is not None:  # its row stays claimed, then dropped
+                log.error("sending a push failed", exc_info=error)
             else:
-                result = "retried"
-                await push_store.retry_at(session, push.id, when, attempts)
-        else:
-            done = push.id
-        self._metrics.push_sent.labels(result).inc()
-        return done
+                finished.append(task.result())
+            if len(finished) >= wanted or not in_flight:
+                wake.set()
 
-    async def _send(self, push: push_store.ClaimedPush) -> tuple[str, float | None]:
-        """One request: ("sent" | "gone" | "retry" | "rejected" | "expired", Retry-After)."""
+        try:
+            while True:
+                outcomes, finished[:] = finished[:], []
+                room = self._max_in_flight - len(in_flight)
+                async with self._db.sessions.begin() as session:
+                    await self._record(session, outcomes)
+                    claimed = await push_store.claim_due(session, utcnow(), CLAIM_LEASE, room) \
+                        if room else []
+                for push in claimed:
+                    task = asyncio.create_task(self._send(push))
+                    in_flight.add(task)
+                    task.add_done_callback(on_done)
+                if not in_flight:
+                    if finished:
+                        continue
+                    if self._client is not None:
+                        self._client.sweep()
+                    return
+                drained = len(claimed) < room
+                wanted = len(in_flight) if drained else max(1, self._max_in_flight // 2)
+                if len(finished) < wanted:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(ROUND_SECONDS):
+                            await wake.wait()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _record(self, session: Any, outcomes: list[Outcome]) -> None:
+        """Count the outcomes, store retries and gone subscriptions, delete the pushes done
+        with in one statement."""
+        done: list[int] = []
+        for push, result, retry_after in outcomes:
+            if result == "gone":
+                await push_store.remove_subscription(session, push.subscription_id)
+            elif result == "retry":
+                attempts = push.attempts + 1
+                delay = retry_after if retry_after is not None else max(
+                    1.0, backoff_delay(attempts, base=1.0, cap=MAX_BACKOFF))
+                when = utcnow() + dt.timedelta(seconds=delay)
+                if when >= push.expires_at:
+                    result = "expired"
+                    done.append(push.id)
+                else:
+                    result = "retried"
+                    await push_store.retry_at(session, push.id, when, attempts)
+            else:
+                done.append(push.id)
+            self._metrics.push_sent.labels(result).inc()
+        await push_store.finish(session, done)
+
+    async def _send(self, push: push_store.ClaimedPush) -> Outcome:
+        """One request: the push with "sent" | "gone" | "retry" | "rejected" | "expired", and
+        the seconds of a `Retry-After`."""
+        result, retry_after = await self._request(push)
+        return push, result, retry_after
+
+    async def _request(self, push: push_store.ClaimedPush) -> tuple[str, float | None]:
         ttl = int((push.expires_at - utcnow()).total_seconds())
         if ttl <= 0:
             return "expired", None
         try:
-            await self._check_address(push.endpoint)
-            body = encrypt(push.payload, push.p256dh, push.auth)
+            origin, target = await self._origin(push.endpoint)
+            headers = [("TTL", str(ttl)), ("Content-Encoding", "aes128gcm"),
+                       ("Content-Type", "application/octet-stream"), ("Urgency", push.urgency),
+                       ("Authorization", self._signer.authorization(push.endpoint))]
+            if push.topic:
+                headers.append(("Topic", push.topic))
+            request = post_request(origin.host_header, target, headers,
+                                   encrypt(push.payload, push.p256dh, push.auth))
         except AddressRefused as exc:
             log.warning("push endpoint refused, subscription %s deleted: %s", push.subscription_id, exc)
             return "gone", None
         except PushKeyError:
             return "gone", None
-        headers = {"TTL": str(ttl), "Content-Encoding": "aes128gcm",
-                   "Content-Type": "application/octet-stream", "Urgency": "normal",
-                   "Authorization": self._signer.authorization(push.endpoint)}
-        if push.topic:
-            headers["Topic"] = push.topic
+        except ValueError as exc:  # a target or header that cannot be sent as is
+            log.warning("push to subscription %s cannot be sent, deleted: %s", push.subscription_id, exc)
+            return "gone", None
         assert self._client is not None, "PushSender.open() was not called"
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                response = await self._client.post(push.endpoint, content=body, headers=headers)
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            log.info("push to subscription %s failed: %r", push.subscription_id, exc)
+            answer = await self._client.post(origin.host, origin.port, origin.addresses, request)
+        except PushHttpError as exc:
+            log.info("push to subscription %s failed: %s", push.subscription_id, exc)
             return "retry", None
-        status = response.status_code
+        status = answer.status
         if 200 <= status < 300:
             return "sent", None
         if status in (404, 410):
             return "gone", None
         if status == 429 or status >= 500:
-            return "retry", _retry_after(response.headers.get("retry-after"))
+            return "retry", _retry_after(answer.retry_after)
         log.warning("push service refused subscription %s's push: %s %s", push.subscription_id,
-                    status, response.text[:200])
+                    status, answer.body[:200].decode(errors="replace"))
         return "rejected", None
 
 

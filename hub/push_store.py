@@ -6,6 +6,11 @@
 - `push_outbox`: the pushes decided and not yet sent, one per (subscription, event): the unique
   key makes a push decided twice exist once; a claim (`claimed_until`) written in its own commit
   makes one process send it, and a claim that outlived its process is dropped, never re-sent.
+  A close push (`Urgency: low`, payload `{"close": topic}`) has minus the event id of the
+  notification it closes as its `event_id`.
+- `push_notices`: per subscription and topic, the newest push decided with that topic and its
+  position (a chat message's id): the notification the device may be showing, until a read
+  reaches that position and a close push is decided in its place.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -28,6 +33,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -73,11 +79,25 @@ class PushOutbox(Base):
     next_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    urgency: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
 
     __table_args__ = (
         UniqueConstraint("subscription_id", "event_id", name="uq_push_outbox_subscription_event"),
         Index("ix_push_outbox_next_at", "next_at"),
     )
+
+
+class PushNotice(Base):
+    __tablename__ = "push_notices"
+
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("push_subscriptions.id", ondelete="CASCADE"), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(BigInteger)
+
+
+CLOSE_TTL = dt.timedelta(days=1)  # a notification may show that long and more; PUSH_TTL's default
 
 
 # --- subscriptions -----------------------------------------------------------------------------
@@ -160,16 +180,19 @@ class UserScan:
 
 
 async def claim_scans(session: AsyncSession, due: dt.datetime, users: int,
-                      events_per_user: int) -> list[UserScan]:
-    """Users with events past `scanned_id` created at or before `due`, their rows locked (rows
-    another process holds are skipped), with those events in id order (stopping at the first
-    not yet due, so the scan never passes an event it has not decided)."""
+                      events_per_user: int, after: int = 0) -> list[UserScan]:
+    """Users of id above `after` with events past `scanned_id` created at or before `due`,
+    their rows locked (rows another process holds are skipped), with those events in id order
+    (stopping at the first not yet due, so the scan never passes an event it has not decided).
+    A caller going through all users passes the last id it got as `after`, so it does not
+    test the users it has just decided again."""
     pending = select(Event.id).where(Event.user_id == PushUser.user_id,
                                      Event.id > PushUser.scanned_id,
                                      Event.created_at <= due).exists()
     rows = (await session.execute(
-        select(PushUser.user_id, PushUser.scanned_id, PushUser.delivered_id).where(pending)
-        .order_by(PushUser.user_id).limit(users).with_for_update(skip_locked=True))).all()
+        select(PushUser.user_id, PushUser.scanned_id, PushUser.delivered_id)
+        .where(PushUser.user_id > after, pending).order_by(PushUser.user_id).limit(users)
+        .with_for_update(skip_locked=True))).all()
     if not rows:
         return []
     scans = {user_id: UserScan(user_id, scanned_id, delivered_id, [], [])
@@ -202,26 +225,74 @@ class NewPush:
     payload: bytes
     topic: str | None
     expires_at: dt.datetime
+    position: int | None = None  # with a topic: what a read must reach to close it
+    urgency: str = "normal"
 
 
 async def enqueue(session: AsyncSession, dialect: str, pushes: Sequence[NewPush]) -> None:
-    """Add pushes to the outbox; one already there (same subscription and event) stays as is."""
+    """Add pushes to the outbox; one already there (same subscription and event) stays as is.
+    A push with a topic and a position becomes its subscription's notice of that topic. One
+    statement run for all rows of each table (compiled once, not per number of rows)."""
     if not pushes:
         return
     now = utcnow()
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(insert(PushOutbox).values([
-        {"subscription_id": p.subscription_id, "event_id": p.event_id, "payload": p.payload,
-         "topic": p.topic, "expires_at": p.expires_at, "next_at": now, "attempts": 0}
-        for p in pushes
-    ]).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]))
+    connection = await session.connection()
+    outbox = cast(Table, PushOutbox.__table__)
+    await connection.execute(
+        insert(outbox).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]),
+        [{"subscription_id": p.subscription_id, "event_id": p.event_id, "payload": p.payload,
+          "topic": p.topic, "expires_at": p.expires_at, "next_at": now, "attempts": 0,
+          "urgency": p.urgency} for p in pushes])
+    notices = {(p.subscription_id, p.topic): p for p in pushes
+               if p.topic is not None and p.position is not None}
+    if notices:
+        table = cast(Table, PushNotice.__table__)
+        statement = insert(table)
+        await connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["subscription_id", "topic"],
+                set_={"event_id": statement.excluded.event_id,
+                      "position": statement.excluded.position}),
+            [{"subscription_id": p.subscription_id, "topic": p.topic, "event_id": p.event_id,
+              "position": p.position} for p in notices.values()])
+
+
+async def close_notices(session: AsyncSession, user_id: int, topic: str, position: int,
+                        payload: bytes) -> int:
+    """The user has seen `topic` up to `position` elsewhere: each of their subscriptions with
+    a notice of that topic at or below it gets a close push (`payload`, `Urgency: low`, the
+    same topic so it replaces a push still waiting at the push service) and loses the
+    notice. The notice's own push, when no process has claimed it yet, is dropped: it would
+    only show what was read. Returns how many close pushes were decided."""
+    notice = PushNotice
+    rows = [(subscription_id, event_id) for subscription_id, event_id in (await session.execute(
+        delete(notice)
+        .where(notice.topic == topic, notice.position <= position,
+               notice.subscription_id.in_(select(PushSubscription.id)
+                                          .where(PushSubscription.user_id == user_id)))
+        .returning(notice.subscription_id, notice.event_id))).all()]
+    if rows:
+        await session.execute(delete(PushOutbox).where(
+            tuple_(PushOutbox.subscription_id, PushOutbox.event_id).in_(rows),
+            PushOutbox.claimed_until.is_(None)))
+    expires_at = utcnow() + CLOSE_TTL
+    dialect = (await session.connection()).dialect.name
+    await enqueue(session, dialect, [
+        NewPush(subscription_id, -event_id, payload, topic, expires_at, urgency="low")
+        for subscription_id, event_id in rows])
+    return len(rows)
 
 
 async def advance_scans(session: AsyncSession, scanned: Mapping[int, int]) -> None:
     """Move each user's scan (user id -> last event id decided) in one executemany."""
     if scanned:
-        await session.execute(update(PushUser), [
-            {"user_id": user_id, "scanned_id": scanned_id} for user_id, scanned_id in scanned.items()])
+        table = cast(Table, PushUser.__table__)
+        connection = await session.connection()
+        await connection.execute(
+            update(table).where(table.c.user_id == bindparam("uid"))
+            .values(scanned_id=bindparam("scanned")),
+            [{"uid": user_id, "scanned": scanned_id} for user_id, scanned_id in scanned.items()])
 
 
 # --- sending -----------------------------------------------------------------------------------
@@ -237,6 +308,7 @@ class ClaimedPush:
     topic: str | None
     expires_at: dt.datetime
     attempts: int
+    urgency: str
 
 
 async def drop_abandoned(session: AsyncSession, now: dt.datetime) -> int:
@@ -254,7 +326,7 @@ async def claim_due(session: AsyncSession, now: dt.datetime, lease: dt.timedelta
     rows = (await session.execute(
         select(PushOutbox.id, PushOutbox.subscription_id, PushSubscription.endpoint,
                PushSubscription.p256dh, PushSubscription.auth, PushOutbox.payload,
-               PushOutbox.topic, PushOutbox.expires_at, PushOutbox.attempts)
+               PushOutbox.topic, PushOutbox.expires_at, PushOutbox.attempts, PushOutbox.urgency)
         .join(PushSubscription, PushSubscription.id == PushOutbox.subscription_id)
         .where(PushOutbox.claimed_until.is_(None), PushOutbox.next_at <= now)
         .order_by(PushOutbox.next_at).limit(limit)
@@ -262,7 +334,7 @@ async def claim_due(session: AsyncSession, now: dt.datetime, lease: dt.timedelta
     if rows:
         await session.execute(update(PushOutbox).where(PushOutbox.id.in_([r[0] for r in rows]))
                               .values(claimed_until=now + lease))
-    return [ClaimedPush(*row) for row in rows]
+    return [ClaimedPush(*cast(tuple[Any, ...], row)) for row in rows]
 
 
 async def finish(session: AsyncSession, push_ids: Sequence[int]) -> None:

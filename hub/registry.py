@@ -66,7 +66,7 @@ class Registry:
         elif len(entry.connections) >= self._max_per_user:
             return False
         entry.connections.add(connection)
-        self._metrics.connections.inc()
+        self._metrics.connections.labels(connection.transport).inc()
         if connection.transport == STREAM:
             self._metrics.stream_connections.inc()
         try:
@@ -82,7 +82,7 @@ class Registry:
         if entry is None or connection not in entry.connections:
             return
         entry.connections.discard(connection)
-        self._metrics.connections.dec()
+        self._metrics.connections.labels(connection.transport).dec()
         if connection.transport == STREAM:
             self._metrics.stream_connections.dec()
         if connection.delivered > self._left_delivered.get(connection.user_id, 0):

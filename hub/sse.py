@@ -6,6 +6,24 @@ from __future__ import annotations
 
 import orjson
 
+from hub.connection import (
+    AuthEnded,
+    ConnectionEnded,
+    SessionRevoked,
+    SlowConsumer,
+    StreamGap,
+    TokenExpired,
+)
+
+PING = b": ping\n\n"
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-store"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
+    (b"x-content-type-options", b"nosniff"),
+    (b"connection", b"close"),  # the stream's end is the connection's
+]
+
 
 class SseEvents:
     """The stream's encoding of an event, shared by every stream connection: everything of the
@@ -54,3 +72,18 @@ def sse_message(event: str, data: object, event_id: str | None = None) -> bytes:
 
 def end_message(code: str, detail: str) -> bytes:
     return sse_message("error", {"code": code, "detail": detail})
+
+
+def ending(reason: ConnectionEnded) -> tuple[str, str]:
+    """The error event's code and detail for why a connection ended."""
+    if isinstance(reason, SlowConsumer):
+        return "slow_consumer", "the client did not take its events fast enough: reconnect and resume"
+    if isinstance(reason, TokenExpired):
+        return "token_expired", "the access token expired: refresh it and reconnect"
+    if isinstance(reason, SessionRevoked):
+        return "session_revoked", "the session was ended (logout, password change): sign in again"
+    if isinstance(reason, AuthEnded):
+        return "token_expired", str(reason)
+    if isinstance(reason, StreamGap):
+        return "history_gone", "missed events are no longer retained: reconnect"
+    return "internal", "internal error: reconnect"

@@ -19,6 +19,7 @@ from websockets.protocol import Protocol
 
 from hub.close_codes import CloseCode
 from hub.connection import (
+    WEBSOCKET,
     AuthEnded,
     Connection,
     ConnectionEnded,
@@ -154,7 +155,7 @@ class HubSocket(asyncio.Protocol):
 
     def ended(self, reason: ConnectionEnded) -> None:
         if isinstance(reason, SlowConsumer):
-            self._api.metrics.slow_consumer_disconnects.inc()
+            self._api.metrics.slow_consumer_disconnects.labels(WEBSOCKET).inc()
             self._close(CloseCode.SLOW_CONSUMER, str(reason))
         elif isinstance(reason, StreamGap):
             self._close(CloseCode.HISTORY_GONE, "missed events are no longer retained: reconnect")

@@ -169,11 +169,15 @@ class RunningHub:
 
 
 @contextlib.asynccontextmanager
-async def serve_hub(settings: Settings, port: int | None = None) -> AsyncIterator[RunningHub]:
+async def serve_hub(settings: Settings, port: int | None = None,
+                    http: str | None = None) -> AsyncIterator[RunningHub]:
     """A real hub on 127.0.0.1 (a free port unless `port` is given, so a restarted hub can keep
-    its address), stopped (gracefully) on exit."""
+    its address), stopped (gracefully) on exit; `http` replaces the hub's own HTTP protocol by
+    one of uvicorn's (its `http` option)."""
     port = port or free_port()
     options = uvicorn_options(settings)
+    if http is not None:
+        options["http"] = http
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", access_log=False,
                             ws=app.state.websocket_protocol, **options)

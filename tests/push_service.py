@@ -66,6 +66,9 @@ class PushService:
         self.subscriptions: dict[str, Subscription] = {}
         self.received: list[Push] = []  # every request, whatever was answered
         self.base_url = ""
+        self.hold = 0.0  # seconds each answer is held back
+        self.open_requests = 0
+        self.most_open = 0  # the most requests open at once
 
     def subscribe(self) -> Subscription:
         endpoint = f"{self.base_url}/push/{secrets.token_urlsafe(12)}"
@@ -97,6 +100,12 @@ class PushService:
         payload = orjson.loads(http_ece.decrypt(body, private_key=sub.key, auth_secret=sub.auth,
                                                 version="aes128gcm"))
         status, extra = sub.statuses.pop(0) if sub.statuses else (201, {})
+        self.open_requests += 1
+        self.most_open = max(self.most_open, self.open_requests)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.open_requests -= 1
         self.received.append(Push(endpoint, status, headers, payload, time.monotonic()))
         return Response(status_code=status, headers=extra)
 

@@ -1,6 +1,7 @@
-"""/api/asyncapi.json: an AsyncAPI 3.0 document of the WebSocket built from the code's own
-sources (frame models, declared events, close codes), valid in structure, complete, and true:
-every frame a real hub sends validates against the message the document gives for it."""
+"""/api/asyncapi.json: an AsyncAPI 3.0 document of the WebSocket and of the event stream over
+HTTP built from the code's own sources (frame models, declared events, close codes), valid in
+structure, complete, and true: every frame and SSE message a real hub sends validates against
+the message the document gives for it."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ import pytest
 from jsonschema import Draft7Validator, Draft202012Validator
 
 from hub.app import VERSION, create_app
-from hub.asyncapi import build_asyncapi
+from hub.asyncapi import STREAM_ENDS, build_asyncapi
 from hub.close_codes import CloseCode
+from hub.connection import (
+    AuthEnded,
+    ConnectionEnded,
+    SessionRevoked,
+    SlowConsumer,
+    StreamGap,
+    TokenExpired,
+)
 from hub.settings import Settings
+from hub.sse import ending
 from tests.conftest import RunningHub, register
+from tests.sseutil import Message, open_stream
 from tests.wsutil import connect, mint, publish_to
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +161,52 @@ async def test_frames_a_real_hub_sends_are_what_the_document_says(hub: RunningHu
         _validator(document, message).validate(frame)
     # and a frame is told apart: a chat.message frame is no chat.created
     assert not _validator(document, "event.chat.created").is_valid(frames[-2][1])
+
+
+def test_the_stream_channel_has_every_message_and_end_code() -> None:
+    document, event_types = _built()
+    messages = document["components"]["messages"]
+    operation = document["operations"]["sendStreamMessages"]
+    assert operation["channel"] == {"$ref": "#/channels/stream"}
+    assert document["channels"]["stream"]["address"] == "/api/v1/stream"
+    keys = {ref["$ref"].rsplit("/", 1)[1] for ref in operation["messages"]}
+    assert keys == set(document["channels"]["stream"]["messages"])
+    assert keys == {"stream.welcome", "stream.event", "stream.presence", "stream.typing",
+                    "stream.error"} | {f"stream.event.{name}" for name in event_types}
+    assert not keys & set(document["channels"]["ws"]["messages"])
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split("\n## 12.", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\s*\|\s*`([a-z_]+)`\s*\|", section, re.MULTILINE))
+    assert set(STREAM_ENDS) == documented
+    reasons = (SlowConsumer(""), TokenExpired(""), SessionRevoked(""), AuthEnded(""), StreamGap(""),
+               ConnectionEnded(""))
+    assert {ending(reason)[0] for reason in reasons} | {"server_restarting"} == set(STREAM_ENDS)
+    assert messages["stream.error"]["headers"]["not"] == {"required": ["id"]}
+
+
+async def test_stream_messages_a_real_hub_sends_are_what_the_document_says(hub: RunningHub) -> None:
+    async with asyncio.timeout(10):
+        document = (await hub.http.get("/api/asyncapi.json")).json()
+    messages = document["components"]["messages"]
+
+    def check(key: str, message: Message) -> None:
+        headers = {"event": message.event, **({"id": message.id} if message.id else {})}
+        Draft202012Validator(messages[key]["headers"]).validate(headers)
+        _validator(document, key).validate(message.data)
+
+    alice, bob = await register(hub.http), await register(hub.http)
+    async with open_stream(hub.http, alice.access_token) as stream:
+        check("stream.welcome", Message("welcome", stream.welcome, stream.welcome_id))
+        async with asyncio.timeout(10):
+            chat = await hub.http.post("/api/v1/chats", headers=alice.headers,
+                                       json={"title": "specs", "member_ids": [bob.id]})
+            await hub.http.post(f"/api/v1/chats/{chat.json()['id']}/messages",
+                                headers=alice.headers, json={"text": "hi"})
+        await publish_to(hub, [alice.id], "order.shipped", {"order": 1234})
+        created, message, shipped = await stream.events(3)
+        check("stream.event.chat.created", created)
+        check("stream.event.chat.message", message)
+        check("stream.event", shipped)
+        assert not _validator(document, "stream.event.chat.created").is_valid(message.data)
+        assert (await hub.http.post("/api/v1/auth/logout", headers=alice.headers)).status_code == 204
+        check("stream.error", await stream.ended())

@@ -272,4 +272,4 @@ async def test_delivery_latency_is_measured_on_the_injected_clock() -> None:
     conn, _outlet, _ = make(clock=NOW + 0.25, metrics=metrics)
     conn.start_at(0)
     conn.offer(1, event_frame(payload(1)), NOW)
-    assert metrics.deliveries._sum == pytest.approx(0.25)
+    assert metrics.deliveries.total_sum == pytest.approx(0.25)

@@ -10,7 +10,11 @@ changed and the hub's code that relies on it: adapt that code (and this file), t
   `server_state.connections`, it is asked to `shutdown()` at a graceful stop.
 - uvicorn's httptools protocol, which hub/http_protocol.py subclasses (its `http` option): the
   parser's callbacks `on_message_begin`, `on_headers_complete`, `on_message_complete` called in
-  that order, `self.loop` and `self.transport`, and `STATUS_LINE` for the 408 and 431 answers.
+  that order, `self.loop` and `self.transport`, and `STATUS_LINE` for the 408 and 431 answers;
+  for the event stream's `hand_off` (hub/stream_socket.py): the request cycle's
+  `chunked_encoding`, `response_complete` and `disconnected`, `self.connections`,
+  `self.pipeline` and `_unset_keepalive_if_required`, and a request task that ends quietly once
+  its response counts as complete (tests/test_dependency_contract_stream.py).
 - uvicorn-worker's `UvicornWorker._serve` builds its server from `self.config` at call time, so
   hub/server.py's `HubWorker._serve` sets `config.ws` there; `callback_notify` is its override hook.
 - gunicorn takes every setting hub/server.py's `HubApplication.load_config` sets, the worker as a class.
@@ -170,12 +174,13 @@ def _check_hand_off(handed: Handed, config: uvicorn.Config, user: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
-    """A uvicorn server of `_app` on a free port of 127.0.0.1, stopped gracefully on exit."""
+async def serving(app: Any = None, **options: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """A uvicorn server of `app` (`_app` by default) on a free port of 127.0.0.1, stopped
+    gracefully on exit."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(_app, host="127.0.0.1", port=port, lifespan="off", log_config=None,
+    config = uvicorn.Config(app or _app, host="127.0.0.1", port=port, lifespan="off", log_config=None,
                             timeout_graceful_shutdown=5, **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -478,3 +483,4 @@ def test_websockets_protocol_signals_the_close_and_eof_in_data_to_send() -> None
     hub.receive_eof()
     assert b"" in list(hub.data_to_send()), broken(
         "websockets", "Protocol.receive_eof (then EOF in data_to_send)", "hub/ws.py (eof_received)", "none")
+

@@ -150,9 +150,10 @@ async def test_every_frame_sent_is_counted_once_with_its_latency(hub: RunningHub
     count move together, by exactly the frames the sockets received."""
     async def delivered() -> tuple[float, float, float]:
         samples = _samples((await hub.http.get("/metrics")).text)
-        return (samples[("hub_events_delivered_total", ())],
-                samples[("hub_delivery_latency_seconds_count", ())],
-                samples[("hub_delivery_latency_seconds_bucket", (("le", "+Inf"),))])
+        ws = ("transport", "ws")
+        return (samples[("hub_events_delivered_total", (ws,))],
+                samples[("hub_delivery_latency_seconds_count", (ws,))],
+                samples[("hub_delivery_latency_seconds_bucket", (("le", "+Inf"), ws))])
 
     (first_user, first_token), (second_user, second_token) = await make_users(hub.settings, 2)
     async with asyncio.timeout(20):

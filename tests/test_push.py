@@ -136,6 +136,75 @@ async def test_read_marker_before_the_delay_prevents_the_push(push_settings: Set
         assert service.received == []
 
 
+async def test_reading_a_pushed_chat_closes_its_notifications(hub: RunningHub,
+                                                               service: PushService) -> None:
+    """Read elsewhere after the push: each device gets a small push (Urgency low, the chat's
+    Topic) saying which notifications to close; a read that reaches no pushed message, or
+    reads again, sends none."""
+    alice, bob = await register(hub.http), await register(hub.http)
+    phone, tablet = service.subscribe(), service.subscribe()
+    for sub in (phone, tablet):
+        await subscribe(hub, alice, sub)
+    chat_id = await chat_of(hub, bob, alice)
+    first = await post(hub, bob, chat_id, "first")
+    await service.wait_accepted(1, phone)
+    await service.wait_accepted(1, tablet)
+    second = await post(hub, bob, chat_id, "second")  # pushed too: the newest notice of the chat
+    await service.wait_accepted(2, phone)
+    await service.wait_accepted(2, tablet)
+
+    async def read(message_id: int) -> None:
+        answer = await hub.http.post(f"/api/v1/chats/{chat_id}/read",
+                                     json={"message_id": message_id}, headers=alice.headers)
+        assert answer.status_code == 204, answer.text
+
+    await read(first)  # below the newest pushed message: the notification stays
+    await quiet(DELAY + 1)
+    assert len(service.received) == 4
+    await read(second)
+    for sub in (phone, tablet):
+        close = (await service.wait_accepted(3, sub))[2]
+        assert close.payload == {"close": f"chat-{chat_id}"}
+        assert close.headers["urgency"] == "low" and close.headers["topic"] == f"chat-{chat_id}"
+    await read(second)
+    await quiet(DELAY + 1)
+    assert len(service.received) == 6
+    # Replying reads the chat too (posting moves the sender's read marker).
+    await post(hub, bob, chat_id, "third")
+    await service.wait_accepted(4, phone)
+    await post(hub, alice, chat_id, "on my way")
+    assert (await service.wait_accepted(5, phone))[4].payload == {"close": f"chat-{chat_id}"}
+    assert (await service.wait_accepted(5, tablet))[4].payload == {"close": f"chat-{chat_id}"}
+    metrics = (await hub.http.get("/metrics")).text
+    assert 'hub_push_sent_total{result="sent"} 10.0' in metrics
+
+
+async def test_a_push_read_before_it_is_sent_is_dropped(push_settings: Settings,
+                                                        service: PushService) -> None:
+    """One request at a time, each held 2 s: while the phone's push is in flight, the tablet's
+    waits in the outbox; a read then drops the tablet's and sends both devices a close push."""
+    service.hold = 2.0
+    async with serve_hub(replace(push_settings, push_max_in_flight=1)) as hub:
+        alice, bob = await register(hub.http), await register(hub.http)
+        subs = [service.subscribe(), service.subscribe()]
+        for sub in subs:
+            await subscribe(hub, alice, sub)
+        chat_id = await chat_of(hub, bob, alice)
+        message_id = await post(hub, bob, chat_id, "read me soon")
+        async with asyncio.timeout(20):
+            while service.open_requests == 0:  # decided, and the first device's push is out
+                await asyncio.sleep(0.02)
+        read = await hub.http.post(f"/api/v1/chats/{chat_id}/read", json={"message_id": message_id},
+                                   headers=alice.headers)
+        assert read.status_code == 204, read.text
+        await service.wait_accepted(3, timeout=30)
+        await quiet(2.5)
+    payloads = {sub.endpoint: [p.payload.get("close", p.payload.get("body")) for p in service.received
+                               if p.endpoint == sub.endpoint] for sub in subs}
+    close = f"chat-{chat_id}"
+    assert sorted(payloads.values()) == [[close], ["read me soon", close]]
+
+
 async def test_a_batch_of_sent_pushes_is_finished_in_one_statement(
         hub: RunningHub, service: PushService) -> None:
     """Pushes sent together leave the outbox in one DELETE, not one per push (bench: round
@@ -161,6 +230,23 @@ async def test_a_batch_of_sent_pushes_is_finished_in_one_statement(
         event.remove(Engine, "before_cursor_execute", count)
     assert len(service.received) == 3
     assert len(deletes) == 1, deletes  # one decide commit, one claim of all three, one DELETE
+
+
+async def test_requests_in_flight_are_bounded(push_settings: Settings, service: PushService) -> None:
+    """With PUSH_MAX_IN_FLIGHT=2 and answers held back, 2 requests are open at once, never
+    more, and as one finishes the next starts, until each of 7 devices has its push once."""
+    service.hold = 0.5
+    async with serve_hub(replace(push_settings, push_max_in_flight=2)) as hub:
+        alice, bob = await register(hub.http), await register(hub.http)
+        subs = [service.subscribe() for _ in range(7)]
+        for sub in subs:
+            await subscribe(hub, alice, sub)
+        chat_id = await chat_of(hub, bob, alice)
+        await post(hub, bob, chat_id, "seven devices")
+        await service.wait_accepted(7, timeout=30)
+        await quiet(1.0)
+    assert service.most_open == 2
+    assert sorted(p.endpoint for p in service.received) == sorted(s.endpoint for s in subs)
 
 
 async def test_gone_subscription_is_deleted(hub: RunningHub, service: PushService) -> None:

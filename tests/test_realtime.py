@@ -174,7 +174,7 @@ async def test_slow_reader_is_closed_with_4009_and_resumes_losing_nothing(settin
         rest = await resumed.events(total - len(received), timeout=30)
         assert [f["id"] for f in rest] == list(range(len(received) + 1, total + 1))
         metrics = (await hub.http.get("/metrics")).text
-        assert "hub_slow_consumer_disconnects_total 1.0" in metrics
+        assert 'hub_slow_consumer_disconnects_total{transport="ws"} 1.0' in metrics
         await resumed.close()
         await fast.close()
 

@@ -100,7 +100,7 @@ async def test_a_users_channel_is_subscribed_by_the_first_connection_and_unsubsc
     await until(lambda: len(broker.calls) == 2, "the unsubscribe")
     assert broker.calls[1] == ("unsubscribe", "test:notifications:1")
     assert registry.connection_count == 0
-    assert metrics.connections._value.get() == 0
+    assert metrics.connections.labels("ws")._value.get() == 0
 
 
 async def test_connections_arriving_while_the_subscribe_is_in_flight_share_it() -> None:

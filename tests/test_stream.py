@@ -19,6 +19,7 @@ import pytest
 from hub.settings import Settings
 from tests.conftest import RunningHub, free_port, register, serve_hub
 from tests.sseutil import STREAM, TICKETS, Message, open_stream, ticket
+from tests.test_ops import _samples
 from tests.test_processes import HUB, _env
 from tests.wsutil import connect, make_users, mint, publish_to
 
@@ -50,6 +51,29 @@ async def test_a_stream_and_a_socket_of_one_user_get_the_same_events_in_order(hu
         assert [m.id for m in messages] == [f"{sock.welcome['epoch']}:{n}" for n in range(1, 31)]
         await stream.silent(0.2)
     await sock.close()
+
+
+async def test_delivery_metrics_are_labelled_by_transport(hub: RunningHub) -> None:
+    async def counts() -> dict[str, tuple[float, float]]:
+        samples = _samples((await hub.http.get("/metrics")).text)
+        return {t: (samples[("hub_events_delivered_total", (("transport", t),))],
+                    samples[("hub_delivery_latency_seconds_count", (("transport", t),))])
+                for t in ("ws", "stream")}
+
+    ((user_id, token),) = await make_users(hub.settings, 1)
+    sock = await connect(hub.ws_url, token)
+    async with open_stream(hub.http, token) as stream, open_stream(hub.http, token) as second:
+        before = await counts()
+        for n in range(3):
+            await publish_to(hub, [user_id], "test.event", {"n": n})
+        await stream.events(3)
+        await second.events(3)
+        await sock.events(3)
+        after = await counts()
+    await sock.close()
+    assert after["ws"][0] - before["ws"][0] == 3
+    assert after["stream"][0] - before["stream"][0] == 6
+    assert all(after[t][0] - before[t][0] == after[t][1] - before[t][1] for t in after)
 
 
 async def test_the_stream_resumes_exactly_after_last_event_id(hub: RunningHub) -> None:
@@ -142,7 +166,9 @@ async def test_the_user_connection_limit_is_shared_with_websockets(settings: Set
             assert refused.status_code == 429 and refused.json()["error"] == "rate_limited"
             assert int(refused.headers["Retry-After"]) >= 1
             metrics = (await hub.http.get("/metrics")).text
-            assert "hub_stream_connections 1.0" in metrics and "hub_connections 2.0" in metrics
+            assert 'hub_connections{transport="stream"} 1.0' in metrics
+            assert 'hub_connections{transport="ws"} 1.0' in metrics
+            assert "hub_stream_connections 1.0" in metrics  # the name before the label, kept
         await sock.close()
 
 
@@ -191,7 +217,7 @@ async def test_a_stream_that_is_never_read_is_cut_as_a_slow_consumer(settings: S
                     metrics = (await hub.http.get("/metrics")).text
                     if "hub_stream_connections 0.0" in metrics:
                         break
-            assert "hub_slow_consumer_disconnects_total 1.0" in metrics
+            assert 'hub_slow_consumer_disconnects_total{transport="stream"} 1.0' in metrics
             assert 'hub_stream_ends_total{code="slow_consumer"} 1.0' in metrics
             # the peer still never reads: the hub drops the connection within its close timeout
             async with asyncio.timeout(30):
@@ -246,6 +272,27 @@ async def test_sigterm_ends_the_stream_with_server_restarting_and_logs_no_ticket
     assert value not in log_text and "ticket=" not in log_text
     if workers == "1":  # uvicorn's access log, which gunicorn's workers do not write here
         assert "GET /api/v1/stream?… HTTP/1.1" in log_text
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_on_another_server_the_stream_is_an_asgi_response_with_the_same_messages(
+        settings: Settings) -> None:
+    """Without the hub's own HTTP protocol (no hand-off) the stream is hub/stream_outlet.py's
+    response, as is a HEAD on any server."""
+    async with serve_hub(settings, http="httptools") as hub:
+        account = await register(hub.http)
+        head = await hub.http.head(STREAM, headers=account.headers)
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+        async with open_stream(hub.http, account.access_token) as stream:
+            await publish_to(hub, [account.id], "test.event", {"n": 1})
+            (message,) = await stream.events(1)
+            assert message.data["name"] == "test.event"
+            assert message.id == f"{stream.welcome['epoch']}:{message.data['id']}"
+            assert (await hub.http.post("/api/v1/auth/logout", headers=account.headers)).status_code == 204
+            assert (await stream.ended()).data["code"] == "session_revoked"
+        async with asyncio.timeout(5):  # and it left the registry
+            while 'hub_connections{transport="stream"} 0.0' not in (await hub.http.get("/metrics")).text:
+                await asyncio.sleep(0.05)
 
 
 async def test_a_client_that_leaves_is_unregistered_at_once(hub: RunningHub) -> None:

@@ -177,8 +177,8 @@ async def test_a_peer_that_stops_reading_for_good_is_ended_as_a_slow_consumer(se
             async with asyncio.timeout(30):
                 await asyncio.gather(*(burst() for _ in range(10)))  # ~9 MB, 150 events
             async with asyncio.timeout(5):
-                while await _metric(hub, "hub_connections") != 0:
+                while await _metric(hub, 'hub_connections{transport="ws"}') != 0:
                     await asyncio.sleep(0.1)
-            assert await _metric(hub, "hub_slow_consumer_disconnects_total") == 1
+            assert await _metric(hub, 'hub_slow_consumer_disconnects_total{transport="ws"}') == 1
         finally:
             stalled._sock.close()

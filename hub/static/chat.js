@@ -4,6 +4,7 @@
 
 import { byTestId, debounce, describeError, el, formatTime, randomKey, say } from "./dom.js";
 import { ChatPresence, presenceDot } from "./presence.js";
+import { closeChatNotifications } from "./push.js";
 
 const PAGE = 50;
 const NEAR_EDGE_PX = 80;
@@ -236,6 +237,7 @@ export class ChatView {
       this.#renderList();
     }
     if (newest <= open.readSent) return;
+    closeChatNotifications(open.id);
     open.readSent = newest;
     this.#client.api("POST", `/api/v1/chats/${open.id}/read`, { body: { message_id: newest } })
       .catch(() => { if (this.#open === open) open.readSent = 0; });

@@ -78,3 +78,11 @@ export function requestedChat() {
   if (params.has("chat")) window.history.replaceState(null, "", window.location.pathname);
   return Number.isInteger(chatId) && chatId > 0 ? chatId : null;
 }
+
+/** The chat was read on this page: its notifications on this device close (/sw.js does it). */
+export function closeChatNotifications(chatId) {
+  if (!("serviceWorker" in navigator)) return;
+  navigator.serviceWorker.getRegistration("/")
+    .then((registration) => registration?.active?.postMessage({ close: `chat-${chatId}` }))
+    .catch(() => {}); // no service worker, nothing shown
+}

@@ -1,5 +1,12 @@
 // The hub's service worker (protocol §13): shows a Web Push as a notification and opens the
-// chat (or the page) on click. The push's payload is {"title", "body", "event"}.
+// chat (or the page) on click. The push's payload is {"title", "body", "event"}, or
+// {"close": <tag>} once the user has read that chat elsewhere: then the notifications tagged
+// <tag> are closed and none is shown. A page that reads a chat posts {"close": <tag>} here too.
+
+async function closeTagged(tag) {
+  const shown = await self.registration.getNotifications({ tag });
+  for (const notification of shown) notification.close();
+}
 
 self.addEventListener("push", (event) => {
   let payload = {};
@@ -7,6 +14,10 @@ self.addEventListener("push", (event) => {
     payload = event.data ? event.data.json() : {};
   } catch {
     payload = { title: "New notification", body: event.data ? event.data.text() : "" };
+  }
+  if (typeof payload.close === "string") {
+    event.waitUntil(closeTagged(payload.close));
+    return;
   }
   const hubEvent = payload.event || {};
   const chatId = hubEvent.name === "chat.message" && hubEvent.data ? hubEvent.data.chat_id : null;
@@ -16,6 +27,11 @@ self.addEventListener("push", (event) => {
     tag: chatId ? `chat-${chatId}` : `event-${hubEvent.name || "push"}`,
     data: { url: chatId ? `/?chat=${encodeURIComponent(chatId)}` : "/" },
   }));
+});
+
+self.addEventListener("message", (event) => {
+  if (event.origin && event.origin !== self.location.origin) return;
+  if (typeof event.data?.close === "string") event.waitUntil(closeTagged(event.data.close));
 });
 
 self.addEventListener("notificationclick", (event) => {
