@@ -1,8 +1,9 @@
 """`python -m bench` (or `bench/run`): the hub and its Python peers under one load generator.
 
-    bench/run                 # the full comparison, under 15 minutes
-    bench/run --quick         # a 1-2 minute smoke run
+    bench/run                 # the full comparison, under 17 minutes
+    bench/run --quick         # a 2-3 minute smoke run
     bench/run --targets hub,forwarder --out /tmp/b
+    bench/run --quick --targets hub,hub-cluster   # one Redis vs a 3-master cluster, 2 hub processes
 
 Writes `results.json`, `results.md` and PNG charts to `--out` (default bench/results).
 """
@@ -18,7 +19,7 @@ import platform
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,21 @@ from typing import Any
 import orjson
 
 from bench import report
-from bench.loadgen import Fleet, RespPublisher
+from bench.cluster_target import HubGroup, cluster_hubs
+from bench.loadgen import Fleet, Publisher, RespPublisher
 from bench.scenarios import Bench, Params
 from bench.services import BenchDatabase, PrivateRedis, cores, raise_nofile
-from bench.targets import ROOT, TARGETS, hub_environment, migrate_hub, start, token_issuer
+from bench.targets import ROOT, TARGETS, Server, Target, hub_environment, migrate_hub, start, token_issuer
 
-ORDER = ("hub", "forwarder", "socketio", "broadcaster", "seed004")
+ORDER = ("hub", "hub-cluster", "forwarder", "socketio", "broadcaster", "seed004")
 PACKAGES = ("starlette", "uvicorn", "uvloop", "websockets", "redis", "hiredis", "sqlalchemy", "asyncpg",
             "orjson", "python-socketio", "python-engineio", "broadcaster", "picows", "httpx")
-RUN_BUDGET, RUN_BUDGET_QUICK = 13 * 60.0, 100.0  # seconds for all targets; set-up and report take the rest
-WEIGHT = {"hub": 3.0}  # the hub runs four more scenarios than the peers
+RUN_BUDGET, RUN_BUDGET_QUICK = 15 * 60.0, 120.0  # seconds for all targets; set-up and report take the rest
+WEIGHT = {"hub": 3.0, "hub-cluster": 1.5}  # the hub runs four more scenarios; the cluster starts 3 masters
 NOT_DURABLE = "n/a (no store and no publish API: events live only in Redis pub/sub)"
 NO_RESUME = "n/a (no resume: events published while a client is away are lost)"
+Opened = tuple[Server | HubGroup, Publisher, tuple[int, ...]]  # the server(s), publisher, Redis PIDs
+INJECTED_ONLY = "not run (this target runs the injected scenarios only)"
 
 
 def log(message: str) -> None:
@@ -93,11 +97,14 @@ async def guarded(results: dict[str, Any], key: str, work: Awaitable[Any], budge
     return value
 
 
-async def run_target(bench: Bench, token: Callable[[int], str], hub: bool,
+async def run_target(bench: Bench, token: Callable[[int], str], target: Target,
                      database: BenchDatabase) -> dict[str, Any]:
     results = bench.results
     params = bench.params
-    if not hub:  # known before anything runs, so a cut-short run still says why
+    hub = target.durable
+    if target.cluster:  # known before anything runs, so a cut-short run still says why
+        results.update(dict.fromkeys(("durable", "api_fanout", "storm", "chat"), INJECTED_ONLY))
+    elif not hub:
         results.update(durable=NOT_DURABLE, api_fanout=NOT_DURABLE, storm=NO_RESUME,
                        chat="n/a (no chat API)")
     base = await bench.baseline()
@@ -184,34 +191,36 @@ async def main_async(args: argparse.Namespace) -> int:
             weights = [WEIGHT.get(k, 1.0) for k in wanted[index:]]
             budget = (deadline - time.perf_counter()) * weights[0] / sum(weights)
             log(f"== {target.label} ({target.note})")
-            redis.flush()
             logs = out / "logs"
             logs.mkdir(exist_ok=True)
-            server = await start(target, server_cpus, logs, redis_url=redis.url, secret=secret,
-                                 hub_env=hub_env)
-            publisher = RespPublisher("127.0.0.1", redis.port)
-            await publisher.open()
-            fleet = Fleet(server.ws_url, target.dialect, token)
-            bench = Bench(server, fleet, publisher, params, redis.pid(), users, log, api_key,
-                          server_cpus=server_cpus)
             target_started = time.perf_counter()
-            try:
-                await guarded(results, key, run_target(bench, token, target.durable, database),
-                              max(budget, 20.0))
-                if isinstance(results[key], dict) and "error" in results[key]:
-                    results[key] = {**bench.results, "error": results[key]["error"]}
-            finally:
-                results[key]["seconds"] = time.perf_counter() - target_started
-                results[key]["unexpected_closes"] = len(fleet.unexpected_closes)
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(30):
-                        await fleet.disconnect(limit=20)
-                await publisher.close()
-                results[key]["shutdown_s"] = server.stop()
-                results[key]["exit_code"] = server.process.returncode
-                if server.process.returncode not in (0, -15):
-                    log(f"  server exit code {server.process.returncode} after "
-                        f"{results[key]['shutdown_s']:.0f} s (-9: killed 30 s after SIGTERM)")
+            opened: contextlib.AbstractAsyncContextManager[Opened]
+            if target.cluster:
+                opened = cluster_hubs(target, server_cpus, loadgen_cpus, logs, hub_env, secret)
+            else:
+                opened = one_server(target, server_cpus, logs, redis, secret, hub_env)
+            async with opened as (server, publisher, redis_pids):
+                await publisher.open()
+                fleet = Fleet(server.ws_urls, target.dialect, token)
+                bench = Bench(server, fleet, publisher, params, redis_pids, users, log, api_key,
+                              server_cpus=server_cpus)
+                try:
+                    await guarded(results, key, run_target(bench, token, target, database),
+                                  max(budget, 20.0))
+                    if isinstance(results[key], dict) and "error" in results[key]:
+                        results[key] = {**bench.results, "error": results[key]["error"]}
+                finally:
+                    results[key]["seconds"] = time.perf_counter() - target_started
+                    results[key]["unexpected_closes"] = len(fleet.unexpected_closes)
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(30):
+                            await fleet.disconnect(limit=20)
+                    await publisher.close()
+                    results[key]["shutdown_s"] = server.stop()
+                    results[key]["exit_code"] = server.process.returncode
+                    if server.process.returncode not in (0, -15):
+                        log(f"  server exit code {server.process.returncode} after "
+                            f"{results[key]['shutdown_s']:.0f} s (-9: killed 30 s after SIGTERM)")
             log(f"   {key} done in {results[key]['seconds']:.0f} s")
     finally:
         with contextlib.suppress(Exception):
@@ -228,10 +237,22 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def one_server(target: Target, server_cpus: set[int], logs: Path, redis: PrivateRedis, secret: str,
+                     hub_env: dict[str, str]) -> AsyncIterator[Opened]:
+    """One server process on the run's Redis (flushed first) and a publisher to that Redis."""
+    redis.flush()
+    server = await start(target, server_cpus, logs, redis_url=redis.url, secret=secret, hub_env=hub_env)
+    try:
+        yield server, RespPublisher("127.0.0.1", redis.port), redis.pids()
+    finally:
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run with small sizes")
+    parser.add_argument("--quick", action="store_true", help="a 2-3 minute smoke run with small sizes")
     parser.add_argument("--targets", default="", help=f"comma-separated subset of {','.join(ORDER)}")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
     args = parser.parse_args()

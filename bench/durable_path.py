@@ -23,7 +23,7 @@ from bench.__main__ import log, use_uvloop
 from bench.scenarios import Params
 from bench.services import PG_ADMIN_URL, proc_cpu_seconds
 from bench.solo import running_hub
-from bench.targets import ROOT
+from bench.targets import ROOT, Server
 
 
 async def quiet(pid: int, busy: float = 0.05, limit: float = 30.0) -> float:
@@ -62,12 +62,13 @@ async def main_async(args: argparse.Namespace) -> int:
              "|---|---|---|---|---|---|---|---|---|"]
     async with running_hub(args.users, params, Path(args.out), log) as bench:
         await bench.fleet.connect(bench.users, in_flight=500)
+        assert isinstance(bench.server, Server)  # one hub process (`running_hub`)
+        database = bench.server.env["DATABASE_URL"]
         log(f"hub quiet after {await quiet(bench.server.pid):.1f} s")
         if args.warmup:
             await bench.durable(1)
         for batch in batches:
             await quiet(bench.server.pid)
-            database = bench.server.env["DATABASE_URL"]
             pg_before = await backend_cpu(database)
             row = await bench.durable(batch)
             pg = 1e6 * (await backend_cpu(database) - pg_before) / max(1, row["calls"])
@@ -80,7 +81,6 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"| {pg:,.0f} | {row['server_cpu_pct']:.0f} | {checks} |")
         if not args.no_chat:
             await quiet(bench.server.pid)
-            database = bench.server.env["DATABASE_URL"]
             pg_before = await backend_cpu(database)
             rows = await bench.chat(bench.fleet.tokens)
             pg = 1e6 * (await backend_cpu(database) - pg_before)

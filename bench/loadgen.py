@@ -1,5 +1,6 @@
 """The load generator: WebSocket clients (picows) that check every delivery, and a raw RESP
-publisher that injects events into Redis at a fixed rate.
+publisher that injects events into Redis at a fixed rate (`bench.cluster_target` has the one for a
+Redis Cluster).
 
 Every event the bench injects carries `{"u": user, "s": seq, "t": send time}`: a client counts
 an event as delivered only when it is for its own user (else misrouted) and carries the next
@@ -16,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -33,11 +34,12 @@ class Counters:
     skipped: int = 0
     late_or_duplicate: int = 0
     misrouted: int = 0
+    signals: int = 0  # live-only frames (presence, typing): not events, not checked
     latencies: list[float] = field(default_factory=list)
     last_receive: float = 0.0
 
     def reset(self) -> None:
-        self.delivered = self.skipped = self.late_or_duplicate = self.misrouted = 0
+        self.delivered = self.skipped = self.late_or_duplicate = self.misrouted = self.signals = 0
         self.latencies = []
         self.last_receive = 0.0
 
@@ -93,6 +95,9 @@ class Client(WSListener):
                     self.last_id = self.base_id = self.resume[0]  # the replay follows
                 self.welcome.set_result(message)
             return
+        elif payload[:9] == b'{"type":"' and payload[9:15] != b'event"':
+            self.fleet.counters.signals += 1
+            return
         self.fleet.on_event(self, orjson.loads(payload))
 
     def _socketio(self, transport: WSTransport, payload: bytes) -> bytes | None:
@@ -127,10 +132,11 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class Fleet:
-    """All clients against one server, and the checks of what they receive."""
+    """All clients against one server (or several processes of one: `url` a list of them, each
+    user's connection on `urls[user_id % len(urls)]`), and the checks of what they receive."""
 
-    def __init__(self, url: str, dialect: str, tokens: Callable[[int], str]) -> None:
-        self.url = url
+    def __init__(self, url: str | Sequence[str], dialect: str, tokens: Callable[[int], str]) -> None:
+        self.urls = [url] if isinstance(url, str) else list(url)
         self.dialect = dialect
         self.tokens = tokens
         self.clients: dict[int, Client] = {}  # one connection per user
@@ -156,7 +162,8 @@ class Fleet:
                                 resume.get(user_id) if resume else None)
                 try:
                     async with asyncio.timeout(limit):
-                        await ws_connect(lambda: client, self.url, websocket_handshake_timeout=limit,
+                        await ws_connect(lambda: client, self.urls[user_id % len(self.urls)],
+                                         websocket_handshake_timeout=limit,
                                          max_frame_size=1 << 20)
                         await client.welcome
                 except asyncio.CancelledError:
@@ -253,17 +260,31 @@ class Fleet:
             return False
 
 
-class RespPublisher:
-    """PUBLISH over one raw Redis connection, pipelined; the load generator's own cost stays
-    small (no client library), so the servers are what is measured."""
+class Publisher(Protocol):
+    """What the scenarios inject events with."""
 
-    def __init__(self, host: str, port: int) -> None:
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None: ...
+
+    async def flushed(self, limit: float = 30.0) -> None: ...
+
+
+class RespPublisher:
+    """PUBLISH (or `command`, e.g. SPUBLISH) over one raw Redis connection, pipelined; the load
+    generator's own cost stays small (no client library), so the servers are what is measured."""
+
+    def __init__(self, host: str, port: int, command: bytes = b"PUBLISH") -> None:
         self._host, self._port = host, port
+        self._head = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.sent = 0
         self.replies = 0
         self.no_subscriber = 0
+        self.refused = 0  # error replies (a MOVED would mean a channel sent to the wrong master)
         self._idle = asyncio.Event()
 
     async def open(self) -> None:
@@ -290,14 +311,16 @@ class RespPublisher:
             whole, tail = chunk[:cut], chunk[cut:]
             self.replies += whole.count(b"\r\n")
             self.no_subscriber += whole.count(b":0\r\n")
+            self.refused += (b"\n" + whole).count(b"\n-")
             if self.replies >= self.sent:
                 self._idle.set()
 
     def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
         assert self._writer is not None
+        head = self._head
         parts = []
         for channel, payload in messages:
-            parts.append(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            parts.append(head + b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
                 len(channel), channel, len(payload), payload))
         self._writer.write(b"".join(parts))
         self.sent += len(messages)

@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-LABELS = {"hub": "hub", "forwarder": "PSUBSCRIBE forwarder (ceiling)", "socketio": "python-socketio",
+LABELS = {"hub": "hub", "hub-cluster": "hub, 2 processes on a 3-master Redis Cluster",
+          "forwarder": "PSUBSCRIBE forwarder (ceiling)", "socketio": "python-socketio",
           "broadcaster": "encode/broadcaster", "seed004": "seed 004 pattern (floor)"}
 P99_MS = 50.0
 
@@ -118,7 +119,8 @@ def markdown(document: dict[str, Any]) -> str:
         cells.append(_cell(section.get("storm"), _storm))
         cells.append(_cell(steps, _noise))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Unicast ladder, p50 / p99 ms per offered rate (✗ = not kept: loss, p99 over "
+    lines += ["", "Unicast ladder, p50 / p99 ms per offered rate, the server's CPU (all its processes) "
+              "and its CPU µs per delivered event (✗ = not kept: loss, p99 over "
               f"{P99_MS:.0f} ms, or the load generator could not offer the rate):", ""]
     rates = sorted({s["rate"] for sec in results.values() for s in (sec.get("unicast") or [])
                     if isinstance(sec.get("unicast"), list)})
@@ -132,7 +134,8 @@ def markdown(document: dict[str, Any]) -> str:
             if step is None:
                 row.append("")
                 continue
-            text = _pair(step) + f", {step['server_cpu_pct']:.0f}% CPU"
+            text = (_pair(step) + f", {step['server_cpu_pct']:.0f}% CPU, "
+                    f"{step['server_us_per_event']:.0f} µs/ev")
             if not step["kept"]:
                 reasons = []
                 if step["lost"]:

@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 
+from bench.cluster_target import HubGroup
 from bench.http_client import LeanHttp
-from bench.loadgen import Client, Fleet, Injector, RespPublisher, percentile, pick, rfc3339_now
+from bench.loadgen import Client, Fleet, Injector, Publisher, percentile, pick, rfc3339_now
 from bench.services import cpus_busy_seconds, proc_cpu_seconds
 from bench.targets import Server
 
@@ -54,11 +55,12 @@ class Params:
 
 @dataclass
 class Meters:
-    """CPU of the server, this load generator and Redis over a window, and how busy the server's
-    core was with other processes (the noise of a shared machine)."""
+    """CPU of the server, this load generator and Redis over a window (server and Redis: the sum
+    of their processes), and how busy the server's core was with other processes (the noise of a
+    shared machine)."""
 
-    server_pid: int
-    redis_pid: int | None
+    server_pids: tuple[int, ...]
+    redis_pids: tuple[int, ...]
     server_cpus: tuple[int, ...] = ()
     started: float = 0.0
     marks: tuple[float, ...] = ()
@@ -69,8 +71,8 @@ class Meters:
 
     def _read(self) -> tuple[float, ...]:
         own = os.times()
-        redis = proc_cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
-        return (proc_cpu_seconds(self.server_pid), own.user + own.system, redis,
+        redis = sum(proc_cpu_seconds(pid) for pid in self.redis_pids)
+        return (sum(proc_cpu_seconds(pid) for pid in self.server_pids), own.user + own.system, redis,
                 cpus_busy_seconds(self.server_cpus))
 
     def stop(self) -> dict[str, float]:
@@ -94,11 +96,11 @@ def latency_summary(latencies: list[float]) -> dict[str, float]:
 class Bench:
     """One target's run: its server, the clients, the publisher and the results so far."""
 
-    server: Server
+    server: Server | HubGroup
     fleet: Fleet
-    publisher: RespPublisher
+    publisher: Publisher
     params: Params
-    redis_pid: int | None
+    redis_pids: tuple[int, ...]
     users: list[int]
     log: Callable[[str], None]
     api_key: str = ""
@@ -107,7 +109,7 @@ class Bench:
     rng: random.Random = field(default_factory=lambda: random.Random(8))
 
     def meters(self) -> Meters:
-        return Meters(self.server.pid, self.redis_pid, tuple(sorted(self.server_cpus)))
+        return Meters(self.server.pids, self.redis_pids, tuple(sorted(self.server_cpus)))
 
     # --- 1. idle capacity --------------------------------------------------------------
 

@@ -114,6 +114,9 @@ class PrivateRedis:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def pids(self) -> tuple[int, ...]:
+        return (self.process.pid,) if self.process is not None else ()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

@@ -38,7 +38,7 @@ async def running_hub(users: int, params: Params, out: Path, log: object) -> Asy
         publisher = RespPublisher("127.0.0.1", redis.port)
         await publisher.open()
         fleet = Fleet(server.ws_url, "hub", token)
-        bench = Bench(server, fleet, publisher, params, redis.pid(), ids, log, api_key,  # type: ignore[arg-type]
+        bench = Bench(server, fleet, publisher, params, redis.pids(), ids, log, api_key,  # type: ignore[arg-type]
                       server_cpus=server_cpus)
         bench.results["loadgen_cpus"] = sorted(loadgen_cpus)
         try:

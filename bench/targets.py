@@ -36,11 +36,16 @@ class Target:
     module: str  # python -m <module>
     durable: bool = False  # has the publish API, stream ids and resume
     note: str = ""
+    cluster: bool = False  # bench.cluster_target: hub processes on a private Redis Cluster
 
 
 TARGETS = {
     "hub": Target("hub", "hub", HUB, "/ws", "hub", durable=True,
                   note="this project: `hub serve`, PostgreSQL + Redis, one process"),
+    "hub-cluster": Target("hub-cluster", "hub, 2 processes on a 3-master Redis Cluster", HUB, "/ws", "hub",
+                          cluster=True,
+                          note="this project with REDIS_CLUSTER=true: SSUBSCRIBE/SPUBLISH, both processes "
+                               "on the server core (overhead, not speed-up)"),
     "forwarder": Target("forwarder", "PSUBSCRIBE forwarder (ceiling)", PLAIN, "/ws",
                         "bench.peers.forwarder_server",
                         note="one PSUBSCRIBE per process, sockets by user, no store"),
@@ -70,6 +75,10 @@ class Server:
         return self.process.pid
 
     @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.process.pid,)
+
+    @property
     def python_pid(self) -> int:
         """The Python process (taskset execs it, so the same pid)."""
         return self.process.pid
@@ -77,6 +86,10 @@ class Server:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}{self.target.ws_path}"
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [self.ws_url]
 
     @property
     def http_url(self) -> str:
@@ -128,9 +141,9 @@ def migrate_hub(env: dict[str, str]) -> None:
 
 
 async def start(target: Target, cpus: set[int], log_dir: Path, *, redis_url: str, secret: str,
-                hub_env: dict[str, str] | None = None) -> Server:
+                hub_env: dict[str, str] | None = None, log_name: str = "") -> Server:
     port = free_port()
-    if target.key == "hub":
+    if target.module == "hub":
         assert hub_env is not None
         command = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
         env = {**os.environ, **hub_env}
@@ -139,7 +152,7 @@ async def start(target: Target, cpus: set[int], log_dir: Path, *, redis_url: str
                    "--secret", secret]
         env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    log_path = log_dir / f"{target.key}.log"
+    log_path = log_dir / f"{log_name or target.key}.log"
     log = log_path.open("ab")
     process = subprocess.Popen(pinned_command(command, cpus), cwd=ROOT, env=env, stdout=log,  # noqa: ASYNC220
                                stderr=subprocess.STDOUT, preexec_fn=_child_setup)

@@ -196,14 +196,18 @@ class ChatApi:
         user_id = await self._user(request)
         chat_id = _chat_id(request)
         body = await read_json(request, NewMember)
-        return json_response(await self._service.add_member(user_id, chat_id, body.user_id), 201)
+        chat = await self._service.add_member(user_id, chat_id, body.user_id)
+        self._live.forget(chat_id)
+        return json_response(chat, 201)
 
     @api(summary="Leave a chat; emits chat.member_left to the remaining members. The leaver "
                  "gets nothing more of it; the last member to leave deletes it", tag="chat",
          path=ChatPath, status=204, auth="user", errors=(401, 404))
     async def leave(self, request: Request) -> Response:
         user_id = await self._user(request)
-        await self._service.leave(user_id, _chat_id(request))
+        chat_id = _chat_id(request)
+        await self._service.leave(user_id, chat_id)
+        self._live.forget(chat_id)
         return Response(status_code=204)
 
     @api(summary="Post a message; emits chat.message to every member. A retry with the same "

@@ -74,7 +74,7 @@ def make_broker(settings: Settings) -> Broker:
 
 
 def make_presence_store(settings: Settings) -> PresenceStore:
-    if settings.redis_url is None:
+    if settings.redis_url is None or not settings.presence:  # off: an empty store, never fed
         return MemoryPresence()
     from hub.presence_redis import RedisPresence
 
@@ -91,7 +91,8 @@ def create_app(settings: Settings) -> Starlette:
     presence = Presence(make_presence_store(settings), metrics, settings.presence_offline_grace)
     signals = Signals(broker, metrics, settings.redis_channel_prefix)
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
-                        settings.ws_max_connections_per_user, presence)
+                        settings.ws_max_connections_per_user,
+                        presence if settings.presence else None)
     events = EventBus(db, publisher.publish)
     limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix,
                                 cluster=settings.redis_cluster)
@@ -116,8 +117,8 @@ def create_app(settings: Settings) -> Starlette:
             Loop("retention", Retention(db, metrics, settings.stream_retention_events,
                                         settings.stream_retention_seconds).step, 60.0),
             Loop("session revocations", revocations.step, CHECK_SECONDS),
-            Loop("presence heartbeat", presence.step, settings.presence_heartbeat),
-        )),
+        ) + ((Loop("presence heartbeat", presence.step, settings.presence_heartbeat),)
+             if settings.presence else ())),
         Feature(routes=WebFront().routes()),
         Feature(routes=PublishApi(settings, db, events, accounts).routes()),
         Feature(routes=event_stream.routes()),

@@ -10,38 +10,52 @@ user and remembers which users were last announced online, so that:
 - a process that dies without a word stops heartbeating; another one's heartbeat sweeps it out
   of the store and announces its users offline (see hub/presence_redis.py).
 Announcements go to listeners (a feature decides who hears of them, e.g. a chat's members).
-Every store call goes through one ordered worker, so a quick arrive/leave reaches the store in
-the order it happened here.
+
+One worker task does all of it, in batches: the changes queued since its last round reach the
+store in one call, in the order they happened here, and the users whose grace ended settle in
+one call; listeners hear a batch of users at once. A reconnect storm of thousands of users is
+then a few dozen store calls and announcements, not thousands, and a user waiting out the grace
+costs one dict entry (no task, no timer of their own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from hub.metrics import Metrics
 
 log = logging.getLogger("hub.presence")
-Listener = Callable[[int, bool], Awaitable[None]]
+Listener = Callable[[list[int], bool], Awaitable[None]]
+BATCH = 1000  # changes (or settles) per store call
 
 
 class PresenceStore(ABC):
-    """Deployment-wide presence state. Each call is one atomic step (one Redis command)."""
+    """Deployment-wide presence state. Each call is one atomic step (one Redis script call)."""
 
     @abstractmethod
+    async def apply(self, changes: Sequence[tuple[bool, int]]) -> list[bool]:
+        """(arriving, user id) changes of this process, in order. For each: arriving, True when
+        the user is to be announced online; leaving, True when no process holds them now."""
+
+    @abstractmethod
+    async def settle_many(self, user_ids: Sequence[int]) -> list[int]:
+        """After their grace: those still offline who were announced online (the caller
+        announces them offline; exactly one caller gets each)."""
+
     async def arrive(self, user_id: int) -> bool:
         """This process now holds the user; True when they are to be announced online."""
+        return (await self.apply([(True, user_id)]))[0]
 
-    @abstractmethod
     async def leave(self, user_id: int) -> bool:
         """This process no longer holds the user; True when no process does."""
+        return (await self.apply([(False, user_id)]))[0]
 
-    @abstractmethod
     async def settle(self, user_id: int) -> bool:
-        """After the grace: True when the user is still offline and was announced online (the
-        caller announces them offline; exactly one caller gets True)."""
+        return bool(await self.settle_many([user_id]))
 
     @abstractmethod
     async def online(self, user_ids: Iterable[int]) -> set[int]:
@@ -64,22 +78,22 @@ class MemoryPresence(PresenceStore):
         self._held: set[int] = set()
         self._shown: set[int] = set()
 
-    async def arrive(self, user_id: int) -> bool:
-        self._held.add(user_id)
-        if user_id in self._shown:
-            return False
-        self._shown.add(user_id)
-        return True
+    async def apply(self, changes: Sequence[tuple[bool, int]]) -> list[bool]:
+        results = []
+        for arriving, user_id in changes:
+            if arriving:
+                self._held.add(user_id)
+                results.append(user_id not in self._shown)
+                self._shown.add(user_id)
+            else:
+                self._held.discard(user_id)
+                results.append(True)
+        return results
 
-    async def leave(self, user_id: int) -> bool:
-        self._held.discard(user_id)
-        return True
-
-    async def settle(self, user_id: int) -> bool:
-        if user_id in self._held or user_id not in self._shown:
-            return False
-        self._shown.discard(user_id)
-        return True
+    async def settle_many(self, user_ids: Sequence[int]) -> list[int]:
+        gone = [u for u in user_ids if u not in self._held and u in self._shown]
+        self._shown.difference_update(gone)
+        return gone
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         return {user_id for user_id in user_ids if user_id in self._held}
@@ -103,14 +117,15 @@ class Presence:
         self._grace = grace
         self._listeners: list[Listener] = []
         self._local: set[int] = set()  # users with a connection on this process
-        self._work: asyncio.Queue[tuple[bool, int]] = asyncio.Queue()
+        self._work: list[tuple[bool, int]] = []  # changes not yet in the store, in order
+        self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._settling: dict[int, asyncio.Task[None]] = {}  # user -> its grace
+        self._due: dict[int, float] = {}  # user -> when their grace ends (in that order)
         self._closed = False
         self._retry: set[int] = set()  # users whose change the store missed (Redis away)
 
     def listen(self, listener: Listener) -> None:
-        """Call `listener(user_id, online)` on every announced change."""
+        """Call `listener(user_ids, online)` on every batch of announced changes."""
         self._listeners.append(listener)
 
     async def online(self, user_ids: Iterable[int]) -> list[int]:
@@ -130,44 +145,71 @@ class Presence:
     def _queue(self, arriving: bool, user_id: int) -> None:
         if self._closed:  # shutting down: `close` withdraws every user of this process at once
             return
-        self._work.put_nowait((arriving, user_id))
+        self._work.append((arriving, user_id))
+        self._wake.set()
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")
 
     async def _run(self) -> None:
         while True:
-            arriving, user_id = await self._work.get()
-            try:
-                if arriving:
-                    if await self._store.arrive(user_id):
-                        await self._announce([user_id], True)
-                elif await self._store.leave(user_id) and user_id not in self._settling:
-                    self._settling[user_id] = asyncio.get_running_loop().create_task(
-                        self._settle(user_id), name="presence-grace")
-            except Exception as exc:
-                log.warning("presence of user %s not recorded (%s); the next heartbeat retries",
-                            user_id, exc)
-                self._retry.add(user_id)
+            if not self._work:
+                self._wake.clear()
+                wait = (next(iter(self._due.values())) - time.monotonic()) if self._due else None
+                if wait is None or wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+            if self._work:
+                batch, self._work = self._work[:BATCH], self._work[BATCH:]
+                await self._apply(batch)
+            now = time.monotonic()
+            due: list[int] = []
+            for user_id, deadline in self._due.items():
+                if deadline > now or len(due) == BATCH:
+                    break
+                due.append(user_id)
+            if due:
+                for user_id in due:
+                    del self._due[user_id]
+                await self._settle(due)
 
-    async def _settle(self, user_id: int, *, wait: bool = True) -> None:
-        if wait:
-            try:
-                await asyncio.sleep(self._grace)
-            finally:
-                self._settling.pop(user_id, None)
+    async def _apply(self, batch: list[tuple[bool, int]]) -> None:
         try:
-            if await self._store.settle(user_id):
-                await self._announce([user_id], False)
-        except Exception:
-            log.warning("presence of user %s not settled", user_id, exc_info=True)
+            results = await self._store.apply(batch)
+        except Exception as exc:
+            log.warning("presence of %d users not recorded (%s); the next heartbeat retries",
+                        len({user_id for _, user_id in batch}), exc)
+            self._retry.update(user_id for _, user_id in batch)
+            return
+        online: list[int] = []
+        deadline = time.monotonic() + self._grace
+        for (arriving, user_id), result in zip(batch, results, strict=True):
+            if not result:
+                continue
+            if arriving:
+                online.append(user_id)
+            else:
+                self._due.setdefault(user_id, deadline)
+        await self._announce(online, True)
+
+    async def _settle(self, user_ids: list[int]) -> None:
+        try:
+            offline = await self._store.settle_many(user_ids)
+        except Exception as exc:  # their grace entries stay in the store: a heartbeat settles them
+            log.warning("presence of %d users not settled (%s)", len(user_ids), exc)
+            return
+        await self._announce(offline, False)
 
     async def _announce(self, user_ids: list[int], online: bool) -> None:
-        for user_id in user_ids:
-            for listener in self._listeners:
-                try:
-                    await listener(user_id, online)
-                except Exception:
-                    log.exception("a presence listener failed for user %s", user_id)
+        if not user_ids:
+            return
+        for listener in self._listeners:
+            try:
+                await listener(user_ids, online)
+            except Exception:
+                log.exception("a presence listener failed for %d users", len(user_ids))
 
     async def start(self) -> None:
         """The first heartbeat, before the first socket (a failure is logged; the loop retries),
@@ -192,13 +234,14 @@ class Presence:
     async def close(self) -> None:
         """A graceful stop: this process's users leave now (announced offline if no other
         process holds them)."""
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        for user_id, task in list(self._settling.items()):
-            task.cancel()
-            await self._settle(user_id, wait=False)  # not left for the sweep to find
+        due, self._due = list(self._due), {}
+        for start in range(0, len(due), BATCH):  # not left for the sweep to find
+            await self._settle(due[start:start + BATCH])
         try:
             await self._announce(await self._store.close(), False)
         except Exception:

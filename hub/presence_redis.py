@@ -8,9 +8,11 @@ slot, so each script's keys live on one master):
 - `shown`: set of the users last announced online;
 - `grace`: sorted set, user id -> when they dropped to no process (pending an offline
   announcement; the process that saw it settles it, a heartbeat settles it if that process died).
-A connect or a disconnect costs at most one script call of a few O(1) commands, and only for a
-user's first or last connection on a process: nothing depends on the number of their chats or
-contacts. A heartbeat is one script call; it also sweeps out processes whose heartbeat expired
+A connect or a disconnect costs a few O(1) commands inside a script, and only for a user's
+first or last connection on a process: nothing depends on the number of their chats or
+contacts. The changes a process queued meanwhile go in one script call, in order (`APPLY`), and
+so do the users whose grace ended (`SETTLE`): a reconnect storm is a few calls, not one per
+user. A heartbeat is one script call; it also sweeps out processes whose heartbeat expired
 (their users' counts go down; the users nobody holds any more are announced offline), which is
 how a SIGKILLed process drops out within ttl + heartbeat seconds.
 """
@@ -20,34 +22,50 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hub.presence import PresenceStore
+from hub.presence import BATCH, PresenceStore
 from hub.redis_clients import redis_client
 
 REDIS_TIMEOUT = 2.0
 
-ARRIVE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+# KEYS: this process's set, count, shown, grace; ARGV: now, then (op, user) pairs in order,
+# op 'a' (arrive: 1 when the user is to be announced online) or 'l' (leave: 1 when no process
+# holds the user now, who then waits out the grace). Returns one 0/1 per pair.
+APPLY = """
+local results = {}
+for i = 2, #ARGV, 2 do
+  local user = ARGV[i + 1]
+  local result = 0
+  if ARGV[i] == 'a' then
+    if redis.call('SADD', KEYS[1], user) == 1 then
+      redis.call('HINCRBY', KEYS[2], user, 1)
+    end
+    redis.call('ZREM', KEYS[4], user)
+    result = redis.call('SADD', KEYS[3], user)
+  elseif redis.call('SREM', KEYS[1], user) == 1 then
+    if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('ZADD', KEYS[4], ARGV[1], user)
+      result = 1
+    end
+  end
+  results[#results + 1] = result
 end
-redis.call('ZREM', KEYS[4], ARGV[1])
-return redis.call('SADD', KEYS[3], ARGV[1])
+return results
 """
 
-LEAVE = """
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) > 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-return 1
-"""
-
+# KEYS: count, shown, grace; ARGV: users whose grace ended. Returns those to announce offline.
 SETTLE = """
-redis.call('ZREM', KEYS[3], ARGV[1])
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
-return redis.call('SREM', KEYS[2], ARGV[1])
+local offline = {}
+for _, user in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[3], user)
+  if redis.call('HEXISTS', KEYS[1], user) == 0 and redis.call('SREM', KEYS[2], user) == 1 then
+    offline[#offline + 1] = user
+  end
+end
+return offline
 """
 
 # KEYS: procs, count, shown, grace; ARGV: prefix, this process, its new deadline, now,
@@ -103,8 +121,7 @@ class RedisPresence(PresenceStore):
         self._count = self._prefix + "count"
         self._shown = self._prefix + "shown"
         self._grace = self._prefix + "grace"
-        self._arrive = self._redis.register_script(ARRIVE)
-        self._leave = self._redis.register_script(LEAVE)
+        self._apply = self._redis.register_script(APPLY)
         self._settle = self._redis.register_script(SETTLE)
         self._heartbeat = self._redis.register_script(HEARTBEAT)
         self._beaten = False
@@ -113,17 +130,22 @@ class RedisPresence(PresenceStore):
         async with asyncio.timeout(REDIS_TIMEOUT):
             return await script(keys=keys, args=args)
 
-    async def arrive(self, user_id: int) -> bool:
-        return bool(await self._call(self._arrive, [self._mine, self._count, self._shown,
-                                                    self._grace], [user_id]))
+    async def apply(self, changes: Sequence[tuple[bool, int]]) -> list[bool]:
+        if not changes:
+            return []
+        args: list[Any] = [repr(time.time())]
+        for arriving, user_id in changes:
+            args += ("a" if arriving else "l", user_id)
+        results = await self._call(self._apply, [self._mine, self._count, self._shown,
+                                                 self._grace], args)
+        return [bool(result) for result in results]
 
-    async def leave(self, user_id: int) -> bool:
-        return bool(await self._call(self._leave, [self._mine, self._count, self._grace],
-                                     [user_id, repr(time.time())]))
-
-    async def settle(self, user_id: int) -> bool:
-        return bool(await self._call(self._settle, [self._count, self._shown, self._grace],
-                                     [user_id]))
+    async def settle_many(self, user_ids: Sequence[int]) -> list[int]:
+        if not user_ids:
+            return []
+        offline = await self._call(self._settle, [self._count, self._shown, self._grace],
+                                   list(user_ids))
+        return [int(user) for user in offline]
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(user_ids)
@@ -137,9 +159,11 @@ class RedisPresence(PresenceStore):
         offline, swept, count = await self._beat(sweep_self=False)
         again: list[int] = []
         if swept:  # this process had been taken for dead (a long pause): hold its users again
-            for user_id in local_users:
-                if await self.arrive(user_id):
-                    again.append(user_id)
+            users = list(local_users)
+            for start in range(0, len(users), BATCH):
+                chunk = users[start:start + BATCH]
+                results = await self.apply([(True, user_id) for user_id in chunk])
+                again += [user_id for user_id, shown in zip(chunk, results, strict=True) if shown]
             async with asyncio.timeout(REDIS_TIMEOUT):
                 count = int(await self._redis.hlen(self._count))
         return offline, again, count

@@ -75,6 +75,7 @@ class Settings:
     chat_post_rate: float = 5.0  # messages per second per user, on average
     chat_post_burst: int = 20
     chat_typing_interval: float = 2.0  # seconds between forwarded typing signals per user and chat
+    presence: bool = True  # PRESENCE=0: no presence bookkeeping or frames (nobody shown online)
     presence_heartbeat: float = 5.0  # seconds between a process's presence heartbeats in Redis
     presence_ttl: float = 15.0  # a process silent this long is swept out, its users offline
     presence_offline_grace: float = 1.0  # a reconnect within this announces nothing
@@ -162,6 +163,7 @@ class Settings:
             chat_post_rate=r.number("CHAT_POST_RATE", 5.0, minimum=0.001),
             chat_post_burst=r.integer("CHAT_POST_BURST", 20, minimum=1),
             chat_typing_interval=r.number("CHAT_TYPING_INTERVAL", 2.0, minimum=0.1),
+            presence=r.choice("PRESENCE", "1", ("0", "1")) == "1",
             presence_heartbeat=heartbeat,
             presence_ttl=presence_ttl,
             presence_offline_grace=r.number("PRESENCE_OFFLINE_GRACE", 1.0, minimum=0.0, maximum=2.0),

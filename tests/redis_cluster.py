@@ -2,7 +2,8 @@
 binaries on free ports (their +10000 bus ports free too), created with `redis-cli --cluster
 create`, without persistence, in a temporary directory. Only the processes started here are
 stopped, by PID. `redis_cluster` is session-scoped: tests isolate themselves by channel and key
-names (the run id), never by database (a cluster has only db 0).
+names (the run id), never by database (a cluster has only db 0). With `tls`, the nodes speak TLS
+only (clients, cluster bus and replication), with certificates the test made.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,10 +45,28 @@ def cluster_ports(count: int) -> list[int]:
     return ports
 
 
-def cli(port: int, *args: str, timeout: float = 10.0, password: str | None = None) -> str:
+@dataclass(frozen=True)
+class ClusterTls:
+    """Every node serves `cert_file` (for 127.0.0.1) with `key_file`, signed by `ca_file`."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.ca_file)]
+
+    def server_args(self, port: int) -> list[str]:
+        return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(self.cert_file),
+                "--tls-key-file", str(self.key_file), "--tls-ca-cert-file", str(self.ca_file),
+                "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no"]
+
+
+def cli(port: int, *args: str, timeout: float = 10.0, password: str | None = None,
+        tls: ClusterTls | None = None) -> str:
     """One redis-cli command against the node on `port`; its output."""
-    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
-                          capture_output=True, text=True, timeout=timeout, check=True,
+    done = subprocess.run(["redis-cli", *(tls.cli_args() if tls else ()), "-h", "127.0.0.1", "-p", str(port),
+                           *args], capture_output=True, text=True, timeout=timeout, check=True,
                           env=_cli_env(password))
     return done.stdout
 
@@ -59,17 +79,23 @@ class RedisClusterNodes:
     """Six redis-server processes forming one cluster (3 masters without replicas when
     `replicas` is 0), with `password` on every node when given; `kill` SIGKILLs one of them."""
 
-    def __init__(self, directory: Path, *, password: str | None = None, replicas: int = 1) -> None:
+    def __init__(self, directory: Path, *, password: str | None = None, replicas: int = 1,
+                 tls: ClusterTls | None = None) -> None:
         self.directory = directory
         self.password = password
+        self.tls = tls
         self.replicas = replicas
         self.ports = cluster_ports(3 * (1 + replicas))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
         """REDIS_URL of the cluster: two of its nodes, comma-separated (either one suffices)."""
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return ",".join(f"rediss://{auth}127.0.0.1:{port}?ssl_ca_certs={self.tls.ca_file}"
+                            for port in self.ports[:2])
         return ",".join(f"redis://{auth}127.0.0.1:{port}" for port in self.ports[:2])
 
     def start(self) -> None:
@@ -87,26 +113,34 @@ class RedisClusterNodes:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server on {port} did not start")
                 time.sleep(0.05)
-        subprocess.run(["redis-cli", "--cluster", "create",
+        subprocess.run(["redis-cli", *self.tls_cli_args(), "--cluster", "create",
                         *(f"127.0.0.1:{port}" for port in self.ports),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        capture_output=True, timeout=START_TIMEOUT, check=True, env=_cli_env(self.password))
         self.wait_ok(deadline - time.monotonic())
 
     def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
-        return cli(port, *args, timeout=timeout, password=self.password)
+        return cli(port, *args, timeout=timeout, password=self.password, tls=self.tls)
+
+    def tls_cli_args(self) -> list[str]:
+        return self.tls.cli_args() if self.tls else []
 
     def launch(self, port: int) -> None:
         """Start the node of `port`; after a kill it rejoins from its nodes.conf (as a replica
         when its replica took over meanwhile)."""
+        self.processes[port] = subprocess.Popen(self.node_command(port), stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+
+    def node_command(self, port: int) -> list[str]:
+        """The redis-server command line of the node on `port` (`extra_args` appended)."""
         node_dir = self.directory / str(port)
-        self.processes[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
-             "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-             "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log"),
-             *(("--requirepass", self.password, "--masterauth", self.password) if self.password else ())],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        listen = self.tls.server_args(port) if self.tls else ["--port", str(port)]
+        return ["redis-server", *listen, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
+                "--save", "", "--appendonly", "no", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log"),
+                *(("--requirepass", self.password, "--masterauth", self.password) if self.password else ()),
+                *self.extra_args]
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
         """Until every live node reports `cluster_state:ok`, agrees on the slot map, and every
@@ -120,7 +154,8 @@ class RedisClusterNodes:
                 if (all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO", timeout=2) for port in live)
                         and in_sync == sum("role:slave" in info for info in replication)
                         and in_sync >= len(live) - 3):  # every node beyond the 3 masters is a replica
-                    check = subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{live[0]}"],
+                    check = subprocess.run(["redis-cli", *self.tls_cli_args(), "--cluster", "check",
+                                            f"127.0.0.1:{live[0]}"],
                                            capture_output=True, text=True, timeout=10,
                                            env=_cli_env(self.password))
                     if "[OK] All 16384 slots covered" in check.stdout and "[ERR]" not in check.stdout:

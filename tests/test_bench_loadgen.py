@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from urllib.parse import urlparse
 
 import pytest
 
+from bench.cluster_target import ClusterPublisher
 from bench.loadgen import HUB, Fleet, Injector, RespPublisher, rfc3339_now
-from tests.conftest import RunningHub, register
+from hub.settings import Settings
+from tests.conftest import RunningHub, register, serve_hub
+from tests.redis_cluster import RedisClusterNodes, redis_cluster  # noqa: F401
+from tests.wsutil import make_users
 
 
 @pytest.fixture
@@ -65,3 +70,35 @@ async def test_load_generator_counts_deliveries_and_flags_bad_ones(hub: RunningH
         async with asyncio.timeout(15):
             await fleet.disconnect()
             await publisher.close()
+
+
+async def test_cluster_publisher_reaches_two_hubs_on_every_master(
+        settings: Settings, redis_cluster: RedisClusterNodes) -> None:  # noqa: F811
+    """The `hub-cluster` target's path: SPUBLISH to each channel's master, clients spread over
+    two hubs on the cluster; every event delivered once, in order, none refused."""
+    cluster_settings = replace(settings, redis_url=redis_cluster.url, redis_cluster=True)
+    users = await make_users(cluster_settings, 24)
+    tokens = dict(users)
+    publisher = ClusterPublisher("127.0.0.1", redis_cluster.ports[0])
+    async with serve_hub(cluster_settings) as first, serve_hub(cluster_settings) as second:
+        fleet = Fleet([first.ws_url, second.ws_url], HUB, tokens.__getitem__)
+        try:
+            async with asyncio.timeout(30):
+                _, failures = await fleet.connect(list(tokens))
+                assert failures == 0
+                await publisher.open()
+                assert publisher.masters == 3
+                clients = list(fleet.clients.values())
+                injector = Injector(HUB, settings.redis_channel_prefix.encode())
+                stamp, created = time.time(), rfc3339_now()
+                publisher.publish([injector.message(c, stamp, created) for c in clients for _ in range(10)])
+                await publisher.flushed(limit=10)
+                assert publisher.refused == 0
+                assert await fleet.wait_delivered(240, limit=10)
+                counters = fleet.counters
+                assert (counters.skipped, counters.late_or_duplicate, counters.misrouted) == (0, 0, 0)
+                assert all(c.next_seq == 11 for c in clients)
+        finally:
+            async with asyncio.timeout(15):
+                await fleet.disconnect()
+                await publisher.close()

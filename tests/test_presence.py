@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
 
 import httpx
 import pytest
 
 from hub.client import Event, HubClient, Reset, Signal
-from tests.conftest import RunningHub
+from hub.settings import Settings
+from tests.conftest import RunningHub, serve_hub
 from tests.sseutil import Message, open_stream
 from tests.wsutil import connect, make_users, publish_to
 
@@ -222,3 +224,19 @@ async def test_a_stream_gets_signals_without_ids_and_a_resume_replays_only_event
     async with open_stream(hub.http, b_token, headers={"Last-Event-ID": events[-1].id or ""}) as last:
         assert last.welcome["recovered"] is True and last.welcome["last_event_id"] == start + 2
         await last.silent(0.3)
+
+
+async def test_with_presence_off_nobody_is_announced_or_shown_and_typing_still_works(
+        settings: Settings) -> None:
+    async with serve_hub(dataclasses.replace(settings, presence=False)) as hub:
+        (a, a_token), (b, b_token) = await make_users(hub.settings, 2)
+        chat = await make_chat(hub.http, a_token, [b])
+        sock_b = await connect(hub.ws_url, b_token)
+        sock_a = await connect(hub.ws_url, a_token)
+        presence = await hub.http.get(f"{CHATS}/{chat}/presence", headers=bearer(b_token))
+        assert presence.status_code == 200 and presence.json() == {"online": []}
+        await sock_a.send({"type": "typing", "chat_id": chat})
+        assert await sock_b.next() == {"type": "typing", "chat_id": chat, "user_id": a}
+        await sock_a.close()
+        await sock_b.silent(1.5)  # neither online nor offline was announced
+        await sock_b.close()

@@ -61,6 +61,7 @@ EVERY_VARIABLE = {
     "CHAT_POST_RATE": "2.5",
     "CHAT_POST_BURST": "8",
     "CHAT_TYPING_INTERVAL": "3",
+    "PRESENCE": "0",
     "PRESENCE_HEARTBEAT": "2",
     "PRESENCE_TTL": "10",
     "PRESENCE_OFFLINE_GRACE": "0.5",
@@ -118,6 +119,7 @@ EXPECTED = {
     "chat_post_rate": 2.5,
     "chat_post_burst": 8,
     "chat_typing_interval": 3.0,
+    "presence": False,
     "presence_heartbeat": 2.0,
     "presence_ttl": 10.0,
     "presence_offline_grace": 0.5,
@@ -279,6 +281,7 @@ def test_production_accepts_generated_secrets(good: str) -> None:
     ("LOGIN_FAILURE_WINDOW", "0"),
     ("CHAT_POST_BURST", "many"),
     ("CHAT_TYPING_INTERVAL", "0"),
+    ("PRESENCE", "off"),
     ("PRESENCE_HEARTBEAT", "20"),
     ("PRESENCE_TTL", "29"),
     ("PRESENCE_TTL", "6"),  # less than twice the default heartbeat

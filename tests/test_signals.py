@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import orjson
@@ -123,8 +124,8 @@ async def test_a_stream_writes_signals_without_an_id_and_is_cut_when_they_go_unr
 async def test_memory_presence_announces_changes_once_and_not_a_quick_reconnect() -> None:
     heard: list[tuple[int, bool]] = []
 
-    async def listener(user_id: int, online: bool) -> None:
-        heard.append((user_id, online))
+    async def listener(user_ids: list[int], online: bool) -> None:
+        heard.extend((user_id, online) for user_id in user_ids)
 
     presence = Presence(MemoryPresence(), Metrics(), grace=0.05)
     presence.listen(listener)
@@ -174,25 +175,79 @@ async def test_redis_presence_counts_processes_and_sweeps_a_dead_one(redis_url: 
             await store._redis.aclose()
 
 
+async def test_redis_presence_applies_a_batch_in_order_and_settles_many_at_once(
+        redis_url: str) -> None:
+    store = RedisPresence(redis_url, f"test-presence-{uuid.uuid4().hex}:", ttl=2.0)
+    try:
+        await store.heartbeat([])
+        changes = [(True, 1), (True, 2), (False, 1), (True, 1), (False, 2), (False, 3)]
+        # 1: online, gone, back (still shown: nothing to announce); 2: online, gone; 3: unknown
+        assert await store.apply(changes) == [True, True, True, False, True, False]
+        assert await store.online([1, 2, 3]) == {1}
+        assert await store.settle_many([1, 2]) == [2]  # 1 came back within the grace
+        assert await store.settle_many([2]) == []  # announced once
+        assert await store.apply([(True, 2)]) == [True]
+    finally:
+        await store.close()
+
+
+class _CountingStore(MemoryPresence):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    async def apply(self, changes: Sequence[tuple[bool, int]]) -> list[bool]:
+        self.calls.append(len(changes))
+        return await super().apply(changes)
+
+    async def settle_many(self, user_ids: Sequence[int]) -> list[int]:
+        self.calls.append(len(user_ids))
+        return await super().settle_many(user_ids)
+
+
+async def test_a_storm_of_users_is_a_few_store_calls_and_announcements_not_one_per_user() -> None:
+    heard: list[tuple[int, bool]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        heard.append((len(user_ids), online))
+
+    store = _CountingStore()
+    presence = Presence(store, Metrics(), grace=0.05)
+    presence.listen(listener)
+    for user_id in range(1, 1501):  # all at once, as a reconnect storm comes in
+        presence.arrived(user_id)
+    async with asyncio.timeout(5):
+        while sum(n for n, _ in heard) < 1500:
+            await asyncio.sleep(0.01)
+    for user_id in range(1, 1501):
+        presence.left(user_id)
+    async with asyncio.timeout(5):
+        while sum(n for n, online in heard if not online) < 1500:
+            await asyncio.sleep(0.01)
+    assert store.calls == [1000, 500, 1000, 500, 1000, 500]  # changes, then settles, by BATCH
+    assert heard == [(1000, True), (500, True), (1000, False), (500, False)]
+    await presence.close()
+
+
 class _FlakyStore(MemoryPresence):
-    """Memory presence whose next `arrive` fails once (Redis away for a moment)."""
+    """Memory presence whose next change fails once (Redis away for a moment)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fail_next = True
 
-    async def arrive(self, user_id: int) -> bool:
+    async def apply(self, changes: Sequence[tuple[bool, int]]) -> list[bool]:
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("Redis is away")
-        return await super().arrive(user_id)
+        return await super().apply(changes)
 
 
 async def test_a_change_the_store_missed_is_retried_by_the_next_heartbeat() -> None:
     heard: list[tuple[int, bool]] = []
 
-    async def listener(user_id: int, online: bool) -> None:
-        heard.append((user_id, online))
+    async def listener(user_ids: list[int], online: bool) -> None:
+        heard.extend((user_id, online) for user_id in user_ids)
 
     presence = Presence(_FlakyStore(), Metrics(), grace=0.05)
     presence.listen(listener)

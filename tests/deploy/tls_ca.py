@@ -52,8 +52,10 @@ class ThrowawayCA:
         ca_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         return cls(key, certificate, ca_file)
 
-    def issue(self, names: list[str], cert_file: Path, key_file: Path) -> x509.Certificate:
-        """Write a server certificate for DNS names or IP addresses and its key (mode 0600)."""
+    def issue(self, names: list[str], cert_file: Path, key_file: Path, *,
+              client_auth: bool = False) -> x509.Certificate:
+        """Write a server certificate for DNS names or IP addresses and its key (mode 0600);
+        `client_auth`: good as a client certificate too (a Redis Cluster node's, on the bus)."""
         key = ec.generate_private_key(ec.SECP256R1())
         alt_names: list[x509.GeneralName] = []
         for name in names:
@@ -61,6 +63,9 @@ class ThrowawayCA:
                 alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 alt_names.append(x509.DNSName(name))
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+        if client_auth:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
@@ -72,7 +77,7 @@ class ThrowawayCA:
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                            critical=False)
             .sign(self.key, hashes.SHA256())
