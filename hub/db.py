@@ -197,10 +197,14 @@ class HeldConnection:
             yield conn
         except BaseException as exc:
             self._conn = None
+            lost = isinstance(exc, Exception) and not isinstance(exc, DBAPIError) and _lost(exc)
             with contextlib.suppress(Exception):
+                if lost:  # what SQLAlchemy does on a disconnect: drop the pool's generation,
+                    # whose other connections died with this one (a restart, a failover)
+                    conn.sync_engine.pool._invalidate(await conn.get_raw_connection(), exc)
                 await conn.invalidate()
                 await conn.close()
-            if isinstance(exc, Exception) and not isinstance(exc, DBAPIError) and _lost(exc):
+            if lost:
                 raise DBAPIError(None, None, exc, connection_invalidated=True) from exc
             raise
 
