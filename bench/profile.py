@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.__main__ import log, use_uvloop
+from bench.durable_path import quiet
 from bench.loadgen import Injector
 from bench.scenarios import Params
 from bench.services import pinned_command
@@ -112,6 +113,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 # fresh connections: the store's ids, not the injected ones
                 await fleet.disconnect()
                 await fleet.connect(users[:args.users], in_flight=500)
+                log(f"hub quiet after {await quiet(server.pid):.1f} s")  # presence announcements
                 await profiled(server.pid, spy_cpus, path, args.seconds, lambda: bench.durable(args.batch))
             elif scenario == "connect":
                 fresh = users[args.users:args.users + args.connect]

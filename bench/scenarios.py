@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 
 from bench.cluster_target import HubGroup
+from bench.http_client import LeanHttp
 from bench.loadgen import Client, Fleet, Injector, Publisher, percentile, pick, rfc3339_now
 from bench.services import cpus_busy_seconds, proc_cpu_seconds
 from bench.targets import Server
@@ -263,11 +263,9 @@ class Bench:
 
     # --- hub only: publish API ---------------------------------------------------------
 
-    def http(self, concurrency: int) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.server.http_url, timeout=60,
-            headers={"authorization": f"Bearer {self.api_key}", "content-type": "application/json"},
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+    def http(self, concurrency: int) -> LeanHttp:
+        return LeanHttp(self.server.http_url, concurrency,
+                        {"authorization": f"Bearer {self.api_key}", "content-type": "application/json"})
 
     def _start_recording(self) -> None:
         self.fleet.counters.reset()
@@ -298,7 +296,7 @@ class Bench:
                     misrouted += 1
         return {"lost": lost, "duplicate": duplicate, "out_of_order": out_of_order, "misrouted": misrouted}
 
-    async def _post(self, http: httpx.AsyncClient, user_ids: list[int], call: int,
+    async def _post(self, http: LeanHttp, user_ids: list[int], call: int,
                     expected: dict[int, list[tuple[int, int]]]) -> float:
         started = time.time()
         body = orjson.dumps({"user_ids": user_ids, "name": "bench.durable",
@@ -448,14 +446,15 @@ class Bench:
         self.fleet.on_other = on_chat
         headers = {"content-type": "application/json"}
         rows = {}
-        async with httpx.AsyncClient(base_url=self.server.http_url, timeout=30, headers=headers) as http:
+        async with LeanHttp(self.server.http_url, 32, headers, timeout=30) as http:
             created = await http.post("/api/v1/chats", headers={"authorization": f"Bearer {token(creator)}"},
                                       content=orjson.dumps({"title": "bench", "member_ids": members[1:]}))
             if created.status_code == 404:
                 self.fleet.on_other = None
                 return {"n/a": "no chat API on this hub"}
-            created.raise_for_status()
-            chat_id = created.json()["id"]
+            if created.status_code != 201:
+                raise RuntimeError(f"chat creation answered {created.status_code}: {created.text[:200]}")
+            chat_id = orjson.loads(created.content)["id"]
             await asyncio.sleep(0.5)
             posted = 0
 

@@ -9,12 +9,13 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import BigInteger, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat.models import Block, Chat, ChatMember, Message
-from hub.db import rfc3339
+from hub.db import UTCDateTime, rfc3339
 from hub.models import User
 
 
@@ -142,11 +143,39 @@ async def delete_chat(session: AsyncSession, chat_id: int) -> None:
         delete(Chat).where(Chat.id == chat_id).execution_options(synchronize_session=False))
 
 
+# A post's writes and the recipients' read in one round trip: the message, the chat's counters,
+# the sender's read marker, and the member ids. The chat row is already locked (`lock_chat`, an
+# earlier statement), so this statement's snapshot, taken after that lock was granted, holds
+# every membership change committed before: each one takes the same lock.
+_POST = sql_text("""
+WITH message AS (
+    INSERT INTO messages (chat_id, seq, sender_id, text, created_at)
+    VALUES (:chat_id, :seq, :sender_id, :text, :now)
+    RETURNING id
+), counters AS (
+    UPDATE chats SET message_count = :seq, last_message_id = (SELECT id FROM message),
+                     last_activity_at = :now
+    WHERE id = :chat_id
+), read_mark AS (
+    UPDATE chat_members SET last_read_message_id = (SELECT id FROM message), last_read_seq = :seq
+    WHERE chat_id = :chat_id AND user_id = :sender_id AND last_read_seq < :seq
+)
+SELECT (SELECT id FROM message),
+       ARRAY(SELECT user_id FROM chat_members WHERE chat_id = :chat_id ORDER BY user_id)
+""").bindparams(bindparam("now", type_=UTCDateTime()), bindparam("seq", type_=BigInteger()))
+
+
 async def insert_message(session: AsyncSession, chat_id: int, head: ChatHead, sender_id: int,
-                         text: str, now: dt.datetime) -> int:
+                         text: str, now: dt.datetime) -> tuple[int, list[int]]:
     """Append a message after `head` (read under the chat's lock), move the chat's counters and
-    the sender's read marker to it; returns its id."""
+    the sender's read marker to it; returns its id and the chat's member ids, ascending (one
+    statement on PostgreSQL, four on SQLite)."""
     seq = head.message_count + 1
+    if session.get_bind().dialect.name == "postgresql":
+        message_id, members = (await session.execute(_POST, {
+            "chat_id": chat_id, "seq": seq, "sender_id": sender_id, "text": text, "now": now,
+        })).one()
+        return int(message_id), list(members)
     message_id = (await session.execute(
         insert(Message).values(chat_id=chat_id, seq=seq, sender_id=sender_id, text=text,
                                created_at=now).returning(Message.id)
@@ -157,7 +186,7 @@ async def insert_message(session: AsyncSession, chat_id: int, head: ChatHead, se
         .execution_options(synchronize_session=False)
     )
     await advance_read(session, chat_id, sender_id, message_id, seq)
-    return int(message_id)
+    return int(message_id), await member_ids(session, chat_id)
 
 
 async def message_seq(session: AsyncSession, chat_id: int, message_id: int) -> int | None:

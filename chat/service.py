@@ -163,11 +163,11 @@ class ChatService:
             if head is None:
                 raise _no_chat(chat_id)
             now = utcnow()
-            message_id = await queries.insert_message(tx.session, chat_id, head, sender_id, text, now)
+            message_id, member_ids = await queries.insert_message(tx.session, chat_id, head,
+                                                                  sender_id, text, now)
             event = CHAT_MESSAGE(MessageOut(
                 id=message_id, chat_id=chat_id, sender_id=sender_id,
                 sender_username=head.member_name, text=text, created_at=rfc3339(now)))
-            member_ids = await queries.member_ids(tx.session, chat_id)
             await tx.emit(member_ids, event)
             # The sender has read the chat up to here: notifications of it close on their devices.
             await close_pushed(tx.session, sender_id, chat_topic(chat_id), message_id)

@@ -151,6 +151,7 @@ def create_app(settings: Settings) -> Starlette:
         async with contextlib.AsyncExitStack() as stack:
             db.open()
             stack.push_async_callback(db.close)
+            stack.push_async_callback(events.close)
             if settings.uses_sqlite:
                 await migrate.upgrade(db)
             await broker.open(registry.dispatch, registry.resync, registry.resync_channels)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -122,6 +125,15 @@ class Database:
             raise RuntimeError("Database.open() was not called (the app's lifespan opens it)")
         return engine.connect() if self.dialect == "postgresql" else engine.begin()
 
+    async def held_single_statement(self) -> AsyncConnection:
+        """PostgreSQL: a `single_statement()` connection to keep across calls (`HeldConnection`);
+        the caller closes it."""
+        if self._single_statements is None or self.dialect != "postgresql":
+            raise RuntimeError("held connections are for PostgreSQL once Database.open() ran")
+        conn = self._single_statements.connect()
+        await conn.start()
+        return conn
+
     @property
     def sessions(self) -> Sessions:
         if self._sessions is None:
@@ -164,6 +176,49 @@ class Database:
         """Run a trivial query; raises when the database cannot be reached."""
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+
+class HeldConnection:
+    """One autocommit PostgreSQL connection kept between the calls of a single writer (the
+    group-commit appends, which run one batch at a time): no pool checkout and return per
+    statement. Any failure drops it, and the next call takes a fresh one; a lost connection is
+    raised as SQLAlchemy raises one (`DBAPIError` with `connection_invalidated`: a 503)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: AsyncConnection | None = None
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[AsyncConnection]:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._db.held_single_statement()
+        try:
+            yield conn
+        except BaseException as exc:
+            self._conn = None
+            lost = isinstance(exc, Exception) and not isinstance(exc, DBAPIError) and _lost(exc)
+            with contextlib.suppress(Exception):
+                if lost:  # what SQLAlchemy does on a disconnect: drop the pool's generation,
+                    # whose other connections died with this one (a restart, a failover)
+                    conn.sync_engine.pool._invalidate(await conn.get_raw_connection(), exc)
+                await conn.invalidate()
+                await conn.close()
+            if lost:
+                raise DBAPIError(None, None, exc, connection_invalidated=True) from exc
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+def _lost(exc: Exception) -> bool:
+    """Whether asyncpg's `exc` means the connection is gone (not a statement's error)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(("08", "57"))  # connection, operator intervention
+    return isinstance(exc, asyncpg.InterfaceError | OSError)
 
 
 def _serialize_sqlite_writers(engine: AsyncEngine) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import streams
 from hub.batching import Batcher
-from hub.db import Database
+from hub.db import Database, HeldConnection
 from hub.streams import StoredEvent
 
 AfterCommit = Callable[[Sequence[StoredEvent]], Any]
@@ -120,6 +120,7 @@ class EventBus:
     def __init__(self, db: Database, after_commit: AfterCommit) -> None:
         self._db = db
         self._after_commit = after_commit
+        self._writer = HeldConnection(db)  # the appends run one batch at a time
         self._appends: Batcher[streams.AppendRequest, list[StoredEvent] | None] = Batcher(
             self._append, "event-writer", weight=lambda request: len(request[0]),
             limit=MAX_GROUP_USERS)
@@ -145,8 +146,13 @@ class EventBus:
         return appended
 
     async def _append(self, requests: list[streams.AppendRequest]) -> list[list[StoredEvent] | None]:
-        async with self._db.single_statement() as conn:
+        async with self._writer.use() as conn:
             return await streams.append_batch(conn, requests)
+
+    async def close(self) -> None:
+        """At shutdown, before the database closes: the appends handed over finish first."""
+        await self._appends.wait_idle()
+        await self._writer.close()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

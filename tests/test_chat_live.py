@@ -187,3 +187,36 @@ async def test_a_leaver_gets_nothing_more_of_the_chat(hub: RunningHub) -> None:
             assert got == {"alice": [message], "bob": [], "bob2": [], "carol": [message]}
             gone = await hub.http.get(f"{CHATS}/{cid}", headers=bob.headers)
             assert gone.status_code == 404
+
+
+async def test_a_member_added_during_posting_gets_exactly_the_messages_after_joining(
+        hub: RunningHub) -> None:
+    """Posts and an add race on one chat: the newcomer gets every message numbered after the
+    join (its unread count says how many) and none before, whatever the interleaving. A post
+    that waited for the add's chat lock reads the members after it, never a snapshot from
+    before (chat/queries.py: the member ids come in the statement after the lock)."""
+    async with asyncio.timeout(60):
+        alice, bob, carol = [await register(hub.http) for _ in range(3)]
+        cid = (await hub.http.post(CHATS, json={"title": "joining", "member_ids": [bob.id]},
+                                   headers=alice.headers)).json()["id"]
+        async with listening(hub, carol) as listener:
+
+            async def chatter(sender: Account) -> None:
+                for n in range(15):
+                    response = await hub.http.post(f"{CHATS}/{cid}/messages",
+                                                   json={"text": f"{sender.id}:{n}"}, headers=sender.headers)
+                    assert response.status_code == 201, response.text
+
+            async def add_carol() -> None:
+                await asyncio.sleep(0.05)
+                added = await hub.http.post(f"{CHATS}/{cid}/members", json={"user_id": carol.id},
+                                            headers=bob.headers)
+                assert added.status_code == 201, added.text
+
+            await asyncio.gather(chatter(alice), chatter(bob), add_carol())
+            got = (await received(hub, {"carol": listener}, [carol], "test.barrier"))["carol"]
+        chat = (await hub.http.get(f"{CHATS}/{cid}", headers=carol.headers)).json()
+        history = (await hub.http.get(f"{CHATS}/{cid}/messages", params={"limit": 100},
+                                      headers=carol.headers)).json()["items"]
+        after_joining = [m["id"] for m in history[:chat["unread_count"]]][::-1]
+        assert [data["id"] for name, data in got if name == "chat.message"] == after_joining
