@@ -96,7 +96,7 @@ class RedisBroker(Broker):
         waiter: asyncio.Future[None] = loop.create_future()
         self._confirm.setdefault(channel, []).append(waiter)
         self._unconfirmed.setdefault(channel, loop.time())
-        link.send(b"SUBSCRIBE", channel.encode())
+        link.send_soon(b"SUBSCRIBE", channel.encode())
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 await waiter
@@ -259,6 +259,7 @@ class _RespLink(asyncio.Protocol):
         self._on_push = on_push
         self._waiting: deque[_Replies] = deque()
         self._transport: asyncio.Transport | None = None
+        self._corked: list[bytes] | None = None
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.heard = False
 
@@ -299,15 +300,31 @@ class _RespLink(asyncio.Protocol):
         if transport is None or transport.is_closing():
             replies.set_exception(RedisConnectionError("the connection to Redis is closed"))
             return replies
+        self._uncork()  # what was sent before goes first
         self._waiting.append(_Replies(len(commands), replies))
         transport.write(b"".join(_command(command) for command in commands))
         return replies
 
     def send(self, *args: bytes) -> None:
-        """Write a command whose reply goes to `on_push`."""
+        """Write a command whose reply goes to `on_push` now (after those given to `send_soon`)."""
+        self._uncork()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(_command(args))
+
+    def send_soon(self, *args: bytes) -> None:
+        """`send` at the end of this turn of the event loop, in one write with every command
+        sent so meanwhile (a burst of connecting sockets' SUBSCRIBEs), in order."""
+        if self._corked is None:
+            self._corked = []
+            asyncio.get_running_loop().call_soon(self._uncork)
+        self._corked.append(_command(args))
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        transport = self._transport
+        if corked and transport is not None and not transport.is_closing():
+            transport.write(b"".join(corked))
 
     def close(self) -> None:
         if self._transport is not None:

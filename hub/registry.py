@@ -44,6 +44,7 @@ class Registry:
         self._leaving: set[asyncio.Future[None]] = set()
         self._presence = presence
         self._left_delivered: dict[int, int] = {}  # of connections gone since delivered_marks()
+        self._stamp: tuple[bytes, float] = (b"", 0.0)  # the last created_at read: a fan-out's events share it
 
     def channel(self, user_id: int) -> str:
         return user_channel(self._channel_prefix, user_id)
@@ -136,7 +137,12 @@ class Registry:
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])
-            created_at = _created_at(payload)
+            raw = payload[-26:-2]
+            if raw == self._stamp[0]:
+                created_at = self._stamp[1]
+            else:
+                created_at = _created_at(raw)
+                self._stamp = (raw, created_at)
         except ValueError:
             log.warning("dropping a malformed payload on %s", channel)
             return
@@ -180,6 +186,6 @@ class Registry:
                 connection.catch_up()
 
 
-def _created_at(payload: bytes) -> float:
-    # payloads end with "created_at":"2026-11-22T10:00:00.123Z"}
-    return dt.datetime.fromisoformat(payload[-26:-2].decode()).timestamp()
+def _created_at(raw: bytes) -> float:
+    # payloads end with "created_at":"2026-11-22T10:00:00.123Z"}: `raw` is the time in quotes
+    return dt.datetime.fromisoformat(raw.decode()).timestamp()

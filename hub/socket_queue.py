@@ -21,3 +21,30 @@ def unsent(transport: asyncio.Transport) -> int:
         with contextlib.suppress(OSError, ValueError):
             count += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
     return count
+
+
+class Linger:
+    """The timer of a closing socket: drops the transport once the peer has acknowledged every
+    byte written (the close frame included), checked every `grace` seconds, or after `timeout`
+    for a peer that still leaves output unread (a slow reader gets its close frame after what
+    is already in its socket buffer)."""
+
+    __slots__ = ("_grace", "_handle", "_since", "_timeout", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, grace: float, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._grace = grace
+        self._timeout = timeout
+        self._since = loop.time()
+        self._handle = loop.call_later(grace, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if unsent(self._transport) and loop.time() - self._since < self._timeout:
+            self._handle = loop.call_later(self._grace, self._check)
+        else:
+            self._transport.abort()

@@ -8,7 +8,10 @@ from the broker's read callback.
 Handshake (origin check) → first-frame auth (10 s) → register → welcome (+ replay on resume) →
 client frames and events → close, unregistering at once. The lifecycle lives in one place,
 `hub.ws_socket`; around it, each with its own contract:
-- `hub.ws_handshake`: the upgrade request (path, Origin) answered with websockets' sans-I/O server;
+- `hub.ws_handshake`: the upgrade request (path, Origin) answered, a plain one by the hub's own
+  code, anything else by websockets' sans-I/O server;
+- `hub.ws_tasks`: the socket's tasks (its start, refreshes, features' frames);
+- `hub.stream_reads`: the stream heads and missed events sockets read, merged into few queries;
 - `hub.ws_budget`: the frame budget (rate, burst, fragments) applied before any frame is parsed;
 - `hub.ws_frames`: the application frames, parsed and built as plain values;
 - `hub.close_codes`: every close code, with what a client does about it.
@@ -19,13 +22,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hub import streams
 from hub.db import Database
 from hub.identity import Authenticator
 from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.settings import Settings, normalize_origin
 from hub.signals import FrameHandler
+from hub.stream_reads import StreamReads
 from hub.streams import StoredEvent
 from hub.ws_handshake import PATH
 from hub.ws_socket import HubSocket
@@ -40,10 +43,12 @@ class WebSocketApi:
 
     def __init__(self, settings: Settings, db: Database, registry: Registry,
                  authenticator: Authenticator, metrics: Metrics,
-                 client_frames: Mapping[str, FrameHandler] | None = None) -> None:
+                 client_frames: Mapping[str, FrameHandler] | None = None,
+                 reads: StreamReads | None = None) -> None:
         self.settings = settings
         self.client_frames = dict(client_frames or {})  # features' frames (`typing`)
         self.db = db
+        self.reads = reads if reads is not None else StreamReads(db)  # heads and gap fills, merged
         self.registry = registry
         self.auth = authenticator
         self.metrics = metrics
@@ -61,5 +66,4 @@ class WebSocketApi:
 
     async def read_events(self, user_id: int, after: int, limit: int,
                           up_to: int | None) -> list[StoredEvent]:
-        async with self.db.readers.connect() as conn:
-            return await streams.read(conn, user_id, after, limit, up_to)
+        return await self.reads.events(user_id, after, limit, up_to)

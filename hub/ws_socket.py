@@ -11,14 +11,12 @@ acknowledged everything (or after the API's close timeout).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol
 
-from hub import streams
 from hub.close_codes import CloseCode
 from hub.connection import (
     WEBSOCKET,
@@ -31,7 +29,7 @@ from hub.connection import (
 )
 from hub.identity import AuthError, Identity
 from hub.signals import FrameHandler
-from hub.socket_queue import unsent
+from hub.socket_queue import Linger
 from hub.ws_budget import FrameBudget
 from hub.ws_frames import (
     BAD_FRAME,
@@ -46,11 +44,10 @@ from hub.ws_frames import (
     welcome,
 )
 from hub.ws_handshake import upgrade
+from hub.ws_tasks import SocketTasks
 
 if TYPE_CHECKING:
     from hub.ws import WebSocketApi
-
-log = logging.getLogger("hub.ws")
 
 CLOSE_GRACE = 2.0  # a closing socket whose every byte the peer has acknowledged is dropped after this
 
@@ -60,7 +57,7 @@ HANDSHAKE, AUTH, STARTING, OPEN, CLOSING, CLOSED = range(6)
 class HubSocket(asyncio.Protocol):
     """One client socket from the upgrade to the close; also its connection's `Outlet`."""
 
-    __slots__ = ("_api", "_budget", "_closing_since", "_connection", "_early", "_fragments",
+    __slots__ = ("_api", "_budget", "_connection", "_early", "_fragments",
                  "_pending_pong", "_proto", "_server_connections", "_state", "_tasks", "_timer",
                  "_transport", "_writable")
 
@@ -72,10 +69,9 @@ class HubSocket(asyncio.Protocol):
         self._proto: Protocol | None = None
         self._connection: Connection | None = None
         self._budget: FrameBudget | None = None
-        self._closing_since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | Linger | None = None
         self._pending_pong = False
-        self._tasks: set[asyncio.Task[None]] | None = None
+        self._tasks: SocketTasks | None = None
         self._early: list[tuple[Opcode, bytes]] | None = None
         self._fragments = Fragments()
         self._writable: asyncio.Future[None] | None = None
@@ -247,7 +243,7 @@ class HubSocket(asyncio.Protocol):
         if not await api.registry.register(connection):
             self._close(CloseCode.RATE_LIMITED, "too many connections for this user")
             return
-        head = await streams.read_head(api.db, identity.user_id)
+        head = await api.reads.head(identity.user_id)
         if self._state != STARTING:
             return
         if head is None:
@@ -352,10 +348,8 @@ class HubSocket(asyncio.Protocol):
             # not now: this can run inside the registry's loop over the user's connections
             asyncio.get_running_loop().call_soon(self._api.registry.unregister, connection)
         tasks, self._tasks = self._tasks, None
-        current = asyncio.current_task()
-        for task in tasks or ():
-            if task is not current:
-                task.cancel()
+        if tasks is not None:
+            tasks.cancel()
 
     def _flush(self) -> None:
         proto, transport = self._proto, self._transport
@@ -374,28 +368,14 @@ class HubSocket(asyncio.Protocol):
 
     def _start_closing(self) -> None:
         """Leave the open states for good: the connection leaves the registry now, the socket
-        reads nothing more, and the transport is dropped after a short grace (see `_linger`)."""
+        reads nothing more, and the transport is dropped once the peer has read it all (`Linger`)."""
         self._finish()
         self._state = CLOSING
         transport = self._transport
         assert transport is not None
         if transport.is_reading():
             transport.pause_reading()
-        loop = asyncio.get_running_loop()
-        self._closing_since = loop.time()
-        self._timer = loop.call_later(CLOSE_GRACE, self._linger)
-
-    def _linger(self) -> None:
-        """Drop the transport once the peer has acknowledged everything written (the close
-        frame included), or after the close timeout for a peer that still leaves output unread
-        (a slow reader gets its close frame after what is already in its socket buffer)."""
-        transport = self._transport
-        assert transport is not None
-        loop = asyncio.get_running_loop()
-        if unsent(transport) and loop.time() - self._closing_since < self._api.close_timeout:
-            self._timer = loop.call_later(CLOSE_GRACE, self._linger)
-        else:
-            transport.abort()
+        self._timer = Linger(transport, CLOSE_GRACE, self._api.close_timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -403,21 +383,10 @@ class HubSocket(asyncio.Protocol):
             self._timer = None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` as a task cancelled when the socket closes (even before its first step:
-        no wrapper is left never awaited); a failure closes the socket with 1011."""
-        task = asyncio.get_running_loop().create_task(work)
+        """Run `work` as a task cancelled when the socket closes; a failure closes it with 1011."""
         if self._tasks is None:
-            self._tasks = set()
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+            self._tasks = SocketTasks()
+        self._tasks.spawn(work, self._failed)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if self._tasks is not None:
-            self._tasks.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("WebSocket connection failed", exc_info=error)
-            self._close(CloseCode.INTERNAL, "internal error", count=False)
-
+    def _failed(self) -> None:
+        self._close(CloseCode.INTERNAL, "internal error", count=False)
