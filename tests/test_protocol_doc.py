@@ -279,7 +279,7 @@ def _settings_read() -> set[str]:
     return {node.args[0].value for node in ast.walk(_tree("hub/settings.py"))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
             and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-            and re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", node.args[0].value)}
+            and re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*", node.args[0].value)}
 
 
 def test_the_settings_list_is_the_readme_table_and_names_every_setting() -> None:
