@@ -195,8 +195,32 @@ async def serve_hub(settings: Settings, port: int | None = None,
             yield RunningHub(settings, base_url, http)
     finally:
         server.should_exit = True
-        async with asyncio.timeout(30):
-            await task
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.shield(task)
+        except TimeoutError:
+            raise TimeoutError("the hub did not stop within 30 s; its tasks:\n"
+                               + _task_stacks(exclude=asyncio.current_task())) from None
+        finally:
+            task.cancel()
+
+
+def _task_stacks(exclude: asyncio.Task[object] | None) -> str:
+    """Where every other task of the loop waits (for a hub that does not stop)."""
+    lines: list[str] = []
+    for each in asyncio.all_tasks():
+        if each is exclude:
+            continue
+        frames, awaited = [], each.get_coro()
+        while awaited is not None and len(frames) < 12:  # down the chain of awaits
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                frames.append(frame)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        where = " <- ".join(f"{f.f_code.co_name} ({Path(f.f_code.co_filename).name}:{f.f_lineno})"
+                            for f in reversed(frames))
+        lines.append(f"  {each.get_name()}: {where}")
+    return "\n".join(sorted(lines))
 
 
 @pytest.fixture
