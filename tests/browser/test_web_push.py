@@ -10,6 +10,7 @@ chat's notifications and no other, and so does reading the chat on the page."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -68,16 +69,24 @@ async def test_a_push_shows_the_chats_notification_and_its_click_opens_the_chat(
         "id": 2, "name": "chat.message", "created_at": "2026-12-07T10:00:00.000Z",
         "data": {"id": 1, "chat_id": chat_id, "sender_id": 1, "sender_username": bob_name,
                  "text": "dinner at eight?"}}}
-    await cdp.send("ServiceWorker.deliverPushMessage", {
-        "origin": push_hub.base_url, "registrationId": registration["registrationId"],
-        "data": orjson.dumps(payload).decode()})
     shown: list[dict[str, Any]] = []
-    async with asyncio.timeout(15):
-        while not shown:
-            shown = await alice_page.evaluate(
-                "navigator.serviceWorker.ready.then(r => r.getNotifications())"
-                ".then(ns => ns.map(n => ({title: n.title, body: n.body, tag: n.tag, url: n.data.url})))")
-            await asyncio.sleep(0.1)
+    # Under a loaded CI machine Chromium once dropped a push delivered through DevTools (nothing
+    # shown in 15 s; never reproduced alone): a push not shown within 5 s is delivered again, as a
+    # push service would retry it. The same tag means a second delivery replaces, never adds.
+    for _ in range(3):
+        await cdp.send("ServiceWorker.deliverPushMessage", {
+            "origin": push_hub.base_url, "registrationId": registration["registrationId"],
+            "data": orjson.dumps(payload).decode()})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while not shown:
+                    shown = await alice_page.evaluate(
+                        "navigator.serviceWorker.ready.then(r => r.getNotifications())"
+                        ".then(ns => ns.map(n => ({title: n.title, body: n.body, tag: n.tag,"
+                        " url: n.data.url})))")
+                    await asyncio.sleep(0.1)
+        if shown:
+            break
     assert shown == [{"title": bob_name, "body": "dinner at eight?", "tag": f"chat-{chat_id}",
                       "url": f"/?chat={chat_id}"}]
 
