@@ -19,7 +19,7 @@ async def supervise(name: str, step: Callable[[], Awaitable[None]], *, interval:
                     cap: float = 30.0) -> None:
     """Run `step` every `interval` seconds until cancelled. A failing step is logged with its
     traceback and retried after a jittered back-off that grows up to `cap`; cancellation
-    propagates."""
+    propagates, even when the step turned it into another exception."""
     failures = 0
     while True:
         try:
@@ -27,6 +27,11 @@ async def supervise(name: str, step: Callable[[], Awaitable[None]], *, interval:
         except asyncio.CancelledError:
             raise
         except Exception:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # the step swallowed our cancellation (redis-py turns a cancelled read into
+                # ConnectionError): stopping must not become a retry that never ends
+                raise asyncio.CancelledError from None
             failures += 1
             delay = max(interval, backoff_delay(failures, base=interval, cap=cap))
             log.exception("%s failed (%d in a row); retrying in %.1fs", name, failures, delay)

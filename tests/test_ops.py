@@ -202,8 +202,9 @@ async def test_database_connections_dying_cost_a_503_at_most_never_a_500(setting
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_the_publish_writers_held_connection_dying_costs_a_503_at_most(settings: Settings) -> None:
     """The publish API's group-commit writer keeps its connection between batches: when
-    PostgreSQL kills it, one publish may answer 503 (nothing written), and the next ones take a
-    fresh connection and go on numbering the streams without a gap."""
+    PostgreSQL kills every connection, a publish may answer 503 (nothing written) once for the
+    pool's connections and once for the held one, and the next ones take fresh connections and
+    go on numbering the streams without a gap."""
     with private_database("writer") as plain_url:
         url = plain_url.replace("postgresql://", "postgresql+asyncpg://")
         db = Database(url)
@@ -218,10 +219,10 @@ async def test_the_publish_writers_held_connection_dying_costs_a_503_at_most(set
                             f"WHERE datname = '{plain_url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
             answers = [await hub.http.post("/api/v1/publish", json={"user_ids": [user_id], "name": "e"},
                                            headers={"Authorization": f"Bearer {settings.hub_api_key}"})
-                       for _ in range(4)]
+                       for _ in range(5)]
     statuses = [a.status_code for a in answers]
-    assert statuses[1:] == [202] * 3
-    assert statuses[0] in (202, 503)
+    assert statuses[2:] == [202] * 3
+    assert set(statuses[:2]) <= {202, 503}
     ids = [a.json()["events"][str(user_id)] for a in answers if a.status_code == 202]
     assert ids == list(range(2, 2 + len(ids)))
 
