@@ -48,3 +48,31 @@ class Linger:
             self._handle = loop.call_later(self._grace, self._check)
         else:
             self._transport.abort()
+
+
+class WriteFlow(asyncio.Protocol):
+    """Flow control of a socket whose transport buffer is its outbound queue (the `Outlet` side
+    of hub.connection): `buffered()` is that queue's size and `drain()` waits while the
+    transport has paused writing. The subclass sets both slots in its `__init__` and calls
+    `resume_writing()` when the connection is lost."""
+
+    __slots__ = ("_transport", "_writable")
+    _transport: asyncio.Transport | None
+    _writable: asyncio.Future[None] | None
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def buffered(self) -> int:
+        assert self._transport is not None
+        return self._transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        if self._writable is not None:
+            await asyncio.shield(self._writable)

@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from hub.connection import STREAM, Connection, ConnectionEnded, SlowConsumer
 from hub.http_protocol import CONTROL, BoundedHeadProtocol
+from hub.socket_queue import WriteFlow
 from hub.sse import HEADERS, PING, end_message, ending
 
 if TYPE_CHECKING:
@@ -30,11 +31,11 @@ if TYPE_CHECKING:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-class StreamSocket(asyncio.Protocol):
+class StreamSocket(WriteFlow):
     """One stream from its first event to its close; also its connection's `Outlet`."""
 
     __slots__ = ("_api", "_chunked", "_connection", "_ending", "_id_prefix", "_server_connections",
-                 "_timer", "_transport", "_writable")
+                 "_timer")
 
     def __init__(self, api: EventStreamApi) -> None:
         self._api = api
@@ -90,15 +91,6 @@ class StreamSocket(asyncio.Protocol):
         self._cancel_timer()
         self.resume_writing()
 
-    def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        waiter, self._writable = self._writable, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: the stream says so and ends (clients resume elsewhere)."""
         self._end("server_restarting", "the server is restarting: reconnect and resume")
@@ -116,14 +108,6 @@ class StreamSocket(asyncio.Protocol):
 
     def write_signal(self, frame: bytes) -> None:
         self._send(frame)  # no id line: the client's Last-Event-ID stays an event's
-
-    def buffered(self) -> int:
-        assert self._transport is not None
-        return self._transport.get_write_buffer_size()
-
-    async def drain(self) -> None:
-        if self._writable is not None:
-            await asyncio.shield(self._writable)
 
     def ended(self, reason: ConnectionEnded) -> None:
         if isinstance(reason, SlowConsumer):

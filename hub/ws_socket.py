@@ -29,7 +29,7 @@ from hub.connection import (
 )
 from hub.identity import AuthError, Identity
 from hub.signals import FrameHandler
-from hub.socket_queue import Linger
+from hub.socket_queue import Linger, WriteFlow
 from hub.ws_budget import FrameBudget
 from hub.ws_frames import (
     BAD_FRAME,
@@ -54,12 +54,11 @@ CLOSE_GRACE = 2.0  # a closing socket whose every byte the peer has acknowledged
 HANDSHAKE, AUTH, STARTING, OPEN, CLOSING, CLOSED = range(6)
 
 
-class HubSocket(asyncio.Protocol):
+class HubSocket(WriteFlow):
     """One client socket from the upgrade to the close; also its connection's `Outlet`."""
 
     __slots__ = ("_api", "_budget", "_connection", "_early", "_fragments",
-                 "_pending_pong", "_proto", "_server_connections", "_state", "_tasks", "_timer",
-                 "_transport", "_writable")
+                 "_pending_pong", "_proto", "_server_connections", "_state", "_tasks", "_timer")
 
     def __init__(self, api: WebSocketApi, server_connections: set[Any]) -> None:
         self._api = api
@@ -117,18 +116,7 @@ class HubSocket(asyncio.Protocol):
             self._finish()
         self._state = CLOSED
         self._cancel_timer()
-        waiter, self._writable = self._writable, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        waiter, self._writable = self._writable, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.resume_writing()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close with 1012 (clients reconnect to another process)."""
@@ -144,14 +132,6 @@ class HubSocket(asyncio.Protocol):
         self._transport.write(frame)
 
     write_signal = write  # a WebSocket frame carries no id outside its payload
-
-    def buffered(self) -> int:
-        assert self._transport is not None
-        return self._transport.get_write_buffer_size()
-
-    async def drain(self) -> None:
-        if self._writable is not None:
-            await asyncio.shield(self._writable)
 
     def ended(self, reason: ConnectionEnded) -> None:
         if isinstance(reason, SlowConsumer):
