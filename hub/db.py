@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -187,11 +188,21 @@ class HeldConnection:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._conn: AsyncConnection | None = None
+        self._taken = 0.0
 
     @contextlib.asynccontextmanager
     async def use(self) -> AsyncIterator[AsyncConnection]:
         conn = self._conn
+        if conn is not None and conn.sync_engine.pool._invalidate_time > self._taken:
+            # another user of the pool found the server gone and dropped the pool's generation:
+            # this connection is of that generation, so it is dropped too, unused
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+                await conn.close()
+            conn = None
         if conn is None:
+            self._taken = time.time()
             conn = self._conn = await self._db.held_single_statement()
         try:
             yield conn
