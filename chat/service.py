@@ -51,12 +51,13 @@ def _blocked_by(blockers: Sequence[int]) -> Forbidden:
 
 class ChatService:
     def __init__(self, db: Database, events: EventBus, limiter: RateLimiter, post_limit: Limit, *,
-                 max_members: int) -> None:
+                 max_members: int, push: bool) -> None:
         self._db = db
         self._events = events
         self._limiter = limiter
         self._post_limit = post_limit  # per sender: CHAT_POST_RATE a second, bursts of CHAT_POST_BURST
         self._max_members = max_members
+        self._push = push  # Web Push on: reads close what was pushed (a statement per post or read)
 
     async def create_chat(self, creator_id: int, title: str, member_ids: Sequence[int]) -> dict[str, Any]:
         """Create a chat of the creator and `member_ids`; emits `chat.created` to every member.
@@ -170,7 +171,8 @@ class ChatService:
                 sender_username=head.member_name, text=text, created_at=rfc3339(now)))
             await tx.emit(member_ids, event)
             # The sender has read the chat up to here: notifications of it close on their devices.
-            await close_pushed(tx.session, sender_id, chat_topic(chat_id), message_id)
+            if self._push:
+                await close_pushed(tx.session, sender_id, chat_topic(chat_id), message_id)
             return StoredAnswer(201, event.data_json)  # the answer is the event's data, as encoded
 
         async def spend_allowance() -> None:
@@ -203,7 +205,8 @@ class ChatService:
                 others = [uid for uid in await queries.member_ids(session, chat_id) if uid != user_id]
                 await tx.emit(others, CHAT_READ(ReadUpTo(chat_id=chat_id, user_id=user_id,
                                                          message_id=message_id)))
-                await close_pushed(session, user_id, chat_topic(chat_id), message_id)
+                if self._push:
+                    await close_pushed(session, user_id, chat_topic(chat_id), message_id)
 
     async def block(self, blocker_id: int, blocked_id: int) -> None:
         """`blocker_id` blocks `blocked_id` (again is no change). 422 for oneself or an unknown

@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> Starlette:
         chat_feature(db, events, signals, presence, accounts, limiter,
                      Limit("chat_post", settings.chat_post_rate, settings.chat_post_burst),
                      Limit("chat_typing", 1.0 / settings.chat_typing_interval, 1),
-                     max_members=settings.chat_max_members),
+                     max_members=settings.chat_max_members, push=settings.push_enabled),
     ]
     push = web_push(settings, db, metrics, registry, accounts, features)
     features.append(push.feature)

@@ -52,7 +52,7 @@ async def close_pushed(session: AsyncSession, user_id: int, topic: str, position
     their devices that was pushed a notice of that topic at or below it gets a small push
     (`Urgency: low`, same `Topic`, payload `{"close": topic}`) on which /sw.js closes the
     notifications tagged `topic`. Only writes, in the caller's transaction; returns how many
-    close pushes were decided (0 when push is off or nothing was pushed)."""
+    close pushes were decided (0 when nothing was pushed). Needless while push is off."""
     return await push_store.close_notices(session, user_id, topic, position, close_payload(topic))
 
 
