@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> Starlette:
     websockets = WebSocketApi(settings, db, registry, accounts, metrics)
     tickets = make_ticket_store(settings.stream_ticket_ttl, settings.redis_url,
                                 settings.redis_channel_prefix, cluster=settings.redis_cluster)
-    event_stream = EventStreamApi(settings, db, registry, accounts, metrics, websockets.read_events,
+    event_stream = EventStreamApi(settings, db, registry, accounts, metrics, websockets.reads,
                                   tickets, limiter, auth_attempts(settings.auth_rate_limit),
                                   revocations.is_revoked)
     features: list[Feature] = [

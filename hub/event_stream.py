@@ -36,8 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub import streams
-from hub.connection import STREAM, Connection, ReadEvents, resume_served, welcome_object
+from hub.connection import STREAM, Connection, resume_served, welcome_object
 from hub.db import Database
 from hub.errors import RateLimited, Unauthorized, Unavailable
 from hub.http import api, bearer_token, read_query
@@ -49,6 +48,7 @@ from hub.registry import Registry
 from hub.settings import Settings
 from hub.sse import SSE_EVENTS, sse_message
 from hub.stream_outlet import StreamOutlet
+from hub.stream_reads import StreamReads
 from hub.stream_socket import StreamSocket, StreamStart
 from hub.stream_tickets import TicketStore, TicketStoreError
 
@@ -78,7 +78,7 @@ class EventStreamApi:
     ticket issued before its session's revocation is refused)."""
 
     def __init__(self, settings: Settings, db: Database, registry: Registry,
-                 authenticator: Authenticator, metrics: Metrics, read_events: ReadEvents,
+                 authenticator: Authenticator, metrics: Metrics, reads: StreamReads,
                  tickets: TicketStore, limiter: RateLimiter, ticket_limit: Limit,
                  session_revoked: Callable[[str], bool]) -> None:
         self.settings = settings
@@ -86,7 +86,7 @@ class EventStreamApi:
         self.registry = registry
         self.auth = authenticator
         self.metrics = metrics
-        self.read_events = read_events
+        self.reads = reads  # shared with /ws: heads and gap fills of every socket, merged
         self.tickets = tickets
         self.limiter = limiter
         self.ticket_limit = ticket_limit
@@ -136,14 +136,14 @@ class EventStreamApi:
         # on the hub's own HTTP protocol the stream takes the connection over after its head
         lean = request.method == "GET" and isinstance(request.scope.get(CONTROL), BoundedHeadProtocol)
         outlet: StreamSocket | StreamOutlet = StreamSocket(self) if lean else StreamOutlet(self)
-        connection = Connection(identity.user_id, identity.expires_at, outlet, self.read_events,
+        connection = Connection(identity.user_id, identity.expires_at, outlet, self.reads.events,
                                 self.metrics, self.settings.ws_queue_max_messages,
                                 self.settings.ws_queue_max_bytes, identity.session_id,
                                 encoding=SSE_EVENTS, transport=STREAM)
         if not await self.registry.register(connection):
             raise RateLimited("too many connections for this user", BUSY_RETRY_AFTER)
         try:
-            head = await streams.read_head(self.db, identity.user_id)
+            head = await self.reads.head(identity.user_id)
             if head is None:
                 raise Unauthorized("user no longer exists")
         except BaseException:

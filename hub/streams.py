@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from hub.db import Database, rfc3339, utcnow
+from hub.db import rfc3339, utcnow
 from hub.models import Event, Stream
 
 LOCK_CHUNK = 5000  # ids per IN (...) on SQLite
@@ -232,15 +232,6 @@ def _head_query(user_id: int) -> Select[str, int, int]:
 
 async def head(session: AsyncSession, user_id: int) -> StreamHead | None:
     found = (await session.execute(_head_query(user_id))).first()
-    return StreamHead(*found) if found else None
-
-
-async def read_head(db: Database, user_id: int) -> StreamHead | None:
-    """`head` on a bare connection, without an ORM session's bookkeeping: a stream exists iff
-    its user does (it is created with the user and deleted with it), so this one query is all
-    that a connecting socket needs."""
-    async with db.readers.connect() as conn:
-        found = (await conn.execute(_head_query(user_id))).first()
     return StreamHead(*found) if found else None
 
 

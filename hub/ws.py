@@ -29,7 +29,6 @@ from hub.registry import Registry
 from hub.settings import Settings, normalize_origin
 from hub.signals import FrameHandler
 from hub.stream_reads import StreamReads
-from hub.streams import StoredEvent
 from hub.ws_handshake import PATH
 from hub.ws_socket import HubSocket
 
@@ -64,6 +63,3 @@ class WebSocketApi:
     def origin_allowed(self, origin: str | None) -> bool:
         return not self.origins or origin is None or normalize_origin(origin) in self.origins
 
-    async def read_events(self, user_id: int, after: int, limit: int,
-                          up_to: int | None) -> list[StoredEvent]:
-        return await self.reads.events(user_id, after, limit, up_to)

@@ -216,7 +216,7 @@ class HubSocket(WriteFlow):
     async def _start(self, identity: Identity, resume_id: int | None, resume_epoch: str | None) -> None:
         api = self._api
         settings = api.settings
-        connection = Connection(identity.user_id, identity.expires_at, self, api.read_events,
+        connection = Connection(identity.user_id, identity.expires_at, self, api.reads.events,
                                 api.metrics, settings.ws_queue_max_messages, settings.ws_queue_max_bytes,
                                 identity.session_id)
         self._connection = connection

@@ -50,7 +50,7 @@ def payload(event_id: int) -> bytes:
 
 
 class Store:
-    """A user's stream in memory, read as `WebSocketApi.read_events` reads it; reads can be held
+    """A user's stream in memory, read as `StreamReads.events` reads it; reads can be held
     at a gate or fail."""
 
     def __init__(self, ids: Iterable[int] = ()) -> None:
