@@ -23,6 +23,7 @@ STATIC_FILES: dict[str, str] = {
     "chat.js": "text/javascript; charset=utf-8",
     "dom.js": "text/javascript; charset=utf-8",
     "presence.js": "text/javascript; charset=utf-8",
+    "user_search.js": "text/javascript; charset=utf-8",
     "hub-client.js": "text/javascript; charset=utf-8",
     "notifications.js": "text/javascript; charset=utf-8",
     "push.js": "text/javascript; charset=utf-8",

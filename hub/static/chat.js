@@ -1,10 +1,11 @@
-// The chat part of the page: the chat list (latest activity first, unread badges), finding people
-// to start a chat with, and the open conversation (older messages on scroll, live messages, read
-// markers, leaving it). State comes from REST (protocol §6) and is kept current by the hub's events (§5).
+// The chat part of the page: the chat list (latest activity first, unread badges), starting a
+// chat with someone found (user_search.js), and the open conversation (older messages on scroll,
+// live messages, read markers, leaving it). State comes from REST (protocol §6) and is kept current by the hub's events (§5).
 
-import { byTestId, debounce, describeError, el, formatTime, randomKey, say } from "./dom.js";
+import { byTestId, describeError, el, formatTime, randomKey, say } from "./dom.js";
 import { ChatPresence, presenceDot } from "./presence.js";
 import { closeChatNotifications } from "./push.js";
+import { UserSearch } from "./user_search.js";
 
 const PAGE = 50;
 const NEAR_EDGE_PX = 80;
@@ -20,6 +21,7 @@ export class ChatView {
   #loading = null; // the REST reload in flight, if any
   #dirty = new Set(); // chats whose unread count may have raced a reload
   #presence; // who is online and typing (§11)
+  #search; // the user search that starts chats
 
   /** `onOpen(chatId | null)` tells the page which chat is open (the phone layout follows it). */
   constructor(client, onOpen) {
@@ -27,8 +29,7 @@ export class ChatView {
     this.#onOpen = onOpen;
     this.#ui = {
       list: byTestId("chat-list"), empty: byTestId("chat-list-empty"),
-      search: byTestId("user-search"), searchForm: byTestId("user-search-form"),
-      results: byTestId("user-results"), title: byTestId("chat-title"),
+      title: byTestId("chat-title"),
       members: byTestId("chat-members"), scroller: byTestId("messages"),
       messages: byTestId("message-list"), older: byTestId("loading-older"),
       receipt: byTestId("read-receipt"), composer: byTestId("composer"),
@@ -37,6 +38,9 @@ export class ChatView {
       headerDot: byTestId("chat-presence"),
     };
     this.#presence = new ChatPresence(client, (chatId) => this.#presenceChanged(chatId));
+    this.#search = new UserSearch(client, { input: byTestId("user-search"),
+      form: byTestId("user-search-form"), results: byTestId("user-results") },
+    (user) => this.#startChatWith(user));
     client.on("welcome", () => this.#presence.load(this.#order));
     this.#wire();
     client.on("chat.message", (event) => this.#onMessage(event.data));
@@ -83,8 +87,7 @@ export class ChatView {
     this.#order = [];
     this.#presence.clear();
     this.#renderList();
-    this.#ui.search.value = "";
-    this.#showResults([]);
+    this.#search.clear();
   }
 
   async open(chatId) {
@@ -286,26 +289,11 @@ export class ChatView {
     this.#ui.leave.textContent = "Leave chat";
   }
 
-  async #search(query) {
-    if (!query) {
-      this.#showResults([]);
-      return;
-    }
-    try {
-      const answer = await this.#client.api("GET", "/api/v1/users", { query: { q: query } });
-      if (this.#ui.search.value.trim() !== query) return; // a newer search is on its way
-      this.#showResults(answer.items.filter((user) => user.id !== this.#client.user?.id), query);
-    } catch (error) {
-      this.#showResults([], query, describeError(error));
-    }
-  }
-
   async #startChatWith(user) {
     const me = this.#client.user;
     const existing = this.#order.map((id) => this.#chats.get(id)).find((chat) =>
       chat.members.length === 2 && chat.members.some((member) => member.user_id === user.id));
-    this.#ui.search.value = "";
-    this.#showResults([]);
+    this.#search.clear();
     if (existing) {
       await this.open(existing.id);
       return;
@@ -404,20 +392,6 @@ export class ChatView {
     say(this.#ui.receipt, readers.length ? `Seen by ${readers.map((m) => m.username).join(", ")}` : "");
   }
 
-  #showResults(users, query, problem) {
-    const items = users.map((user) => {
-      const button = el("button", { className: "user-result", testid: "user-result",
-        data: { userId: user.id }, attrs: { type: "button" }, text: user.username });
-      button.addEventListener("click", () => this.#startChatWith(user));
-      return el("li", {}, [button]);
-    });
-    if (query && items.length === 0) {
-      items.push(el("li", { className: "empty", text: problem ?? `Nobody called “${query}…”` }));
-    }
-    this.#ui.results.replaceChildren(...items);
-    this.#ui.results.hidden = items.length === 0;
-  }
-
   /** The open conversation is on screen (the tab is visible and no other view covers it). */
   #inSight() {
     const scroller = this.#ui.scroller;
@@ -438,29 +412,6 @@ export class ChatView {
 
   #wire() {
     const ui = this.#ui;
-    const search = debounce((query) => this.#search(query), 200);
-    ui.search.addEventListener("input", () => search(ui.search.value.trim()));
-    ui.searchForm.addEventListener("submit", (submit) => {
-      submit.preventDefault();
-      ui.results.querySelector("button")?.click(); // Enter starts a chat with the first match
-    });
-    ui.search.addEventListener("keydown", (key) => {
-      if (key.key === "Escape") {
-        ui.search.value = "";
-        this.#showResults([]);
-      } else if (key.key === "ArrowDown") {
-        key.preventDefault();
-        ui.results.querySelector("button")?.focus();
-      }
-    });
-    ui.results.addEventListener("keydown", (key) => {
-      const items = [...ui.results.querySelectorAll("button")];
-      const at = items.indexOf(document.activeElement);
-      if (key.key === "ArrowDown" && at < items.length - 1) items[at + 1].focus();
-      else if (key.key === "ArrowUp") (at > 0 ? items[at - 1] : ui.search).focus();
-      else return;
-      key.preventDefault();
-    });
     ui.leave.addEventListener("click", () => this.#leave());
     ui.leave.addEventListener("blur", () => this.#disarmLeave());
     ui.scroller.addEventListener("scroll", () => {
