@@ -19,11 +19,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOFILE = 65536
+# What decides the cost of many small self-committing appends (WAL, commits, checkpoints) and
+# how many connections the hubs may hold: recorded with every run.
+PG_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "full_page_writes", "wal_sync_method",
+               "wal_buffers", "wal_compression", "wal_writer_delay", "commit_delay", "commit_siblings",
+               "max_wal_size", "min_wal_size", "checkpoint_timeout", "checkpoint_completion_target",
+               "max_connections", "plan_cache_mode", "work_mem", "effective_cache_size",
+               "random_page_cost", "jit", "autovacuum", "huge_pages")
 
 
 def free_port() -> int:
@@ -44,12 +52,13 @@ def raise_nofile(limit: int = NOFILE) -> int:
     return soft
 
 
-def cores() -> tuple[set[int], set[int]]:
-    """(server cores, load-generator cores): different cores when there are at least two."""
+def cores(server: int = 1) -> tuple[set[int], set[int]]:
+    """(server cores, load-generator cores): the first `server` cores for the server, the rest for
+    the load generator; when no core is left, the load generator shares the last one."""
     available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        return set(available), set(available)
-    return {available[0]}, set(available[1:])
+    taken = available[:max(1, server)]
+    rest = available[len(taken):] or taken[-1:]
+    return set(taken), set(rest)
 
 
 def pinned_command(command: Sequence[str], cpus: set[int]) -> list[str]:
@@ -163,12 +172,19 @@ class BenchDatabase:
             await admin.close()
         self.name = ""
 
-    async def server_version(self) -> str:
+    async def configuration(self) -> dict[str, Any]:
+        """The server's version and the `PG_SETTINGS` it runs with, as SHOW prints them (the
+        server's: the hub's own connections set plan_cache_mode to force_custom_plan, hub/db.py)."""
         conn = await asyncpg.connect(self.plain_url)
         try:
-            return str(await conn.fetchval("SHOW server_version"))
+            rows = await conn.fetch("SELECT name, current_setting(name) FROM pg_settings "
+                                    "WHERE name = ANY($1::text[])", list(PG_SETTINGS))
+            version = await conn.fetchval("SHOW server_version")
         finally:
             await conn.close()
+        found = dict(rows)
+        settings = {name: found[name] for name in PG_SETTINGS if name in found}
+        return {"version": str(version), "settings": settings}
 
     async def align_streams(self, heads: dict[int, int]) -> None:
         """Move streams' heads to the ids the bench injected over Redis (events never stored), so
@@ -242,6 +258,17 @@ def cpus_busy_seconds(cpus: tuple[int, ...]) -> float:
             values = [int(v) for v in fields[1:]]
             total += sum(values[:8]) - values[3] - values[4]  # minus idle and iowait
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> tuple[int, ...]:
+    """`pid` and its descendants (a gunicorn master and its workers), from /proc."""
+    found = [pid]
+    for parent in found:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    found += [int(child) for child in (task / "children").read_text().split()]
+    return tuple(found)
 
 
 def proc_rss_bytes(pid: int) -> int:
