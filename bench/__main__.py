@@ -19,6 +19,7 @@ import datetime as dt
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,10 +67,9 @@ def environment(redis: PrivateRedis, postgres: dict[str, Any], server_cpus: set[
     with contextlib.suppress(OSError):
         memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
     commit = ""
-    with contextlib.suppress(OSError):
-        head = (ROOT / ".git" / "HEAD").read_text().strip()
-        ref = ROOT / ".git" / head.split(" ", 1)[1] if head.startswith("ref:") else None
-        commit = (ref.read_text().strip() if ref and ref.exists() else head)[:12]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # .git may be a worktree's file
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick" if quick else "full",
@@ -197,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> int:
             target = TARGETS[key]
             weights = [WEIGHT.get(k, 1.0) for k in wanted[index:]]
             budget = (deadline - time.perf_counter()) * weights[0] / sum(weights)
-            log(f"== {target.label} ({target.note})")
+            log(f"== {report.label(key, {'workers': args.workers})} ({target.note})")
             logs = out / "logs"
             logs.mkdir(exist_ok=True)
             target_started = time.perf_counter()

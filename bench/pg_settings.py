@@ -30,7 +30,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.services import free_port
+from bench.services import free_port, stop_process
 
 # docker-compose.yml's `postgres -c ...` (README "PostgreSQL settings" says what each buys)
 COMPOSE = {"shared_buffers": "256MB", "wal_buffers": "16MB", "wal_compression": "lz4",
@@ -116,13 +116,7 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT: sessions end, a checkpoint is written), SIGKILL after 60 s."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, signal.SIGINT, 60)
         self.process = None
 
     def remove(self) -> None:

@@ -94,11 +94,13 @@ def markdown(document: dict[str, Any]) -> str:
     idle_levels = params["idle_levels"]
     sizes = [str(s) for s in params["fanout_sizes"]]
     shared = set(env["pinning"]["server_cpus"]) & set(env["pinning"]["loadgen_and_redis_cpus"])
+    workers = env.get("workers", 1)
     lines = [
         f"Run of {env['date']} ({env['mode']}), commit {env['commit']}, {env['machine']['cpu']}, "
         f"{env['machine']['cores']} cores, load average at start "
         f"{tuple(round(x, 1) for x in env['machine']['load_average_at_start'])}; "
-        f"server ({env.get('workers', 1)} process(es)) pinned to CPU {env['pinning']['server_cpus']}, "
+        f"server{f' ({workers} workers)' if workers > 1 else ''} pinned to CPU "
+        f"{env['pinning']['server_cpus']}, "
         f"load generator and redis-server to {env['pinning']['loadgen_and_redis_cpus']}"
         f"{' (shared with the server)' if shared else ''}. Python {env['python']}, redis-server "
         f"{env['redis_server']}, PostgreSQL {env['postgresql']}. Whole run: {document['seconds']:.0f} s.",

@@ -12,6 +12,7 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -67,6 +68,18 @@ def pinned_command(command: Sequence[str], cpus: set[int]) -> list[str]:
     if taskset is None:
         return list(command)
     return [taskset, "-c", ",".join(map(str, sorted(cpus))), *command]
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
+    """Send `sig` to a process this run started, SIGKILL it after `grace` seconds; reaped."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def _child_setup() -> None:
@@ -127,13 +140,7 @@ class PrivateRedis:
         return (self.process.pid,) if self.process is not None else ()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, signal.SIGTERM, 5)
         self.process = None
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -42,7 +42,7 @@ class Target:
 
 TARGETS = {
     "hub": Target("hub", "hub", HUB, "/ws", "hub", durable=True,
-                  note="this project: `hub serve`, PostgreSQL + Redis, one process"),
+                  note="this project: `hub serve [--workers N]`, PostgreSQL + Redis"),
     "hub-cluster": Target("hub-cluster", "hub, 2 processes on a 3-master Redis Cluster", HUB, "/ws", "hub",
                           cluster=True,
                           note="this project with REDIS_CLUSTER=true: SSUBSCRIBE/SPUBLISH, both processes "
