@@ -4,6 +4,8 @@
     bench/run --quick         # a 2-3 minute smoke run
     bench/run --targets hub,forwarder --out /tmp/b
     bench/run --quick --targets hub,hub-cluster   # one Redis vs a 3-master cluster, 2 hub processes
+    bench/run --targets hub --workers 2   # `hub serve --workers 2` (gunicorn) pinned to 2 cores
+    BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5433/postgres bench/run ...   # another server
 
 Writes `results.json`, `results.md` and PNG charts to `--out` (default bench/results).
 """
@@ -17,6 +19,7 @@ import datetime as dt
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,8 +51,8 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def environment(redis: PrivateRedis, postgres: str, server_cpus: set[int], loadgen_cpus: set[int],
-                params: Params, quick: bool) -> dict[str, Any]:
+def environment(redis: PrivateRedis, postgres: dict[str, Any], server_cpus: set[int], loadgen_cpus: set[int],
+                params: Params, quick: bool, workers: int = 1) -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -64,17 +67,17 @@ def environment(redis: PrivateRedis, postgres: str, server_cpus: set[int], loadg
     with contextlib.suppress(OSError):
         memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
     commit = ""
-    with contextlib.suppress(OSError):
-        head = (ROOT / ".git" / "HEAD").read_text().strip()
-        ref = ROOT / ".git" / head.split(" ", 1)[1] if head.startswith("ref:") else None
-        commit = (ref.read_text().strip() if ref and ref.exists() else head)[:12]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # .git may be a worktree's file
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick" if quick else "full",
         "machine": {"cpu": model, "cores": os.cpu_count(), "memory": memory,
                     "kernel": platform.release(), "load_average_at_start": os.getloadavg()},
-        "python": sys.version.split()[0], "redis_server": redis.version(), "postgresql": postgres,
-        "packages": versions, "commit": commit,
+        "python": sys.version.split()[0], "redis_server": redis.version(),
+        "postgresql": postgres["version"], "postgresql_settings": postgres["settings"],
+        "packages": versions, "commit": commit, "workers": workers,
         "pinning": {"server_cpus": sorted(server_cpus), "loadgen_and_redis_cpus": sorted(loadgen_cpus)},
         "params": params.__dict__,
     }
@@ -151,16 +154,19 @@ async def run_target(bench: Bench, token: Callable[[int], str], target: Target,
 
 async def main_async(args: argparse.Namespace) -> int:
     params = Params.quick() if args.quick else Params()
-    server_cpus, loadgen_cpus = cores()
-    os.sched_setaffinity(0, loadgen_cpus)
-    raise_nofile()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     wanted = args.targets.split(",") if args.targets else list(ORDER)
     unknown = [t for t in wanted if t not in TARGETS]
     if unknown:
         print(f"unknown targets {unknown}; choose from {', '.join(ORDER)}", file=sys.stderr)
         return 2
+    if args.workers != 1 and (args.workers < 1 or wanted != ["hub"]):
+        print("--workers N (N ≥ 1) is for --targets hub alone", file=sys.stderr)
+        return 2
+    server_cpus, loadgen_cpus = cores(args.workers)
+    os.sched_setaffinity(0, loadgen_cpus)
+    raise_nofile()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     secret = secrets.token_urlsafe(48)
     api_key = secrets.token_urlsafe(24)
     token = token_issuer(secret)
@@ -172,12 +178,13 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         redis.start()
         await database.create()
-        env = environment(redis, await database.server_version(), server_cpus, loadgen_cpus, params,
-                          args.quick)
-        log(f"bench: {env['mode']} run; server on CPU {sorted(server_cpus)}, load generator and "
-            f"redis-server on CPU {sorted(loadgen_cpus)}; {env['machine']['cpu']}")
+        env = environment(redis, await database.configuration(), server_cpus, loadgen_cpus, params,
+                          args.quick, args.workers)
+        log(f"bench: {env['mode']} run; server ({args.workers} worker(s)) on CPU {sorted(server_cpus)}, "
+            f"load generator and redis-server on CPU {sorted(loadgen_cpus)}; {env['machine']['cpu']}")
         log(f"versions: python {env['python']}, redis-server {env['redis_server']}, PostgreSQL "
             f"{env['postgresql']}, " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()))
+        log("PostgreSQL: " + report.postgres_settings(env["postgresql_settings"]))
         log(f"parameters: {params.__dict__}")
         hub_env = hub_environment(database.url, redis.url, secret, api_key)
         migrate_hub(hub_env)
@@ -190,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> int:
             target = TARGETS[key]
             weights = [WEIGHT.get(k, 1.0) for k in wanted[index:]]
             budget = (deadline - time.perf_counter()) * weights[0] / sum(weights)
-            log(f"== {target.label} ({target.note})")
+            log(f"== {report.label(key, {'workers': args.workers})} ({target.note})")
             logs = out / "logs"
             logs.mkdir(exist_ok=True)
             target_started = time.perf_counter()
@@ -198,7 +205,7 @@ async def main_async(args: argparse.Namespace) -> int:
             if target.cluster:
                 opened = cluster_hubs(target, server_cpus, loadgen_cpus, logs, hub_env, secret)
             else:
-                opened = one_server(target, server_cpus, logs, redis, secret, hub_env)
+                opened = one_server(target, server_cpus, logs, redis, secret, hub_env, args.workers)
             async with opened as (server, publisher, redis_pids):
                 await publisher.open()
                 fleet = Fleet(server.ws_urls, target.dialect, token)
@@ -211,6 +218,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         results[key] = {**bench.results, "error": results[key]["error"]}
                 finally:
                     results[key]["seconds"] = time.perf_counter() - target_started
+                    results[key]["workers"] = args.workers if key == "hub" else None
                     results[key]["unexpected_closes"] = len(fleet.unexpected_closes)
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(30):
@@ -239,10 +247,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def one_server(target: Target, server_cpus: set[int], logs: Path, redis: PrivateRedis, secret: str,
-                     hub_env: dict[str, str]) -> AsyncIterator[Opened]:
-    """One server process on the run's Redis (flushed first) and a publisher to that Redis."""
+                     hub_env: dict[str, str], workers: int = 1) -> AsyncIterator[Opened]:
+    """One server (the hub: `workers` processes) on the run's Redis (flushed first) and a
+    publisher to that Redis."""
     redis.flush()
-    server = await start(target, server_cpus, logs, redis_url=redis.url, secret=secret, hub_env=hub_env)
+    server = await start(target, server_cpus, logs, redis_url=redis.url, secret=secret, hub_env=hub_env,
+                         workers=workers)
     try:
         yield server, RespPublisher("127.0.0.1", redis.port), redis.pids()
     finally:
@@ -255,6 +265,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a 2-3 minute smoke run with small sizes")
     parser.add_argument("--targets", default="", help=f"comma-separated subset of {','.join(ORDER)}")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="with --targets hub: `hub serve --workers N`, pinned to N cores (the load "
+                             "generator and Redis share the last one when no core is left)")
     args = parser.parse_args()
     use_uvloop()
     return asyncio.run(main_async(args))

@@ -78,20 +78,35 @@ def _durable(section: dict[str, Any], batch: str) -> str:
     return text + (f" ({bad} bad)" if bad else "")
 
 
+def postgres_settings(settings: dict[str, str]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in settings.items())
+
+
+def label(key: str, section: dict[str, Any]) -> str:
+    workers = section.get("workers") or 1
+    return LABELS.get(key, key) + (f", {workers} workers (gunicorn)" if workers > 1 else "")
+
+
 def markdown(document: dict[str, Any]) -> str:
     env = document["environment"]
     results = document["results"]
     params = env["params"]
     idle_levels = params["idle_levels"]
     sizes = [str(s) for s in params["fanout_sizes"]]
+    shared = set(env["pinning"]["server_cpus"]) & set(env["pinning"]["loadgen_and_redis_cpus"])
+    workers = env.get("workers", 1)
     lines = [
         f"Run of {env['date']} ({env['mode']}), commit {env['commit']}, {env['machine']['cpu']}, "
         f"{env['machine']['cores']} cores, load average at start "
         f"{tuple(round(x, 1) for x in env['machine']['load_average_at_start'])}; "
-        f"server pinned to CPU {env['pinning']['server_cpus']}, load generator and redis-server to "
-        f"{env['pinning']['loadgen_and_redis_cpus']}. Python {env['python']}, redis-server "
+        f"server{f' ({workers} workers)' if workers > 1 else ''} pinned to CPU "
+        f"{env['pinning']['server_cpus']}, "
+        f"load generator and redis-server to {env['pinning']['loadgen_and_redis_cpus']}"
+        f"{' (shared with the server)' if shared else ''}. Python {env['python']}, redis-server "
         f"{env['redis_server']}, PostgreSQL {env['postgresql']}. Whole run: {document['seconds']:.0f} s.",
         "",
+        *([f"PostgreSQL settings: {postgres_settings(env['postgresql_settings'])}.", ""]
+          if env.get("postgresql_settings") else []),
         "| | " + " | ".join(f"idle KiB/conn @{n:,}" for n in idle_levels)
         + f" | unicast kept (p99 ≤ {P99_MS:.0f} ms, none lost) | p50 / p99 @ 20k/s | CPU µs/event @ 20k/s"
         + "".join(f" | fan-out {int(s):,}" for s in sizes)
@@ -102,7 +117,7 @@ def markdown(document: dict[str, Any]) -> str:
     for key, section in results.items():
         idle = section.get("idle", [])
         steps = section.get("unicast")
-        cells = [f"**{LABELS.get(key, key)}**"]
+        cells = [f"**{label(key, section)}**"]
         cells += [_idle_at(idle, level) for level in idle_levels]
         cells.append(_cell(steps, lambda s: _num(kept_rate(s), 0, "/s") if kept_rate(s) else "none"))
         cells.append(_cell(steps, lambda s: _pair(_step_at(s, 20000))))
@@ -124,7 +139,7 @@ def markdown(document: dict[str, Any]) -> str:
               f"{P99_MS:.0f} ms, or the load generator could not offer the rate):", ""]
     rates = sorted({s["rate"] for sec in results.values() for s in (sec.get("unicast") or [])
                     if isinstance(sec.get("unicast"), list)})
-    lines.append("| rate/s | " + " | ".join(LABELS.get(k, k) for k in results) + " |")
+    lines.append("| rate/s | " + " | ".join(label(k, s) for k, s in results.items()) + " |")
     lines.append("|---" * (1 + len(results)) + "|")
     for rate in rates:
         row = [f"{rate:,}"]
@@ -190,9 +205,9 @@ def charts(document: dict[str, Any], out: Path) -> list[Path]:
         if not isinstance(steps, list) or not steps:
             continue
         rates = [s["sent_per_s"] for s in steps]
-        line = axis.plot(rates, [s["p99_ms"] for s in steps], marker="o", label=f"{LABELS.get(key, key)} p99")
+        line = axis.plot(rates, [s["p99_ms"] for s in steps], marker="o", label=f"{label(key, section)} p99")
         axis.plot(rates, [s["p50_ms"] for s in steps], marker=".", linestyle="--",
-                  color=line[0].get_color(), alpha=0.7, label=f"{LABELS.get(key, key)} p50")
+                  color=line[0].get_color(), alpha=0.7, label=f"{label(key, section)} p50")
     axis.axhline(P99_MS, color="grey", linewidth=0.8, linestyle=":")
     axis.set_xscale("log")
     axis.set_yscale("log")
@@ -214,7 +229,7 @@ def charts(document: dict[str, Any], out: Path) -> list[Path]:
             continue
         idle = [r for r in idle if "rss_mb" in r]
         axis.plot([r["connections"] for r in idle], [r["rss_mb"] for r in idle], marker="o",
-                  label=LABELS.get(key, key))
+                  label=label(key, section))
     axis.set_xlabel("idle authenticated connections")
     axis.set_ylabel("server RSS, MiB")
     axis.set_title("Memory by connections")

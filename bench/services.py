@@ -12,6 +12,7 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -19,11 +20,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOFILE = 65536
+# What decides the cost of many small self-committing appends (WAL, commits, checkpoints) and
+# how many connections the hubs may hold: recorded with every run.
+PG_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "full_page_writes", "wal_sync_method",
+               "wal_buffers", "wal_compression", "wal_writer_delay", "commit_delay", "commit_siblings",
+               "max_wal_size", "min_wal_size", "checkpoint_timeout", "checkpoint_completion_target",
+               "max_connections", "plan_cache_mode", "work_mem", "effective_cache_size",
+               "random_page_cost", "jit", "autovacuum", "huge_pages")
 
 
 def free_port() -> int:
@@ -44,12 +53,13 @@ def raise_nofile(limit: int = NOFILE) -> int:
     return soft
 
 
-def cores() -> tuple[set[int], set[int]]:
-    """(server cores, load-generator cores): different cores when there are at least two."""
+def cores(server: int = 1) -> tuple[set[int], set[int]]:
+    """(server cores, load-generator cores): the first `server` cores for the server, the rest for
+    the load generator; when no core is left, the load generator shares the last one."""
     available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        return set(available), set(available)
-    return {available[0]}, set(available[1:])
+    taken = available[:max(1, server)]
+    rest = available[len(taken):] or taken[-1:]
+    return set(taken), set(rest)
 
 
 def pinned_command(command: Sequence[str], cpus: set[int]) -> list[str]:
@@ -58,6 +68,18 @@ def pinned_command(command: Sequence[str], cpus: set[int]) -> list[str]:
     if taskset is None:
         return list(command)
     return [taskset, "-c", ",".join(map(str, sorted(cpus))), *command]
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
+    """Send `sig` to a process this run started, SIGKILL it after `grace` seconds; reaped."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def _child_setup() -> None:
@@ -118,13 +140,7 @@ class PrivateRedis:
         return (self.process.pid,) if self.process is not None else ()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, signal.SIGTERM, 5)
         self.process = None
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -163,12 +179,19 @@ class BenchDatabase:
             await admin.close()
         self.name = ""
 
-    async def server_version(self) -> str:
+    async def configuration(self) -> dict[str, Any]:
+        """The server's version and the `PG_SETTINGS` it runs with, as SHOW prints them (the
+        server's: the hub's own connections set plan_cache_mode to force_custom_plan, hub/db.py)."""
         conn = await asyncpg.connect(self.plain_url)
         try:
-            return str(await conn.fetchval("SHOW server_version"))
+            rows = await conn.fetch("SELECT name, current_setting(name) FROM pg_settings "
+                                    "WHERE name = ANY($1::text[])", list(PG_SETTINGS))
+            version = await conn.fetchval("SHOW server_version")
         finally:
             await conn.close()
+        found = dict(rows)
+        settings = {name: found[name] for name in PG_SETTINGS if name in found}
+        return {"version": str(version), "settings": settings}
 
     async def align_streams(self, heads: dict[int, int]) -> None:
         """Move streams' heads to the ids the bench injected over Redis (events never stored), so
@@ -242,6 +265,17 @@ def cpus_busy_seconds(cpus: tuple[int, ...]) -> float:
             values = [int(v) for v in fields[1:]]
             total += sum(values[:8]) - values[3] - values[4]  # minus idle and iowait
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> tuple[int, ...]:
+    """`pid` and its descendants (a gunicorn master and its workers), from /proc."""
+    found = [pid]
+    for parent in found:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    found += [int(child) for child in (task / "children").read_text().split()]
+    return tuple(found)
 
 
 def proc_rss_bytes(pid: int) -> int:

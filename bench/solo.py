@@ -44,6 +44,7 @@ async def running_hub(users: int, params: Params, out: Path, log: object,
         bench = Bench(server, fleet, publisher, params, redis.pids(), ids, log, api_key,  # type: ignore[arg-type]
                       server_cpus=server_cpus)
         bench.results["loadgen_cpus"] = sorted(loadgen_cpus)
+        bench.results["postgresql"] = await database.configuration()
         try:
             yield bench
         finally:

@@ -21,6 +21,7 @@ from bench.services import (
     pinned_command,
     proc_cpu_seconds,
     proc_rss_bytes,
+    process_tree,
     wait_port,
 )
 
@@ -41,7 +42,7 @@ class Target:
 
 TARGETS = {
     "hub": Target("hub", "hub", HUB, "/ws", "hub", durable=True,
-                  note="this project: `hub serve`, PostgreSQL + Redis, one process"),
+                  note="this project: `hub serve [--workers N]`, PostgreSQL + Redis"),
     "hub-cluster": Target("hub-cluster", "hub, 2 processes on a 3-master Redis Cluster", HUB, "/ws", "hub",
                           cluster=True,
                           note="this project with REDIS_CLUSTER=true: SSUBSCRIBE/SPUBLISH, both processes "
@@ -76,7 +77,8 @@ class Server:
 
     @property
     def pids(self) -> tuple[int, ...]:
-        return (self.process.pid,)
+        """The process and its children (`hub serve --workers N`: gunicorn's master and workers)."""
+        return process_tree(self.process.pid)
 
     @property
     def python_pid(self) -> int:
@@ -96,10 +98,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def rss(self) -> int:
-        return proc_rss_bytes(self.pid)
+        return sum(proc_rss_bytes(pid) for pid in self.pids)
 
     def cpu(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        return sum(proc_cpu_seconds(pid) for pid in self.pids)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -141,11 +143,14 @@ def migrate_hub(env: dict[str, str]) -> None:
 
 
 async def start(target: Target, cpus: set[int], log_dir: Path, *, redis_url: str, secret: str,
-                hub_env: dict[str, str] | None = None, log_name: str = "") -> Server:
+                hub_env: dict[str, str] | None = None, log_name: str = "", workers: int = 1) -> Server:
+    """Start `target` pinned to `cpus`; the hub with `workers` > 1 runs as `hub serve --workers`
+    (gunicorn with uvicorn workers, as deployed), every process on `cpus`."""
     port = free_port()
     if target.module == "hub":
         assert hub_env is not None
-        command = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", str(workers)]
         env = {**os.environ, **hub_env}
     else:
         command = [sys.executable, "-m", target.module, "--port", str(port), "--redis", redis_url,
