@@ -33,6 +33,7 @@ from hub.errors import (
     database_error_handler,
     http_exception_handler,
     internal_error_handler,
+    unreachable_handler,
 )
 from hub.event_stream import EventStreamApi
 from hub.events import EventBus, declared
@@ -178,6 +179,7 @@ def create_app(settings: Settings) -> Starlette:
             HTTPException: http_exception_handler,
             ClientDisconnect: client_disconnect_handler,
             DBAPIError: database_error_handler,
+            OSError: unreachable_handler,
             Exception: internal_error_handler,
         },
     )

@@ -151,15 +151,41 @@ async def client_disconnect_handler(request: Request, exc: Exception) -> Respons
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+# SQLSTATE classes of a database that is there but cannot serve now: connection exceptions,
+# insufficient resources (too many clients), operator intervention (shutting down, starting up)
+UNAVAILABLE_SQLSTATES = ("08", "53", "57")
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """Whether the database failed the request as a whole (it went away, restarts, or takes no
+    more connections) rather than the request's statement failing: a retry may succeed."""
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATES)
+
+
 async def database_error_handler(request: Request, exc: Exception) -> Response:
     """A database connection that died under a request (a restart, a failover, a killed
     backend) is 503: SQLAlchemy has already dropped every pooled connection of that
     generation, so the retry gets a fresh one. Connections are not pinged before each use
-    (that costs a round trip per request), so this is how a restart shows. Any other database
-    error is a bug: 500."""
+    (that costs a round trip per request), so this is how a restart shows. A database that
+    refuses new connections for a while (too many clients, starting up) is 503 as well. Any
+    other database error is a bug: 500."""
     assert isinstance(exc, DBAPIError)
-    if not exc.connection_invalidated:
+    if not database_unavailable(exc):
         return await internal_error_handler(request, exc)
-    log.warning("database connection lost during %s %s; answered 503", request.method, request.url.path)
-    return json_response({"error": "unavailable", "detail": "the database connection was lost; retry"},
+    log.warning("database unavailable during %s %s; answered 503", request.method, request.url.path)
+    what = "the database connection was lost" if exc.connection_invalidated else "the database is unavailable"
+    return json_response({"error": "unavailable", "detail": f"{what}; retry"}, 503,
+                         headers={"Retry-After": "1"})
+
+
+async def unreachable_handler(request: Request, exc: Exception) -> Response:
+    """A connection refused, reset or timed out below any client library's own errors (the
+    database's pool opening a connection while PostgreSQL is down) is 503; any other OS error
+    is a bug: 500."""
+    if not isinstance(exc, ConnectionError | TimeoutError):
+        return await internal_error_handler(request, exc)
+    log.warning("a service was unreachable during %s %s (%s); answered 503", request.method,
+                request.url.path, type(exc).__name__)
+    return json_response({"error": "unavailable", "detail": "a service the hub needs is unreachable; retry"},
                          503, headers={"Retry-After": "1"})

@@ -10,12 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from hub.db import Database
+from hub.errors import database_error_handler
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.migrate import upgrade
 from hub.settings import Settings
@@ -173,6 +175,43 @@ async def test_every_frame_sent_is_counted_once_with_its_latency(hub: RunningHub
         for socket in (*twice, replayed):
             await socket.close()
     assert [a - b for a, b in zip(after, before, strict=True)] == [10, 10, 10]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_requests_while_the_database_is_unreachable_are_503_never_500(settings: Settings) -> None:
+    """PostgreSQL down (nothing listens): every request that needs it answers 503 in the
+    contract's shape with Retry-After, whatever path opened the connection."""
+    unreachable = replace(settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    async with serve_hub(unreachable) as hub, asyncio.timeout(20):
+        answers = [
+            await hub.http.post("/api/v1/auth/register", json={"username": "nobody", "password": "x" * 12}),
+            await hub.http.post("/api/v1/publish", json={"user_ids": [1], "name": "e"},
+                                headers={"Authorization": f"Bearer {settings.hub_api_key}"}),
+        ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"error": "unavailable",
+                                 "detail": "a service the hub needs is unreachable; retry"}
+        assert answer.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(("sqlstate", "status"), [
+    ("53300", 503),  # too many connections
+    ("57P03", 503),  # cannot connect now (starting up)
+    ("08006", 503),  # connection failure
+    ("23505", 500),  # a unique violation is the hub's bug, not an outage
+    (None, 500),
+])
+async def test_database_errors_that_mean_unavailable_are_503(sqlstate: str | None, status: int) -> None:
+    class Orig(Exception):
+        pass
+
+    orig = Orig("refused")
+    orig.sqlstate = sqlstate  # type: ignore[attr-defined]
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""}
+    answer = await database_error_handler(Request(scope), DBAPIError("SELECT 1", None, orig))
+    assert answer.status_code == status
+    assert (answer.headers.get("retry-after") == "1") == (status == 503)
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
