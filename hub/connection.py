@@ -149,7 +149,7 @@ class Connection:
         self._ended = False
         self._started = False
         self._expiry: asyncio.TimerHandle | None = None
-        self._queue: deque[tuple[int, bytes, float]] = deque()
+        self._queue: deque[tuple[int, bytes, float]] | None = None  # an idle socket has none (760 bytes)
         self._bytes = 0
         self._unsent = 0
         self._catch_up = False
@@ -174,12 +174,15 @@ class Connection:
             self._send(event_id, frame, created_at)
             return
         size = len(frame)
-        if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
-            self._queue.clear()
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self._max_messages or self._bytes + size > self._max_bytes:
+            self._queue = None
             self._bytes = 0
             self._end(SlowConsumer("slow consumer: reconnect and resume"))
             return
-        self._queue.append((event_id, frame, created_at))
+        queue.append((event_id, frame, created_at))
         self._bytes += size
         if self._started and self._task is None:
             self._pump()
@@ -200,14 +203,25 @@ class Connection:
         if self._started and self._task is None:
             self._pump()
 
-    def set_expiry(self, expires_at: float) -> None:
-        """(Re)arm the timer that ends the connection when its access token expires."""
+    def set_expiry(self, expires_at: float, within: float | None = None) -> None:
+        """(Re)arm the timer that ends the connection when its access token expires (see
+        `watch_expiry` for `within`)."""
         self.expires_at = expires_at
         if self._expiry is not None:
             self._expiry.cancel()
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, expires_at - self._clock()),
-                                    self._end, TokenExpired("access token expired"))
+            self._expiry = None
+        self.watch_expiry(within)
+
+    def watch_expiry(self, within: float | None = None) -> None:
+        """Arm the expiry timer unless it is armed; with `within`, only if the token expires
+        within that many seconds: the caller (a socket's keepalive turn) calls again before
+        then, so an idle socket whose token lasts hours keeps no timer (about 500 bytes)."""
+        if self._expiry is not None or self._ended:
+            return
+        left = max(0.0, self.expires_at - self._clock())
+        if within is None or left <= within:
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_at(loop.time() + left, self._expired)
 
     def revoke(self) -> None:
         """Its session was revoked: end the connection (the socket closes with `CloseCode.AUTH_FAILED`)."""
@@ -216,13 +230,17 @@ class Connection:
     def stop(self) -> None:
         """The socket is closing: no more writes, timers and the task cancelled."""
         self._ended = True
-        self._queue.clear()
+        self._queue = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._end(TokenExpired("access token expired"))
 
     def _end(self, reason: ConnectionEnded) -> None:
         if not self._ended:
@@ -277,6 +295,8 @@ class Connection:
                 await self._fill(None)
             elif self._queue:
                 event_id, frame, created_at = self._queue.popleft()
+                if not self._queue:
+                    self._queue = None
                 self._bytes -= len(frame)
                 if event_id <= self.delivered:
                     continue

@@ -109,10 +109,12 @@ class Deliveries(Collector):
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self._bounds = buckets
         self._by_transport = {transport: Latencies(buckets) for transport in TRANSPORTS}
+        # one bound method per transport, shared by its connections (not 64 bytes each)
+        self._observers = {name: latencies.observe for name, latencies in self._by_transport.items()}
 
     def observer(self, transport: str) -> Callable[[float], None]:
         """What a connection of `transport` calls per frame sent, with the seconds since commit."""
-        return self._by_transport[transport].observe
+        return self._observers[transport]
 
     @property
     def total_sum(self) -> float:

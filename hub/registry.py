@@ -23,11 +23,20 @@ log = logging.getLogger("hub.registry")
 
 
 class _UserConnections:
+    """A user's local connections (a list: at most `max_per_user`, most often one) and their
+    channel's subscription while it is under way (the finished task, its coroutine and its
+    entry in asyncio's task set are let go: an idle user keeps none of them)."""
+
     __slots__ = ("connections", "subscribed")
 
     def __init__(self, subscribed: asyncio.Task[None]) -> None:
-        self.connections: set[Connection] = set()
-        self.subscribed = subscribed
+        self.connections: list[Connection] = []
+        self.subscribed: asyncio.Task[None] | None = subscribed
+        subscribed.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is None:  # a failure stays for the waiters
+            self.subscribed = None
 
 
 class Registry:
@@ -65,10 +74,12 @@ class Registry:
                 self._presence.arrived(user_id)
         elif len(entry.connections) >= self._max_per_user:
             return False
-        entry.connections.add(connection)
+        entry.connections.append(connection)
         self._metrics.connections.labels(connection.transport).inc()
         if connection.transport == STREAM:
             self._metrics.stream_connections.inc()
+        if entry.subscribed is None:
+            return True
         try:
             await asyncio.shield(entry.subscribed)
         except BaseException:
@@ -81,7 +92,7 @@ class Registry:
         entry = self._users.get(connection.user_id)
         if entry is None or connection not in entry.connections:
             return
-        entry.connections.discard(connection)
+        entry.connections.remove(connection)
         self._metrics.connections.labels(connection.transport).dec()
         if connection.transport == STREAM:
             self._metrics.stream_connections.dec()
@@ -98,7 +109,8 @@ class Registry:
 
     async def _unsubscribe(self, user_id: int, entry: _UserConnections) -> None:
         try:
-            await asyncio.shield(entry.subscribed)
+            if entry.subscribed is not None:
+                await asyncio.shield(entry.subscribed)
         except Exception:
             log.debug("subscribe of user %s had failed", user_id)
         if user_id not in self._users:

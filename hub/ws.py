@@ -30,6 +30,7 @@ from hub.settings import Settings, normalize_origin
 from hub.signals import FrameHandler
 from hub.stream_reads import StreamReads
 from hub.ws_handshake import PATH
+from hub.ws_keepalive import KeepaliveWheel
 from hub.ws_socket import HubSocket
 
 __all__ = ["PATH", "WebSocketApi"]
@@ -52,6 +53,7 @@ class WebSocketApi:
         self.auth = authenticator
         self.metrics = metrics
         self.origins = frozenset(settings.allowed_origins)
+        self.keepalive = KeepaliveWheel(settings.ws_ping_interval)  # every socket's pings
         # a slow reader gets its close frame after what is already in its socket buffer: give
         # it as long as the keepalive gives a silent peer before dropping it
         self.close_timeout = max(CLOSE_TIMEOUT, 2 * settings.ws_ping_interval)

@@ -68,7 +68,7 @@ class HubSocket(WriteFlow):
         self._proto: Protocol | None = None
         self._connection: Connection | None = None
         self._budget: FrameBudget | None = None
-        self._timer: asyncio.TimerHandle | Linger | None = None
+        self._timer: asyncio.TimerHandle | Linger | int | None = None  # int: a keepalive bucket
         self._pending_pong = False
         self._tasks: SocketTasks | None = None
         self._early: list[tuple[Opcode, bytes]] | None = None
@@ -232,8 +232,8 @@ class HubSocket(WriteFlow):
         recovered = resume_served(head, resume_id, resume_epoch)
         self.write(welcome(identity.user_id, head.epoch, head.last_id, recovered))
         self._state = OPEN
-        self._timer = asyncio.get_running_loop().call_later(settings.ws_ping_interval, self._keepalive)
-        connection.set_expiry(identity.expires_at)
+        self._timer = api.keepalive.add(self)
+        connection.set_expiry(identity.expires_at, self._expiry_horizon())
         if recovered:
             assert resume_id is not None
             connection.start_at(resume_id, replay_to=head.last_id)
@@ -286,14 +286,16 @@ class HubSocket(WriteFlow):
             self._close(CloseCode.FORBIDDEN, "token of another user")
             return
         connection.session_id = identity.session_id
-        connection.set_expiry(identity.expires_at)
+        connection.set_expiry(identity.expires_at, self._expiry_horizon())
         self.write(refreshed(connection.expires_at))
 
     # keepalive, closing
 
-    def _keepalive(self) -> None:
+    def keepalive(self) -> None:
+        """Its turn on the process's `KeepaliveWheel` (hub/ws_keepalive.py)."""
         proto = self._proto
-        assert proto is not None
+        if proto is None or self._state != OPEN:
+            return
         if self._pending_pong:  # no pong within a whole interval
             # a close frame, then EOF: _flush ends it
             proto.fail(CloseCode.INTERNAL, "keepalive ping timeout")
@@ -302,8 +304,14 @@ class HubSocket(WriteFlow):
         self._pending_pong = True
         proto.send_ping(b"hub")
         self._flush()
-        self._timer = asyncio.get_running_loop().call_later(self._api.settings.ws_ping_interval,
-                                                            self._keepalive)
+        self._timer = self._api.keepalive.add(self)
+        if self._connection is not None:
+            self._connection.watch_expiry(self._expiry_horizon())
+
+    def _expiry_horizon(self) -> float:
+        """The connection's expiry timer is armed once the token expires within two keepalive
+        turns (they come at most `ws_ping_interval` apart): the turns watch it until then."""
+        return 2 * self._api.settings.ws_ping_interval
 
     def _close(self, code: CloseCode, reason: str, *, count: bool = True) -> None:
         """Send the close frame and then EOF (the connection leaves the registry now); whatever
@@ -358,15 +366,22 @@ class HubSocket(WriteFlow):
         self._timer = Linger(transport, CLOSE_GRACE, self._api.close_timeout)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer, self._timer = self._timer, None
+        if isinstance(timer, int):  # the keepalive wheel's bucket
+            self._api.keepalive.remove(self, timer)
+        elif timer is not None:
+            timer.cancel()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task cancelled when the socket closes; a failure closes it with 1011."""
-        if self._tasks is None:
-            self._tasks = SocketTasks()
-        self._tasks.spawn(work, self._failed)
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = SocketTasks()
+        tasks.spawn(work, self._failed).add_done_callback(self._task_done)
+
+    def _task_done(self, _: asyncio.Task[None]) -> None:
+        if not self._tasks:  # an idle socket keeps no empty set (216 bytes)
+            self._tasks = None
 
     def _failed(self) -> None:
         self._close(CloseCode.INTERNAL, "internal error", count=False)

@@ -14,16 +14,19 @@ log = logging.getLogger("hub.ws")
 
 class SocketTasks(set[asyncio.Task[None]]):
     """Runs a socket's tasks; `cancel` ends them all (but the one calling it). The set of
-    running tasks is the object itself: an idle socket keeps it, so it costs no more than a set."""
+    running tasks is the object itself; the socket lets it go once it is empty (an idle socket
+    keeps none)."""
 
     __slots__ = ()
 
-    def spawn(self, work: Coroutine[Any, Any, None], failed: Callable[[], None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], failed: Callable[[], None]) -> asyncio.Task[None]:
         """Run `work` as a task (created at once, so a socket closed before its first step
-        leaves no coroutine never awaited); if it fails, it is logged and `failed` called."""
+        leaves no coroutine never awaited); if it fails, it is logged and `failed` called. A
+        done callback the caller adds to the task runs once it has left the set."""
         task = asyncio.get_running_loop().create_task(work)
         self.add(task)
         task.add_done_callback(functools.partial(self._done, failed))
+        return task
 
     def cancel(self) -> None:
         current = asyncio.current_task()

@@ -259,6 +259,26 @@ async def test_the_token_expiry_is_read_on_the_injected_clock_and_rearmed_by_a_r
     conn.stop()
 
 
+async def test_a_token_expiring_beyond_the_horizon_arms_no_timer_until_watched_within_it() -> None:
+    clock = [NOW]
+    outlet = Outlet()
+    conn = Connection(USER, NOW + 3600, outlet, Store().read, Metrics(), 100, 1 << 20, clock=lambda: clock[0])
+    conn.start_at(0)
+    conn.set_expiry(NOW + 100, within=40)  # expires beyond the horizon: nothing armed
+    assert conn._expiry is None
+    conn.watch_expiry(40)  # a keepalive turn, still too early
+    assert conn._expiry is None
+    clock[0] = NOW + 101  # within the horizon now (past, so the timer is due at once): armed
+    conn.watch_expiry(40)
+    async with asyncio.timeout(WAIT):
+        while not outlet.reasons:
+            await asyncio.sleep(0)
+    (reason,) = outlet.reasons
+    assert isinstance(reason, TokenExpired)
+    conn.watch_expiry(40)  # ended: never armed again
+    assert conn._expiry is None
+
+
 async def test_revoke_ends_the_connection_once() -> None:
     conn, outlet, _ = make()
     conn.start_at(0)

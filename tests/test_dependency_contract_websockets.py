@@ -90,7 +90,7 @@ def _closes(frames: list[Frame]) -> list[tuple[int, str]]:
 
 
 def test_websockets_protocol_signals_the_close_and_eof_in_data_to_send() -> None:
-    user = "hub/ws.py (HubSocket._close, _keepalive, _flush: an empty chunk means close the transport)"
+    user = "hub/ws.py (HubSocket._close, keepalive, _flush: an empty chunk means close the transport)"
     hub, client = _open_pair()
     hub.send_close(4009, "slow consumer")
     first = list(hub.data_to_send())

@@ -14,6 +14,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
 from hub.connection import event_frame, text_frame
+from hub.http_protocol import BoundedHeadProtocol
+from hub.ws_socket import HubSocket
 from tests.conftest import RunningHub
 from tests.wsutil import WAIT, connect, make_users, publish_to, raw_socket
 
@@ -110,6 +112,38 @@ async def test_idle_sockets_hold_no_task_and_still_get_their_events(hub: Running
         (frame,) = await sock.events(1)
         assert frame["id"] == 1
     await asyncio.gather(*(sock.close() for sock in sockets))
+
+
+async def test_an_idle_socket_keeps_no_http_protocol_no_timer_and_no_task_set(hub: RunningHub) -> None:
+    """What an idle socket holds (bench.presence_cost measures its bytes): the HTTP protocol
+    that parsed its upgrade is freed at once, not left to a collection; its keepalive is a
+    bucket of the process's one wheel; a token lasting beyond two keepalive turns arms no expiry
+    timer; the finished start leaves no task set, no queue and no subscribe task."""
+    users = await make_users(hub.settings, 20)
+    gc.collect()
+    gc.disable()  # what only the collector would free stays countable
+    try:
+        before = _live(BoundedHeadProtocol)
+        sockets = await asyncio.gather(*(connect(hub.ws_url, token) for _, token in users))
+        await asyncio.sleep(0.2)
+        assert _live(BoundedHeadProtocol) == before
+        mine = {user_id for user_id, _ in users}
+        idle = [s for s in gc.get_objects() if isinstance(s, HubSocket)
+                and s._connection is not None and s._connection.user_id in mine]
+    finally:
+        gc.enable()
+    assert len(idle) == 20
+    for socket in idle:
+        assert isinstance(socket._timer, int) and socket._tasks is None
+        connection = socket._connection
+        assert connection is not None and connection._expiry is None and connection._queue is None
+    registry = idle[0]._api.registry
+    assert all(registry._users[user_id].subscribed is None for user_id in mine)
+    await asyncio.gather(*(sock.close() for sock in sockets))
+
+
+def _live(kind: type) -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
 
 
 def _server_tasks() -> int:
