@@ -7,10 +7,13 @@
   `seen` check (a chat's read marker) claims becomes one outbox row per subscription, and the
   scan moves past it in the same commit. User rows are locked with SKIP LOCKED, so processes
   split the users between them; the outbox's unique key keeps a push decided twice single.
-- `step` claims due rows (committed before any request, SKIP LOCKED), keeps at most
+  It runs when this process's commits become due (`committed`), and at least every
+  DECIDE_SECONDS for the other processes' events.
+- The sender claims due rows (committed before any request, SKIP LOCKED), keeps at most
   `PUSH_MAX_IN_FLIGHT` requests open (hub/push_http.py) and records the outcomes in batches:
   sent, 404/410 deletes the subscription, 429 waits `Retry-After`, 5xx and network errors
-  back off, all within the TTL.
+  back off, all within the TTL. Its decider's commits wake it (`wake`), so sending starts
+  with the first decisions and keeps up with them; it looks at least every IDLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from hub.supervise import backoff_delay
 
 log = logging.getLogger("hub.push")
 
-SCAN_USERS = 200  # users decided per transaction
-SCAN_EVENTS = 500  # events per user per transaction
+SCAN_USERS = 1000  # users decided per transaction
+SCAN_EVENTS = 100  # events per user per transaction (at most 100,000 events in one)
 REQUEST_TIMEOUT = 10.0
 CLAIM_LEASE = dt.timedelta(seconds=60)  # far beyond REQUEST_TIMEOUT: only a dead process outlives it
 MAX_BACKOFF = 300.0
