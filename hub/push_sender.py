@@ -243,8 +243,8 @@ class PushSender:
                     await self._round.wait()
 
     async def _send_due(self) -> None:
-        """Keep up to `PUSH_MAX_IN_FLIGHT` pushes in flight until none is due. Each round, in
-        one transaction, records the outcomes of the pushes finished since the last round and
+        """Keep up to `PUSH_MAX_IN_FLIGHT` pushes in flight until none is due. Each round
+        (`_record_and_claim`) records the outcomes of the pushes finished since the last round and
         claims as many new ones; a round comes when half the slots are free, when the outbox
         had run dry and the decider adds pushes (so sending keeps up with deciding), once the
         outbox is drained when every push in flight is done, and at least every ROUND_SECONDS."""
