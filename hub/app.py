@@ -135,6 +135,8 @@ def create_app(settings: Settings) -> Starlette:
     ]
     push = web_push(settings, db, metrics, registry, accounts, features)
     features.append(push.feature)
+    if push.decider is not None:
+        events.on_commit.append(push.decider.committed)
     for feature in features:
         websockets.client_frames.update(feature.client_frames)
     routes: list[BaseRoute] = [route for feature in features for route in feature.routes]
@@ -192,6 +194,7 @@ def create_app(settings: Settings) -> Starlette:
 class WebPush:
     feature: Feature
     sender: PushSender | None
+    decider: PushDecider | None = None
 
 
 def web_push(settings: Settings, db: Database, metrics: Metrics, registry: Registry,
@@ -204,15 +207,15 @@ def web_push(settings: Settings, db: Database, metrics: Metrics, registry: Regis
     if key is None or settings.vapid_subject is None:
         return WebPush(Feature(routes=api.routes()), None)
     rules = {name: rule for feature in features for name, rule in feature.push_rules.items()}
-    decider = PushDecider(db, metrics, registry.delivered_marks, rules, settings.push_events,
-                          settings.push_delay, settings.push_ttl)
     sender = PushSender(db, metrics, VapidSigner(key, settings.vapid_subject),
                         settings.push_max_in_flight, settings.push_allow_private)
+    decider = PushDecider(db, metrics, registry.delivered_marks, rules, settings.push_events,
+                          settings.push_delay, settings.push_ttl, decided=sender.wake)
     return WebPush(Feature(routes=api.routes(), loops=(
         Loop("push delivered marks", decider.flush_delivered, 0.5),
-        Loop("push decisions", decider.decide, 1.0),
-        Loop("push sends", sender.step, 0.5),
-    )), sender)
+        Loop("push decisions", decider.step, 0.05),  # the step itself waits up to DECIDE_SECONDS
+        Loop("push sends", sender.step, 0.05),  # the step itself waits up to IDLE_SECONDS
+    )), sender, decider)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

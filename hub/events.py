@@ -120,6 +120,7 @@ class EventBus:
     def __init__(self, db: Database, after_commit: AfterCommit) -> None:
         self._db = db
         self._after_commit = after_commit
+        self.on_commit: list[Callable[[], None]] = []  # told of each commit (the push decider)
         self._writer = HeldConnection(db)  # the appends run one batch at a time
         self._appends: Batcher[streams.AppendRequest, list[StoredEvent] | None] = Batcher(
             self._append, "event-writer", weight=lambda request: len(request[0]),
@@ -142,7 +143,7 @@ class EventBus:
             return written
         appended = await self._appends.submit((user_ids, event.name, event.data_json))
         if appended:
-            await self._after_commit(appended)
+            await self._committed(appended)
         return appended
 
     async def _append(self, requests: list[streams.AppendRequest]) -> list[list[StoredEvent] | None]:
@@ -160,4 +161,9 @@ class EventBus:
             tx = Transaction(session)
             yield tx
         if tx.events:
-            await self._after_commit(tx.events)
+            await self._committed(tx.events)
+
+    async def _committed(self, events: Sequence[StoredEvent]) -> None:
+        for hook in self.on_commit:
+            hook()
+        await self._after_commit(events)

@@ -7,10 +7,13 @@
   `seen` check (a chat's read marker) claims becomes one outbox row per subscription, and the
   scan moves past it in the same commit. User rows are locked with SKIP LOCKED, so processes
   split the users between them; the outbox's unique key keeps a push decided twice single.
-- `step` claims due rows (committed before any request, SKIP LOCKED), keeps at most
+  It runs when this process's commits become due (`committed`), and at least every
+  DECIDE_SECONDS for the other processes' events.
+- The sender claims due rows (committed before any request, SKIP LOCKED), keeps at most
   `PUSH_MAX_IN_FLIGHT` requests open (hub/push_http.py) and records the outcomes in batches:
   sent, 404/410 deletes the subscription, 429 waits `Retry-After`, 5xx and network errors
-  back off, all within the TTL.
+  back off, all within the TTL. Its decider's commits wake it (`wake`), so sending starts
+  with the first decisions and keeps up with them; it looks at least every IDLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import orjson
 
 from hub import push_store
 from hub.address_policy import AddressRefused, resolve
-from hub.db import Database, rfc3339, utcnow
+from hub.db import Database, HeldConnection, rfc3339, utcnow
 from hub.metrics import Metrics
 from hub.push_crypto import PushKeyError, VapidSigner, encrypt
 from hub.push_http import PushClient, PushHttpError, post_request
@@ -40,13 +43,16 @@ from hub.supervise import backoff_delay
 
 log = logging.getLogger("hub.push")
 
-SCAN_USERS = 200  # users decided per transaction
-SCAN_EVENTS = 500  # events per user per transaction
+SCAN_USERS = 1000  # users decided per transaction
+SCAN_EVENTS = 100  # events per user per transaction (at most 100,000 events in one)
 REQUEST_TIMEOUT = 10.0
 CLAIM_LEASE = dt.timedelta(seconds=60)  # far beyond REQUEST_TIMEOUT: only a dead process outlives it
 MAX_BACKOFF = 300.0
 ADDRESS_CHECK_SECONDS = 60.0
 ROUND_SECONDS = 1.0  # the longest a sender waits before recording outcomes and claiming more
+IDLE_SECONDS = 0.5  # with nothing due, how long a sender waits for the decider before looking again
+DECIDE_SECONDS = 1.0  # how long a decider waits for a commit of its process before looking again
+MIN_WAKE_SECONDS = 0.5  # the least time between two decisions woken by this process's commits
 ABANDONED_CHECK_SECONDS = 10.0
 
 Outcome = tuple[push_store.ClaimedPush, str, float | None]  # push, result, Retry-After seconds
@@ -57,8 +63,9 @@ class PushDecider:
 
     def __init__(self, db: Database, metrics: Metrics, marks: Callable[[], dict[int, int]],
                  rules: Mapping[str, PushRule], events: tuple[str, ...], delay: float,
-                 ttl: int) -> None:
+                 ttl: int, decided: Callable[[], None] = lambda: None) -> None:
         self._db = db
+        self._decided = decided  # called after each commit that added pushes
         self._metrics = metrics
         self._marks = marks
         self._rules = rules
@@ -66,6 +73,39 @@ class PushDecider:
         self._delay = dt.timedelta(seconds=delay)
         self._ttl = dt.timedelta(seconds=ttl)
         self._flushed: dict[int, int] = {}
+        self._due = asyncio.Event()  # events of this process have become due
+        self._last_commit = 0.0  # loop time of this process's last commit of events
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_wake = 0.0
+
+    def committed(self) -> None:
+        """Events were committed by this process: decide them as soon as PUSH_DELAY has passed
+        (other processes' events wait for the next look, at most DECIDE_SECONDS)."""
+        loop = asyncio.get_running_loop()
+        self._last_commit = loop.time()
+        if self._timer is None:
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        when = max(self._last_commit + self._delay.total_seconds(), self._last_wake + MIN_WAKE_SECONDS)
+        self._timer = loop.call_at(when + 0.01, self._fire)  # past the due time on any clock
+
+    def _fire(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer, self._last_wake = None, loop.time()
+        self._due.set()
+        if self._last_commit + self._delay.total_seconds() > self._last_wake:
+            self._arm(loop)  # commits since this wake was armed become due later
+
+    async def step(self) -> None:
+        """Decide what is due, then wait up to DECIDE_SECONDS for this process's next commit
+        to become due."""
+        self._due.clear()
+        await self.decide()
+        if not self._due.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DECIDE_SECONDS):
+                    await self._due.wait()
 
     async def flush_delivered(self) -> None:
         marks = self._marks()
@@ -92,6 +132,8 @@ class PushDecider:
                         scanned[scan.user_id] = scan.events[-1].id
                 await push_store.advance_scans(session, scanned)
                 await push_store.enqueue(session, self._db.dialect, pushes)
+            if pushes:
+                self._decided()
             if len(scans) < SCAN_USERS:
                 return
             # On after the users just decided, but not past one that may have more events due.
@@ -143,8 +185,17 @@ class PushSender:
         self._max_in_flight = max_in_flight
         self._allow_private = allow_private
         self._client: PushClient | None = None
+        self._held = HeldConnection(db) if db.dialect == "postgresql" else None
         self._origins: dict[str, _Origin] = {}  # by the endpoint's scheme://netloc
         self._abandoned_check = 0.0  # monotonic time of the next look for abandoned claims
+        self._round = asyncio.Event()  # a round is worth doing: pushes finished or became due
+        self._new = False  # pushes were decided since the last claim
+
+    def wake(self) -> None:
+        """Pushes were just decided (this process's decider committed them): claim them now
+        rather than at the next look."""
+        self._new = True
+        self._round.set()
 
     def open(self) -> None:
         # create_default_context loads the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR when set.
@@ -153,6 +204,8 @@ class PushSender:
         self._client = PushClient(context, timeout=REQUEST_TIMEOUT, max_idle=self._max_in_flight)
 
     async def close(self) -> None:
+        if self._held is not None:
+            await self._held.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -181,10 +234,20 @@ class PushSender:
         return origin, target
 
     async def step(self) -> None:
-        """Keep up to `PUSH_MAX_IN_FLIGHT` pushes in flight until none is due. Each round, in
-        one transaction, records the outcomes of the pushes finished since the last round and
-        claims as many new ones; a round comes when half the slots are free (or, once the
-        outbox is drained, when every push in flight is done), and at least every ROUND_SECONDS."""
+        """Send what is due, then wait up to IDLE_SECONDS for the decider's `wake`."""
+        await self._send_due()
+        self._round.clear()
+        if not self._new:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_SECONDS):
+                    await self._round.wait()
+
+    async def _send_due(self) -> None:
+        """Keep up to `PUSH_MAX_IN_FLIGHT` pushes in flight until none is due. Each round
+        (`_record_and_claim`) records the outcomes of the pushes finished since the last round and
+        claims as many new ones; a round comes when half the slots are free, when the outbox
+        had run dry and the decider adds pushes (so sending keeps up with deciding), once the
+        outbox is drained when every push in flight is done, and at least every ROUND_SECONDS."""
         now = time.monotonic()
         if now >= self._abandoned_check:
             self._abandoned_check = now + ABANDONED_CHECK_SECONDS
@@ -195,7 +258,6 @@ class PushSender:
                 self._metrics.push_sent.labels("abandoned").inc(abandoned)
         in_flight: set[asyncio.Task[Outcome]] = set()
         finished: list[Outcome] = []
-        wake = asyncio.Event()
         wanted = 1  # finished pushes worth a round
 
         def on_done(task: asyncio.Task[Outcome]) -> None:
@@ -207,46 +269,69 @@ class PushSender:
             else:
                 finished.append(task.result())
             if len(finished) >= wanted or not in_flight:
-                wake.set()
+                self._round.set()
 
         try:
             while True:
                 outcomes, finished[:] = finished[:], []
                 room = self._max_in_flight - len(in_flight)
-                async with self._db.sessions.begin() as session:
-                    await self._record(session, outcomes)
-                    claimed = await push_store.claim_due(session, utcnow(), CLAIM_LEASE, room) \
-                        if room else []
+                self._new = False
+                claimed = await self._record_and_claim(outcomes, room)
                 for push in claimed:
                     task = asyncio.create_task(self._send(push))
                     in_flight.add(task)
                     task.add_done_callback(on_done)
                 if not in_flight:
-                    if finished:
+                    if finished or self._new:
                         continue
                     if self._client is not None:
                         self._client.sweep()
                     return
                 drained = len(claimed) < room
                 wanted = len(in_flight) if drained else max(1, self._max_in_flight // 2)
-                if len(finished) < wanted:
-                    wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(ROUND_SECONDS):
-                            await wake.wait()
+                deadline = asyncio.get_running_loop().time() + ROUND_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        while in_flight and len(finished) < wanted and not (drained and self._new):
+                            self._round.clear()
+                            await self._round.wait()
         finally:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _record(self, session: Any, outcomes: list[Outcome]) -> None:
-        """Count the outcomes, store retries and gone subscriptions, delete the pushes done
-        with in one statement."""
+    async def _record_and_claim(self, outcomes: list[Outcome], room: int) -> list[push_store.ClaimedPush]:
+        """Record `outcomes` and claim up to `room` pushes. On PostgreSQL the pushes done with
+        are deleted and the next ones claimed by one self-committing statement on a connection
+        kept between rounds; retries and gone subscriptions (rare) are written first, in a
+        transaction of their own."""
+        others = [outcome for outcome in outcomes if outcome[1] in ("gone", "retry")]
+        done = [push.id for push, result, _ in outcomes if result not in ("gone", "retry")]
+        for _, result, _ in outcomes:
+            if result not in ("gone", "retry"):  # the others are counted as they are recorded
+                self._metrics.push_sent.labels(result).inc()
+        if self._held is None:
+            async with self._db.sessions.begin() as session:
+                done += await self._record(session, others)
+                await push_store.finish(session, done)
+                return await push_store.claim_due(session, utcnow(), CLAIM_LEASE, room) \
+                    if room else []
+        if others:
+            async with self._db.sessions.begin() as session:
+                done += await self._record(session, others)
+        if not done and not room:
+            return []
+        async with self._held.use() as connection:
+            return await push_store.finish_and_claim(connection, done, utcnow(), CLAIM_LEASE, room)
+
+    async def _record(self, session: Any, outcomes: list[Outcome]) -> list[int]:
+        """Store retries and gone subscriptions, count them; the ids of the pushes that are
+        done with (a retry past the TTL expires)."""
         done: list[int] = []
         for push, result, retry_after in outcomes:
             if result == "gone":
                 await push_store.remove_subscription(session, push.subscription_id)
-            elif result == "retry":
+            else:
                 attempts = push.attempts + 1
                 delay = retry_after if retry_after is not None else max(
                     1.0, backoff_delay(attempts, base=1.0, cap=MAX_BACKOFF))
@@ -257,10 +342,8 @@ class PushSender:
                 else:
                     result = "retried"
                     await push_store.retry_at(session, push.id, when, attempts)
-            else:
-                done.append(push.id)
             self._metrics.push_sent.labels(result).inc()
-        await push_store.finish(session, done)
+        return done
 
     async def _send(self, push: push_store.ClaimedPush) -> Outcome:
         """One request: the push with "sent" | "gone" | "retry" | "rejected" | "expired", and
