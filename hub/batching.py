@@ -30,7 +30,8 @@ class Batcher(Generic[T, R]):
         self._pending.append((item, done))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name=self._name)
-        return await asyncio.shield(done)  # a caller that gives up does not take its item back
+        # a caller that gives up cancels `done` only: its item stays queued and runs
+        return await done
 
     async def wait_idle(self) -> None:
         """Until every item submitted so far has been run."""
