@@ -1,19 +1,21 @@
 """A lean path past starlette's request cycle for the hottest calls (the publish API, §9).
 
-Starlette's stack costs ~40 µs of CPU per request on the bench machine, as much as the rest of
-a one-user publish call's own Python: its middleware, the router trying each route's regular
-expression in turn, the Request, Headers and Response objects. A lean route is found by its
-exact method and path before any of that; its handler reads the headers and the body straight
-from the ASGI scope and `receive` and returns its answer, sent as one start and one body
-message. Everything it raises is answered by the app's own exception handlers, as starlette
-would (the contract's error shapes, 503 for a lost database, 500 logged), and every answer is
-counted in the same metric as the other routes'. The route stays declared in starlette too (the
-OpenAPI document, 405 for other methods, and its endpoint runs the same handler).
+Starlette's stack costs ~40 µs of CPU per request on the bench machine: its middleware, the
+router trying each route's regular expression in turn, the Request, Headers and Response
+objects. A lean route is found by its exact method and path before any of that; its handler
+reads the headers and the body straight from the ASGI scope and `receive` and returns its
+answer, sent as one start and one body message (one `send()` for both on the hub's own HTTP
+protocol, `BoundedHeadProtocol.one_write`). Everything it raises is answered by the app's own
+exception handlers, as starlette would (the contract's error shapes, 503 for a lost database,
+500 logged), and every answer is counted in the same metric as the other routes'. The route
+stays declared in starlette too (the OpenAPI document, 405 for other methods, and its endpoint
+runs the same handler).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 from starlette.requests import ClientDisconnect, Request
@@ -21,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.http import MAX_BODY_BYTES, collect_body
+from hub.http_protocol import CONTROL, BoundedHeadProtocol
 from hub.metrics import Metrics
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -101,10 +104,12 @@ class LeanRoutes:
                 await response(scope, receive, send)
                 return
             status = answer.status
-            await send({"type": "http.response.start", "status": answer.status,
-                        "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(answer.body)),
-                                    *answer.headers]})
-            await send({"type": "http.response.body", "body": answer.body})
+            control = scope.get(CONTROL)
+            with control.one_write() if isinstance(control, BoundedHeadProtocol) else nullcontext():
+                await send({"type": "http.response.start", "status": answer.status,
+                            "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(answer.body)),
+                                        *answer.headers]})
+                await send({"type": "http.response.body", "body": answer.body})
         finally:
             self.metrics.http_requests.labels(path, scope["method"], str(status)).inc()
 

@@ -110,3 +110,30 @@ async def test_a_client_leaving_before_its_body_arrived_is_a_client_disconnect()
     request = LeanRequest({"type": "http", "headers": []}, receive)  # type: ignore[arg-type]
     with pytest.raises(ClientDisconnect):
         await request.body()
+
+
+async def test_pipelined_publishes_are_answered_whole_and_in_order_and_close_is_kept(hub: RunningHub) -> None:
+    """On the hub's HTTP protocol an answer's head and body go out as one write; pipelined
+    calls still get their answers in order, and `Connection: close` still closes after the
+    answer."""
+    ((user_id, _),) = await make_users(hub.settings, 1)
+    host, port = hub.base_url.removeprefix("http://").split(":")
+    body = b'{"user_ids":[%d],"name":"e"}' % user_id
+
+    def call(extra: bytes = b"") -> bytes:
+        return (b"POST /api/v1/publish HTTP/1.1\r\nhost: hub\r\nauthorization: Bearer test-hub-api-key\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+                % (len(body), extra, body))
+
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        async with asyncio.timeout(20):
+            writer.write(call() + call() + call(b"connection: close\r\n"))
+            received = await reader.read(-1)  # until the server closes
+    finally:
+        writer.close()
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert [answer.split(b" ", 1)[0] for answer in answers] == [b"202"] * 3, received
+    assert [answer.rsplit(b"\r\n\r\n", 1)[1] for answer in answers] == [
+        b'{"events":{"%d":%d}}' % (user_id, n) for n in (1, 2, 3)]
+    assert b"connection: close" in answers[2]
