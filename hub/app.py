@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
@@ -38,6 +39,7 @@ from hub.errors import (
 from hub.event_stream import EventStreamApi
 from hub.events import EventBus, declared
 from hub.feature import Feature, Loop
+from hub.lean_routes import ErrorHandler, LeanRoutes
 from hub.metrics import HttpMetricsMiddleware, Metrics
 from hub.openapi import build_openapi
 from hub.ops import OpsApi
@@ -106,6 +108,7 @@ def create_app(settings: Settings) -> Starlette:
         revocations,
     )
     websockets = WebSocketApi(settings, db, registry, accounts, metrics)
+    publish_api = PublishApi(settings, db, events, accounts)
     tickets = make_ticket_store(settings.stream_ticket_ttl, settings.redis_url,
                                 settings.redis_channel_prefix, cluster=settings.redis_cluster)
     event_stream = EventStreamApi(settings, db, registry, accounts, metrics, websockets.reads,
@@ -121,7 +124,7 @@ def create_app(settings: Settings) -> Starlette:
         ) + ((Loop("presence heartbeat", presence.step, settings.presence_heartbeat),)
              if settings.presence else ())),
         Feature(routes=WebFront().routes()),
-        Feature(routes=PublishApi(settings, db, events, accounts).routes()),
+        Feature(routes=publish_api.routes()),
         Feature(routes=event_stream.routes()),
         Feature(routes=AuthApi(
             accounts, db, limiter, auth_attempts(settings.auth_rate_limit),
@@ -172,18 +175,21 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(_cancel, tasks)
             yield
 
+    handlers: dict[Any, ErrorHandler] = {
+        ApiError: api_error_handler,
+        HTTPException: http_exception_handler,
+        ClientDisconnect: client_disconnect_handler,
+        DBAPIError: database_error_handler,
+        OSError: unreachable_handler,
+        Exception: internal_error_handler,
+    }
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(HttpMetricsMiddleware, metrics=metrics)],
-        exception_handlers={
-            ApiError: api_error_handler,
-            HTTPException: http_exception_handler,
-            ClientDisconnect: client_disconnect_handler,
-            DBAPIError: database_error_handler,
-            OSError: unreachable_handler,
-            Exception: internal_error_handler,
-        },
+        middleware=[Middleware(LeanRoutes, routes=publish_api.lean_routes(), handlers=handlers,
+                               metrics=metrics),
+                    Middleware(HttpMetricsMiddleware, metrics=metrics)],
+        exception_handlers=handlers,
     )
     app.state.websocket_protocol = websockets.protocol  # uvicorn's `ws` option for this app
     app.state.event_types = event_types  # every declared event by name, for tests and tools

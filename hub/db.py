@@ -229,7 +229,9 @@ def _lost(exc: Exception) -> bool:
     """Whether asyncpg's `exc` means the connection is gone (not a statement's error)."""
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "").startswith(("08", "57"))  # connection, operator intervention
-    return isinstance(exc, asyncpg.InterfaceError | OSError)
+    # InternalClientError: the protocol's state is off, e.g. "another operation is in progress"
+    # when the server's goodbye (a terminated backend) arrived while the connection sat idle
+    return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError)
 
 
 def _serialize_sqlite_writers(engine: AsyncEngine) -> None:

@@ -39,6 +39,8 @@ from hub.streams import StoredEvent
 
 AfterCommit = Callable[[Sequence[StoredEvent]], Any]
 MAX_GROUP_USERS = 20_000  # users per group-committed statement
+# A closed loop of publishers is answered, and calls again, within this (hub/batching.py)
+REGROUP_SECONDS = 0.002
 EVENT_NAME = r"^[a-z][a-z0-9_.:-]{0,63}$"  # protocol §5, declared and published names alike
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -124,7 +126,7 @@ class EventBus:
         self._writer = HeldConnection(db)  # the appends run one batch at a time
         self._appends: Batcher[streams.AppendRequest, list[StoredEvent] | None] = Batcher(
             self._append, "event-writer", weight=lambda request: len(request[0]),
-            limit=MAX_GROUP_USERS)
+            limit=MAX_GROUP_USERS, regroup=REGROUP_SECONDS)
 
     async def publish(self, user_ids: Sequence[int], event: Event) -> list[StoredEvent] | None:
         """Events and nothing else: append `event` to every user's stream, all or none, and

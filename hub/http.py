@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -112,17 +112,22 @@ def openapi_path(path: str) -> str:
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw body, refusing (413) anything over `limit` without reading it all."""
-    declared = request.headers.get("content-length")
+    return await collect_body(request.headers.get("content-length"), request.stream(), limit)
+
+
+async def collect_body(declared: str | None, chunks: AsyncIterator[bytes],
+                       limit: int = MAX_BODY_BYTES) -> bytes:
+    """`read_body` for a declared Content-Length and the body's chunks as they arrive."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body is over {limit} bytes")
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"request body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def has_body(request: Request) -> bool:
@@ -147,11 +152,21 @@ async def read_json(request: Request, model: type[M]) -> M:
 
 async def read_json_and_body(request: Request, model: type[M]) -> tuple[M, bytes]:
     """`read_json`, also returning the raw body (for idempotency fingerprints)."""
-    if not is_json_content_type(request.headers.get("content-type")):
-        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    require_json_content_type(request.headers.get("content-type"))
     body = await read_body(request)
+    return parse_json(body, model), body
+
+
+def require_json_content_type(value: str | None) -> None:
+    """415 unless `value` (the Content-Type header) names JSON."""
+    if not is_json_content_type(value):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+
+
+def parse_json(body: bytes, model: type[M]) -> M:
+    """`body` validated as `model`; 422 for malformed JSON or any bad field (`read_json`)."""
     try:
-        return model.model_validate_json(body), body
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise _unstorable_field(body) or invalid_from(exc) from None
 
@@ -201,8 +216,12 @@ def invalid_from(exc: ValidationError) -> Invalid:
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    return bearer_in(request.headers.get("authorization"))
+
+
+def bearer_in(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header's value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
@@ -210,7 +229,12 @@ def bearer_token(request: Request) -> str | None:
 
 def require_service_token(request: Request, expected: str | None, name: str) -> None:
     """403 unless the bearer token equals the configured service credential (constant time)."""
-    given = bearer_token(request)
+    check_service_token(request.headers.get("authorization"), expected, name)
+
+
+def check_service_token(authorization: str | None, expected: str | None, name: str) -> None:
+    """`require_service_token` for the Authorization header's value."""
+    given = bearer_in(authorization)
     if expected is None:
         raise Forbidden(f"{name} is not configured on this hub")
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):

@@ -19,7 +19,8 @@ takes the connection over (`hand_off`) and the request's task ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -139,6 +140,24 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             transport.resume_reading()  # to learn when the peer leaves
         return True
 
+    @contextlib.contextmanager
+    def one_write(self) -> Iterator[None]:
+        """The current response's writes, its head's and its body's, as one `send()` at the end
+        of the block (uvicorn writes the head by itself: two system calls and two packets for
+        a small answer). The block must not outlive the response."""
+        cycle = self.cycle
+        if cycle is None:
+            yield
+            return
+        transport = cycle.transport
+        gathered = _Gathered(transport)
+        cycle.transport = gathered  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            cycle.transport = transport
+            gathered.flush()
+
     def abort(self) -> None:
         """Drop the connection now, whatever is still unsent (a peer that stopped reading)."""
         self.transport.abort()
@@ -168,3 +187,27 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.transport.write(STATUS_LINE[error.status] + b"content-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()
+
+
+class _Gathered:
+    """A transport whose writes wait for `flush` (or a `close`, which flushes first)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        if self._parts:
+            data, self._parts = b"".join(self._parts), []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

@@ -27,6 +27,7 @@ from hub.models import IdempotencyKey
 TTL = dt.timedelta(hours=24)
 MAX_KEY_LENGTH = 255
 HEADER = "Idempotency-Key"
+REPLAYED = ("idempotent-replayed", "true")  # the header of a replayed answer
 # What `check_key` accepts, for the OpenAPI document (the HTTP layer drops surrounding spaces,
 # so a key needs one visible character).
 KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
@@ -95,7 +96,7 @@ async def answer_once(db: Database, events: EventBus, request: KeyedRequest | No
 def response(answer: StoredAnswer, replayed: bool) -> Response:
     """The HTTP answer; a replay carries `Idempotent-Replayed: true`."""
     return Response(answer.body, answer.status_code, media_type="application/json",
-                    headers={"Idempotent-Replayed": "true"} if replayed else None)
+                    headers=dict([REPLAYED]) if replayed else None)
 
 
 def fingerprint(body: bytes) -> str:

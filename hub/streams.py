@@ -150,7 +150,7 @@ async def append(session: AsyncSession, user_ids: Sequence[int], name: str,
             [{"user_id": user_id, "id": event_id, "name": name, "data": data_text, "created_at": now}
              for user_id, event_id in heads],
         )
-    return _stored(heads, name, data_json, now)
+    return _stored(heads, name, data_json, _Moment(now))
 
 
 AppendRequest = tuple[Sequence[int], str, bytes]  # user ids, event name, data as JSON
@@ -180,16 +180,26 @@ async def append_batch(autocommit: AsyncConnection,
     heads: list[list[tuple[int, int]]] = [[] for _ in requests]
     for number, user_id, event_id in rows:
         heads[number - 1].append((user_id, event_id))
-    return [_stored(found, name, data_json, now) if found else None
+    moment = _Moment(now)
+    return [_stored(found, name, data_json, moment) if found else None
             for found, (_, name, data_json) in zip(heads, requests, strict=True)]
 
 
+class _Moment:
+    """An append's time as events carry it, formatted once for all of a statement's requests."""
+
+    __slots__ = ("stamp", "text")
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.text = rfc3339(now)
+        self.stamp = now.timestamp()
+
+
 def _stored(heads: list[tuple[int, int]], name: str, data_json: bytes,
-            now: dt.datetime) -> list[StoredEvent]:
+            moment: _Moment) -> list[StoredEvent]:
     """The events of (user_id, event_id) pairs, in user-id order, with their payloads."""
     name_json = orjson.dumps(name)
-    created = rfc3339(now)
-    stamp = now.timestamp()
+    created, stamp = moment.text, moment.stamp
     return [
         StoredEvent(user_id, event_id, encode_payload(event_id, name_json, data_json, created), stamp)
         for user_id, event_id in sorted(heads)

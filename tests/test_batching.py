@@ -1,6 +1,6 @@
 """The batcher (`hub.batching.Batcher`, the group commit behind publishes) on its own: grouping in
-arrival order, one result per call, failures per batch, weight limits, callers giving up, and
-cancellation. Batches are released by hand; no database, no sleeps."""
+arrival order, one result per call, failures per batch, weight limits, callers giving up,
+regrouping and cancellation. Batches are released by hand; no database, no sleeps."""
 
 from __future__ import annotations
 
@@ -143,3 +143,34 @@ async def test_one_call_alone_runs_at_once(limit: int | None) -> None:
     batcher: Batcher[str, str] = Batcher(run, "test", limit=limit)
     async with asyncio.timeout(WAIT):
         assert await batcher.submit("a") == "A"
+
+
+async def test_with_regroup_callers_of_the_last_batch_coming_back_go_together() -> None:
+    """A closed loop of three callers: once answered, the first to come back waits for the
+    other two instead of going alone (the window is long, so only the grouping is tested)."""
+    run = Runner()
+    batcher: Batcher[str, str] = Batcher(run, "test", regroup=60.0)
+    first = [asyncio.create_task(batcher.submit(item)) for item in ("a", "b", "c")]
+    await run.let_through(1)
+    async with asyncio.timeout(WAIT):
+        assert await asyncio.gather(*first) == ["A", "B", "C"]
+    again = [asyncio.create_task(batcher.submit("d"))]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert run.batches == [["a", "b", "c"]]  # "d" waits for as many as the last batch had
+    again += [asyncio.create_task(batcher.submit(item)) for item in ("e", "f")]
+    await run.let_through(1)
+    async with asyncio.timeout(WAIT):
+        assert await asyncio.gather(*again) == ["D", "E", "F"]
+    assert run.batches == [["a", "b", "c"], ["d", "e", "f"]]
+
+
+async def test_with_regroup_a_call_alone_still_runs_once_the_window_ends() -> None:
+    run = Runner()
+    run.release.set()
+    batcher: Batcher[str, str] = Batcher(run, "test", regroup=0.05)
+    async with asyncio.timeout(WAIT):
+        assert await asyncio.gather(*(batcher.submit(item) for item in ("a", "b"))) == ["A", "B"]
+        run.release.set()
+        assert await batcher.submit("c") == "C"
+    assert run.batches == [["a", "b"], ["c"]]
