@@ -16,10 +16,12 @@ store in calls of `BATCH`, in the order they happened here, and the users whose 
 settle the same way; listeners hear a whole round of users at once (up to `ROUND`). While
 changes keep coming (a reconnect storm), a round starts at most every `LINGER` seconds, so they
 gather into a few large rounds: a listener then tells each member about many users in one
-message. A quiet process announces a change at once, and a grace is counted from the change,
-not from its round, so lingering never delays an offline beyond the grace. A storm of thousands
-of users is then a handful of announcements, not thousands, and a user waiting out the grace
-costs one dict entry (no task, no timer of their own).
+message. A quiet process announces a change at once. A grace is counted from the change, not
+from its round; the users whose grace ended settle together `late` seconds after the first of
+them (at most LINGER, and only while the grace leaves room: offline is due within
+OFFLINE_WITHIN of the last connection closing, protocol §11), so a wave of leavers is a few
+rounds too. A storm of thousands of users is then a handful of announcements, not thousands,
+and a user waiting out the grace costs one dict entry (no task, no timer of their own).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ Listener = Callable[[list[int], bool], Awaitable[None]]
 BATCH = 1000  # changes (or settles) per store call
 ROUND = 10_000  # changes (or settles) announced together
 LINGER = 0.25  # seconds: while changes keep coming, a round of them starts at most this often
+OFFLINE_WITHIN = 2.0  # seconds from a user's last connection closing to their offline (§11)
+ROUND_TIME = 0.5  # seconds of that kept for a round's own work on a busy process
 
 
 class PresenceStore(ABC):
@@ -121,6 +125,7 @@ class Presence:
         self._store = store
         self._metrics = metrics
         self._grace = grace
+        self._late = max(0.0, min(LINGER, OFFLINE_WITHIN - ROUND_TIME - grace))
         self._listeners: list[Listener] = []
         self._local: set[int] = set()  # users with a connection on this process
         self._work: list[tuple[bool, int, float]] = []  # changes not yet in the store, in order,
@@ -161,35 +166,37 @@ class Presence:
         last = -LINGER  # when the last round of changes began
         while True:
             now = time.monotonic()
-            due_at = next(iter(self._due.values()), None)
+            first = next(iter(self._due.values()), None)
+            settle_at = None if first is None else first + self._late
             if self._work:
                 wait = last + LINGER - now
-                if due_at is not None:
-                    wait = min(wait, due_at - now)
+                if settle_at is not None:
+                    wait = min(wait, settle_at - now)
                 if wait > 0 and len(self._work) < ROUND:
                     await asyncio.sleep(wait)  # more changes gather meanwhile
                     continue
                 last = now
                 batch, self._work = self._work[:ROUND], self._work[ROUND:]
                 await self._apply(batch)
-            elif due_at is None or due_at > now:
+            elif settle_at is None or settle_at > now:
                 self._wake.clear()
                 try:
-                    async with asyncio.timeout(None if due_at is None else due_at - now):
+                    async with asyncio.timeout(None if settle_at is None else settle_at - now):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
                 continue
             now = time.monotonic()
+            if settle_at is None or settle_at > now:
+                continue
             due: list[int] = []
             for user_id, deadline in self._due.items():
                 if deadline > now or len(due) == ROUND:
                     break
                 due.append(user_id)
-            if due:
-                for user_id in due:
-                    del self._due[user_id]
-                await self._settle(due)
+            for user_id in due:
+                del self._due[user_id]
+            await self._settle(due)
 
     async def _apply(self, batch: list[tuple[bool, int, float]]) -> None:
         results: list[bool] = []

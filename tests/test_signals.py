@@ -270,6 +270,14 @@ async def test_a_storm_of_users_is_a_few_store_calls_and_announcements_not_one_p
     await presence.close()
 
 
+def test_leavers_settle_together_only_while_the_grace_leaves_room_for_it() -> None:
+    # offline within 2 s of the last connection closing (§11): the grace, the wait for the
+    # others whose grace ends soon after, and half a second for the round itself
+    late = {grace: Presence(MemoryPresence(), Metrics(), grace=grace)._late
+            for grace in (0.0, 1.0, 1.4, 1.5, 2.0)}
+    assert late == {0.0: 0.25, 1.0: 0.25, 1.4: pytest.approx(0.1), 1.5: 0.0, 2.0: 0.0}
+
+
 class _FlakyStore(MemoryPresence):
     """Memory presence whose next change fails once (Redis away for a moment)."""
 
