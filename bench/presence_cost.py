@@ -139,7 +139,6 @@ async def one_setting(presence: bool, args: argparse.Namespace, out: Path) -> di
             if not args.storm:
                 return row
             before_calls, before_cpu = await commandstats(redis.port), server.cpu()
-            before_signals = fleet.counters.signals
             if args.profile and presence:  # py-spy on the hub through the storm (bench.profile)
                 from bench.profile import profiled, summarize
 
@@ -159,7 +158,7 @@ async def one_setting(presence: bool, args: argparse.Namespace, out: Path) -> di
             row["storm_cpu_s"] = after_cpu - before_cpu
             row["calls"] = {name: after_calls.get(name, 0) - before_calls.get(name, 0)
                             for name in after_calls if after_calls.get(name, 0) != before_calls.get(name, 0)}
-            row["storm_signals"] = fleet.counters.signals - before_signals
+            row["storm_signals"] = fleet.counters.signals
         finally:
             await fleet.disconnect()
             await publisher.close()
