@@ -11,17 +11,11 @@ user and remembers which users were last announced online, so that:
   of the store and announces its users offline (see hub/presence_redis.py).
 Announcements go to listeners (a feature decides who hears of them, e.g. a chat's members).
 
-One worker task does all of it, in rounds: the changes queued since its last round reach the
-store in calls of `BATCH`, in the order they happened here, and the users whose grace ended
-settle the same way; listeners hear a whole round of users at once (up to `ROUND`). While
-changes keep coming (a reconnect storm), a round starts at most every `LINGER` seconds, so they
-gather into a few large rounds: a listener then tells each member about many users in one
-message. A quiet process announces a change at once. A grace is counted from the change, not
-from its round; the users whose grace ended settle together `late` seconds after the first of
-them (at most LINGER, and only while the grace leaves room: offline is due within
-OFFLINE_WITHIN of the last connection closing, protocol §11), so a wave of leavers is a few
-rounds too. A storm of thousands of users is then a handful of announcements, not thousands,
-and a user waiting out the grace costs one dict entry (no task, no timer of their own).
+One worker task does all of it, in batches: the changes queued since its last round reach the
+store in one call, in the order they happened here, and the users whose grace ended settle in
+one call; listeners hear a batch of users at once. A reconnect storm of thousands of users is
+then a few dozen store calls and announcements, not thousands, and a user waiting out the grace
+costs one dict entry (no task, no timer of their own).
 """
 
 from __future__ import annotations
@@ -37,10 +31,6 @@ from hub.metrics import Metrics
 log = logging.getLogger("hub.presence")
 Listener = Callable[[list[int], bool], Awaitable[None]]
 BATCH = 1000  # changes (or settles) per store call
-ROUND = 10_000  # changes (or settles) announced together
-LINGER = 0.25  # seconds: while changes keep coming, a round of them starts at most this often
-OFFLINE_WITHIN = 2.0  # seconds from a user's last connection closing to their offline (§11)
-ROUND_TIME = 0.5  # seconds of that kept for a round's own work on a busy process
 
 
 class PresenceStore(ABC):
@@ -125,11 +115,9 @@ class Presence:
         self._store = store
         self._metrics = metrics
         self._grace = grace
-        self._late = max(0.0, min(LINGER, OFFLINE_WITHIN - ROUND_TIME - grace))
         self._listeners: list[Listener] = []
         self._local: set[int] = set()  # users with a connection on this process
-        self._work: list[tuple[bool, int, float]] = []  # changes not yet in the store, in order,
-        # each with when it happened
+        self._work: list[tuple[bool, int]] = []  # changes not yet in the store, in order
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._due: dict[int, float] = {}  # user -> when their grace ends (in that order)
@@ -157,77 +145,61 @@ class Presence:
     def _queue(self, arriving: bool, user_id: int) -> None:
         if self._closed:  # shutting down: `close` withdraws every user of this process at once
             return
-        self._work.append((arriving, user_id, time.monotonic()))
+        self._work.append((arriving, user_id))
         self._wake.set()
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")
 
     async def _run(self) -> None:
-        last = -LINGER  # when the last round of changes began
         while True:
-            now = time.monotonic()
-            first = next(iter(self._due.values()), None)
-            settle_at = None if first is None else first + self._late
-            if self._work:
-                wait = last + LINGER - now
-                if settle_at is not None:
-                    wait = min(wait, settle_at - now)
-                if wait > 0 and len(self._work) < ROUND:
-                    await asyncio.sleep(wait)  # more changes gather meanwhile
-                    continue
-                last = now
-                batch, self._work = self._work[:ROUND], self._work[ROUND:]
-                await self._apply(batch)
-            elif settle_at is None or settle_at > now:
+            if not self._work:
                 self._wake.clear()
-                try:
-                    async with asyncio.timeout(None if settle_at is None else settle_at - now):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-                continue
+                wait = (next(iter(self._due.values())) - time.monotonic()) if self._due else None
+                if wait is None or wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+            if self._work:
+                batch, self._work = self._work[:BATCH], self._work[BATCH:]
+                await self._apply(batch)
             now = time.monotonic()
-            if settle_at is None or settle_at > now:
-                continue
             due: list[int] = []
             for user_id, deadline in self._due.items():
-                if deadline > now or len(due) == ROUND:
+                if deadline > now or len(due) == BATCH:
                     break
                 due.append(user_id)
-            for user_id in due:
-                del self._due[user_id]
-            await self._settle(due)
+            if due:
+                for user_id in due:
+                    del self._due[user_id]
+                await self._settle(due)
 
-    async def _apply(self, batch: list[tuple[bool, int, float]]) -> None:
-        results: list[bool] = []
-        for start in range(0, len(batch), BATCH):
-            try:
-                results += await self._store.apply(
-                    [(arriving, user_id) for arriving, user_id, _ in batch[start:start + BATCH]])
-            except Exception as exc:  # these and the later ones: the next heartbeat retries
-                missed = {user_id for _, user_id, _ in batch[start:]}
-                log.warning("presence of %d users not recorded (%s); the next heartbeat retries",
-                            len(missed), exc)
-                self._retry.update(missed)
-                break
+    async def _apply(self, batch: list[tuple[bool, int]]) -> None:
+        try:
+            results = await self._store.apply(batch)
+        except Exception as exc:
+            log.warning("presence of %d users not recorded (%s); the next heartbeat retries",
+                        len({user_id for _, user_id in batch}), exc)
+            self._retry.update(user_id for _, user_id in batch)
+            return
         online: list[int] = []
-        for (arriving, user_id, at), result in zip(batch, results, strict=False):
+        deadline = time.monotonic() + self._grace
+        for (arriving, user_id), result in zip(batch, results, strict=True):
             if not result:
                 continue
             if arriving:
                 online.append(user_id)
             else:
-                self._due.setdefault(user_id, at + self._grace)
+                self._due.setdefault(user_id, deadline)
         await self._announce(online, True)
 
     async def _settle(self, user_ids: list[int]) -> None:
-        offline: list[int] = []
-        for start in range(0, len(user_ids), BATCH):
-            try:
-                offline += await self._store.settle_many(user_ids[start:start + BATCH])
-            except Exception as exc:  # their grace entries stay in the store: a heartbeat settles them
-                log.warning("presence of %d users not settled (%s)", len(user_ids) - start, exc)
-                break
+        try:
+            offline = await self._store.settle_many(user_ids)
+        except Exception as exc:  # their grace entries stay in the store: a heartbeat settles them
+            log.warning("presence of %d users not settled (%s)", len(user_ids), exc)
+            return
         await self._announce(offline, False)
 
     async def _announce(self, user_ids: list[int], online: bool) -> None:
@@ -268,7 +240,8 @@ class Presence:
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
         due, self._due = list(self._due), {}
-        await self._settle(due)  # not left for the sweep to find
+        for start in range(0, len(due), BATCH):  # not left for the sweep to find
+            await self._settle(due[start:start + BATCH])
         try:
             await self._announce(await self._store.close(), False)
         except Exception:
