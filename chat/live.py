@@ -100,9 +100,11 @@ class ChatLive:
         return None
 
     async def announce(self, user_ids: list[int], online: bool) -> None:
-        """A presence listener: tell the online members of these users' chats, in chunks of
-        `ANNOUNCE_CHUNK` users (one query of their chats, one lookup of who is online, one
-        round trip of signals per chunk, however many users come or go at once)."""
+        """A presence listener: tell the online members of these users' chats. Their chats and
+        who of those is online are read in chunks of `ANNOUNCE_CHUNK` users (one query and one
+        lookup each, however many users come or go at once); the frames go out in one
+        `send_many`, so a member hears of every change in the batch in one message."""
+        frames: list[tuple[list[int], dict[str, Any]]] = []
         for start in range(0, len(user_ids), ANNOUNCE_CHUNK):
             changed = set(user_ids[start:start + ANNOUNCE_CHUNK])
             async with self._db.sessions() as session:
@@ -111,8 +113,9 @@ class ChatLive:
                 continue
             listening = set(await self._presence.online(
                 {member for members in chats.values() for member in members}))
-            await self._signals.send_many([
+            frames += [
                 ([member for member in members if member != user_id and member in listening],
                  {"type": "presence", "chat_id": chat_id, "user_id": user_id, "online": online})
                 for chat_id, members in chats.items()
-                for user_id in members if user_id in changed])
+                for user_id in members if user_id in changed]
+        await self._signals.send_many(frames)

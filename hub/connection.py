@@ -187,15 +187,16 @@ class Connection:
         if self._started and self._task is None:
             self._pump()
 
-    def signal(self, frame: bytes) -> None:
-        """A live-only frame (presence, typing) in this connection's `encoding` (its
-        `encode_signal`): written now, between event frames if a replay
-        is under way, never queued, never numbered; it counts against the socket's buffer
-        bound like an event frame. Dropped before the welcome frame and after the end."""
+    def signal(self, frame: bytes, count: int = 1) -> None:
+        """Live-only frames (presence, typing) in this connection's `encoding` (its
+        `encode_signal`; `count` of them, back to back, written at once): written now, between
+        event frames if a replay is under way, never queued, never numbered; each counts
+        against the socket's buffer bound like an event frame. Dropped before the welcome frame
+        and after the end."""
         if self._ended or not self._started:
             return
         self._outlet.write_signal(frame)
-        self._check_unsent()
+        self._check_unsent(count)
 
     def catch_up(self) -> None:
         """Read whatever the store has beyond `delivered` (after a broker reconnect)."""
@@ -255,13 +256,14 @@ class Connection:
         self._observe(max(0.0, self._clock() - created_at))
         self._check_unsent()
 
-    def _check_unsent(self) -> None:
-        """End the connection (4009) if too much of what was written is left unsent."""
+    def _check_unsent(self, count: int = 1) -> None:
+        """End the connection (4009) if too much of what was written (`count` frames now) is
+        left unsent."""
         buffered = self._outlet.buffered()
         if buffered == 0:  # the socket took everything written so far
             self._unsent = 0
         else:
-            self._unsent += 1
+            self._unsent += count
             if self._unsent > self._max_messages or buffered > self._max_bytes:
                 self._end(SlowConsumer("slow consumer: reconnect and resume"))
 

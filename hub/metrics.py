@@ -62,7 +62,7 @@ class Metrics:
                                             ["reason"], registry=r)
         self.signals_sent = Counter("hub_signals_sent_total",
                                     "Signal frames (presence, typing) handed to the broker, one "
-                                    "per recipient", registry=r)
+                                    "per recipient and frame", registry=r)
         self.presence_online = Gauge("hub_presence_online_users",
                                      "Users with a connection open on any process of the "
                                      "deployment (as of this process's last heartbeat)",

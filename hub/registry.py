@@ -17,7 +17,7 @@ from hub.broker import CHANNEL, Broker, user_channel
 from hub.connection import STREAM, Connection, EventEncoding
 from hub.metrics import Metrics
 from hub.presence import Presence
-from hub.signals import is_signal
+from hub.signals import is_signal, signal_frames
 
 log = logging.getLogger("hub.registry")
 
@@ -131,21 +131,22 @@ class Registry:
 
     def dispatch(self, channel: str, payload: bytes) -> None:
         """Offer one event payload to every local connection of its user (encoded once per
-        encoding); a signal payload goes to all of them as a signal (encoded once per encoding
-        too), outside the stream's numbering."""
+        encoding); a signal payload's frames go to all of them as signals (encoded once per
+        encoding too, one write per connection), outside the stream's numbering."""
         if not channel.startswith(self._prefix):
             return
         entry = self._users.get(int(channel[len(self._prefix):]))
         if entry is None:
             return
         if is_signal(payload):
+            parts = signal_frames(payload)
             signals: dict[EventEncoding, bytes] = {}
             for connection in entry.connections:
                 encoding = connection.encoding
                 signal = signals.get(encoding)
                 if signal is None:
-                    signal = signals[encoding] = encoding.encode_signal(payload)
-                connection.signal(signal)
+                    signal = signals[encoding] = b"".join(map(encoding.encode_signal, parts))
+                connection.signal(signal, len(parts))
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])

@@ -11,8 +11,11 @@ reconnect) is gone. Features send signals the way they emit events:
 
 Channel payloads tell them apart by their first field: an event's payload starts with
 `{"id":`, a signal's with `{"type":` (`is_signal` checks one byte), so the event path pays one
-comparison. A client frame a feature answers (`typing`) is a `FrameHandler` it hands the
-composition root (`Feature.client_frames`).
+comparison. One signal payload carries every frame of a `send_many` for its recipient, in order,
+one JSON object a line (JSON as encoded here holds no raw newline): one PUBLISH per recipient,
+not one per frame, and the registry writes them to each socket at once, still one WebSocket
+message or SSE event per frame (`signal_frames`). A client frame a feature answers (`typing`)
+is a `FrameHandler` it hands the composition root (`Feature.client_frames`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def is_signal(payload: bytes) -> bool:
     return len(payload) > 2 and payload[2] == _SIGNAL_BYTE
 
 
+def signal_frames(payload: bytes) -> list[bytes]:
+    """The frames a signal payload carries, in order (one or more)."""
+    return payload.split(b"\n")
+
+
 def signal_payload(frame: Mapping[str, Any]) -> bytes:
     """The channel payload of a signal frame: its JSON, `type` first (what `is_signal` reads)."""
     kind = frame.get("type")
@@ -60,20 +68,24 @@ class Signals:
         await self.send_many([(user_ids, frame)])
 
     async def send_many(self, batch: Sequence[tuple[Iterable[int], Mapping[str, Any]]]) -> None:
-        """Several (recipients, frame) pairs in one round trip to the broker (encoded once each)."""
-        messages = [(user_channel(self._prefix, user_id), payload)
-                    for user_ids, frame in batch
-                    for payload in (signal_payload(frame),)
-                    for user_id in sorted(set(user_ids))]
-        if not messages:
+        """Several (recipients, frame) pairs, each frame encoded once, in one round trip to the
+        broker: one message per recipient carrying their frames in the batch's order."""
+        frames: dict[int, list[bytes]] = {}
+        for user_ids, frame in batch:
+            payload = signal_payload(frame)
+            for user_id in set(user_ids):
+                frames.setdefault(user_id, []).append(payload)
+        if not frames:
             return
+        messages = [(user_channel(self._prefix, user_id), b"\n".join(frames[user_id]))
+                    for user_id in sorted(frames)]
+        count = sum(map(len, frames.values()))
         try:
             await self._broker.publish(messages)
         except BrokerUnavailable as exc:
-            log.info("%d signals lost, the broker is unavailable: %s", len(messages), exc)
+            log.info("%d signals lost, the broker is unavailable: %s", count, exc)
             return
         except Exception:
-            log.exception("sending %d signals failed", len(messages))
+            log.exception("sending %d signals failed", count)
             return
-        self._metrics.signals_sent.inc(len(messages))
-
+        self._metrics.signals_sent.inc(count)
