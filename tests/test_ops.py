@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -238,12 +240,12 @@ async def test_database_connections_dying_cost_a_503_at_most_never_a_500(setting
                                      "detail": "the database connection was lost; retry"}
 
 
-@pytest.mark.parametrize("backend", ["postgres"])
-async def test_the_publish_writers_held_connection_dying_costs_a_503_at_most(settings: Settings) -> None:
-    """The publish API's group-commit writer keeps its connection between batches: when
-    PostgreSQL kills it, one publish may answer 503 (nothing written), and the next ones take a
-    fresh connection and go on numbering the streams without a gap."""
-    with private_database("writer") as plain_url:
+@contextlib.asynccontextmanager
+async def _connections_killed_under_a_hub(settings: Settings,
+                                          name: str) -> AsyncIterator[tuple[RunningHub, int]]:
+    """A hub on a private PostgreSQL database with one user, who got event 1; then PostgreSQL
+    terminates every connection to that database, the hub's pool and publish writer included."""
+    with private_database(name) as plain_url:
         url = plain_url.replace("postgresql://", "postgresql+asyncpg://")
         db = Database(url)
         db.open()
@@ -255,9 +257,18 @@ async def test_the_publish_writers_held_connection_dying_costs_a_503_at_most(set
             assert await publish_to(hub, [user_id]) == {str(user_id): 1}
             await _pg_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                             f"WHERE datname = '{plain_url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
-            answers = [await hub.http.post("/api/v1/publish", json={"user_ids": [user_id], "name": "e"},
-                                           headers={"Authorization": f"Bearer {settings.hub_api_key}"})
-                       for _ in range(4)]
+            yield hub, user_id
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_the_publish_writers_held_connection_dying_costs_a_503_at_most(settings: Settings) -> None:
+    """The publish API's group-commit writer keeps its connection between batches: when
+    PostgreSQL kills it, one publish may answer 503 (nothing written), and the next ones take a
+    fresh connection and go on numbering the streams without a gap."""
+    async with _connections_killed_under_a_hub(settings, "writer") as (hub, user_id):
+        answers = [await hub.http.post("/api/v1/publish", json={"user_ids": [user_id], "name": "e"},
+                                       headers={"Authorization": f"Bearer {settings.hub_api_key}"})
+                   for _ in range(4)]
     statuses = [a.status_code for a in answers]
     assert statuses[1:] == [202] * 3
     assert statuses[0] in (202, 503)
@@ -271,20 +282,9 @@ async def test_a_pool_found_dead_elsewhere_takes_the_publish_writers_held_connec
     """When another request finds PostgreSQL's connections killed (and drops the pool's
     generation), the publish writer's held connection, of the same generation, is replaced
     before its next use: the restart costs that one request a 503, not a second one."""
-    with private_database("writer_generation") as plain_url:
-        url = plain_url.replace("postgresql://", "postgresql+asyncpg://")
-        db = Database(url)
-        db.open()
-        await upgrade(db)
-        await db.close()
-        hub_settings = replace(settings, database_url=url)
-        async with serve_hub(hub_settings) as hub, asyncio.timeout(30):
-            (user_id, _), = await make_users(hub_settings, 1)
-            assert await publish_to(hub, [user_id]) == {str(user_id): 1}
-            await _pg_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            f"WHERE datname = '{plain_url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
-            assert (await hub.http.get("/readyz")).status_code == 503
-            assert await publish_to(hub, [user_id]) == {str(user_id): 2}
+    async with _connections_killed_under_a_hub(settings, "writer_generation") as (hub, user_id):
+        assert (await hub.http.get("/readyz")).status_code == 503
+        assert await publish_to(hub, [user_id]) == {str(user_id): 2}
 
 
 def test_certificate_expiry_is_read_at_each_scrape_and_absent_while_unreadable(tmp_path: Path) -> None:
