@@ -51,6 +51,7 @@ from hub.stream_outlet import StreamOutlet
 from hub.stream_reads import StreamReads
 from hub.stream_socket import StreamSocket, StreamStart
 from hub.stream_tickets import TicketStore, TicketStoreError
+from hub.ws_keepalive import KeepaliveWheel
 
 log = logging.getLogger("hub.event_stream")
 
@@ -92,6 +93,7 @@ class EventStreamApi:
         self.ticket_limit = ticket_limit
         self.session_revoked = session_revoked
         self.close_timeout = max(CLOSE_TIMEOUT, 2 * settings.ws_ping_interval)
+        self.keepalive = KeepaliveWheel(settings.ws_ping_interval)  # lean streams' pings
 
     def routes(self) -> list[Route]:
         return [Route(PATH, self.stream, methods=["GET"]),

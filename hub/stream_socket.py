@@ -44,7 +44,7 @@ class StreamSocket(WriteFlow):
         self._transport: asyncio.Transport | None = None
         self._server_connections: set[Any] | None = None
         self._chunked = True
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | int | None = None  # int: a keepalive bucket
         self._writable: asyncio.Future[None] | None = None
         self._ending: tuple[str, str] | None = None  # ended before the hand-off: said after it
 
@@ -68,9 +68,8 @@ class StreamSocket(WriteFlow):
         if self._ending is not None:
             self._end(*self._ending)
             return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._api.settings.ws_ping_interval, self._ping)
-        connection.set_expiry(connection.expires_at)
+        self._timer = self._api.keepalive.add(self)
+        connection.set_expiry(connection.expires_at, self._expiry_horizon())
         connection.start_at(after, replay_to)
 
     # asyncio.Protocol
@@ -121,10 +120,19 @@ class StreamSocket(WriteFlow):
         assert transport is not None
         transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
-    def _ping(self) -> None:
+    def keepalive(self) -> None:
+        """Its turn on the process's `KeepaliveWheel` (hub/ws_keepalive.py): a comment line that
+        keeps proxies from closing an idle stream, and a look at the token's expiry."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._connection is None:
+            return
         self._send(PING)
-        self._timer = asyncio.get_running_loop().call_later(self._api.settings.ws_ping_interval,
-                                                            self._ping)
+        self._timer = self._api.keepalive.add(self)
+        self._connection.watch_expiry(self._expiry_horizon())
+
+    def _expiry_horizon(self) -> float:
+        """The expiry timer is armed once the token expires within two keepalive turns."""
+        return 2 * self._api.settings.ws_ping_interval
 
     def _end(self, code: str, detail: str) -> None:
         """The error event after whatever is unsent, the last chunk, and the close; the
@@ -154,9 +162,11 @@ class StreamSocket(WriteFlow):
             asyncio.get_running_loop().call_soon(self._api.registry.unregister, connection)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer, self._timer = self._timer, None
+        if isinstance(timer, int):  # the keepalive wheel's bucket
+            self._api.keepalive.remove(self, timer)
+        elif timer is not None:
+            timer.cancel()
 
 
 class StreamStart(Response):

@@ -1,4 +1,5 @@
-"""The keepalive pings of every `/ws` socket of a process on one loop timer (a timer wheel).
+"""The keepalive pings of every `/ws` socket (and, on a wheel of its own, every stream) of a
+process on one loop timer (a timer wheel).
 
 Every socket is due once per `interval` (its next ping, or its close when the last one is still
 unanswered), so a wheel of `SLOTS` buckets turned one slot every `interval / SLOTS` seconds
@@ -60,6 +61,6 @@ class KeepaliveWheel:
             try:
                 socket.keepalive()
             except Exception:
-                log.exception("a WebSocket keepalive failed")
+                log.exception("a keepalive failed")
         if self._handle is None and any(self._buckets):
             self._handle = asyncio.get_running_loop().call_later(self._tick, self._turn_once)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from hub.settings import Settings
+from hub.stream_socket import StreamSocket
 from tests.conftest import RunningHub, free_port, register, serve_hub
 from tests.sseutil import STREAM, TICKETS, Message, open_stream, ticket
 from tests.test_ops import _samples
@@ -182,6 +184,22 @@ async def test_pings_keep_the_stream_and_it_ends_with_token_expired(settings: Se
             assert stream.pings >= 3
         metrics = (await hub.http.get("/metrics")).text
         assert 'hub_stream_ends_total{code="token_expired"} 1.0' in metrics
+
+
+async def test_an_idle_stream_keeps_no_timer_of_its_own(hub: RunningHub) -> None:
+    """Like a /ws socket's, an idle stream's keepalive is a bucket of its process's one wheel,
+    and a token lasting beyond two keepalive turns arms no expiry timer (the turns watch it)."""
+    users = await make_users(hub.settings, 3)
+    async with contextlib.AsyncExitStack() as streams:
+        for _, token in users:
+            await streams.enter_async_context(open_stream(hub.http, token))
+        mine = {user_id for user_id, _ in users}
+        idle = [s for s in gc.get_objects() if isinstance(s, StreamSocket)
+                and s._connection is not None and s._connection.user_id in mine]
+        assert len(idle) == 3
+        for stream in idle:
+            assert isinstance(stream._timer, int)
+            assert stream._connection is not None and stream._connection._expiry is None
 
 
 async def test_a_ticket_is_refused_after_its_ttl(settings: Settings) -> None:
