@@ -23,6 +23,7 @@ from hub.signals import Signals, is_signal, signal_payload
 from hub.sse import SSE_EVENTS, end_message, ending
 from hub.stream_outlet import StreamOutlet
 from hub.stream_socket import StreamSocket
+from hub.ws_keepalive import KeepaliveWheel
 from tests.in_memory import USER, Outlet, Store, payload
 from tests.test_connection import make, offer, settled
 
@@ -127,7 +128,8 @@ async def test_a_stream_socket_writes_signals_as_chunks_without_an_id_and_is_cut
     metrics = Metrics()
     left: list[Connection] = []
     api = SimpleNamespace(settings=SimpleNamespace(ws_ping_interval=60), metrics=metrics,
-                          close_timeout=5.0, registry=SimpleNamespace(unregister=left.append))
+                          close_timeout=5.0, registry=SimpleNamespace(unregister=left.append),
+                          keepalive=KeepaliveWheel(60))
     hub_end, peer = socket.socketpair()
     hub_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

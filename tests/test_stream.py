@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import secrets
 import signal
@@ -23,6 +22,7 @@ from tests.conftest import RunningHub, free_port, register, serve_hub
 from tests.sseutil import STREAM, TICKETS, Message, open_stream, ticket
 from tests.test_ops import _samples
 from tests.test_processes import HUB, _env
+from tests.test_ws_socket import _instances
 from tests.wsutil import connect, make_users, mint, publish_to
 
 
@@ -194,8 +194,8 @@ async def test_an_idle_stream_keeps_no_timer_of_its_own(hub: RunningHub) -> None
         for _, token in users:
             await streams.enter_async_context(open_stream(hub.http, token))
         mine = {user_id for user_id, _ in users}
-        idle = [s for s in gc.get_objects() if isinstance(s, StreamSocket)
-                and s._connection is not None and s._connection.user_id in mine]
+        idle = [s for s in _instances(StreamSocket)
+                if s._connection is not None and s._connection.user_id in mine]
         assert len(idle) == 3
         for stream in idle:
             assert isinstance(stream._timer, int)

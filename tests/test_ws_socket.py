@@ -7,6 +7,8 @@ import asyncio
 import gc
 import json
 import logging
+import weakref
+from typing import TypeVar
 
 import pytest
 import websockets
@@ -18,6 +20,8 @@ from hub.http_protocol import BoundedHeadProtocol
 from hub.ws_socket import HubSocket
 from tests.conftest import RunningHub
 from tests.wsutil import WAIT, connect, make_users, publish_to, raw_socket
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -128,8 +132,8 @@ async def test_an_idle_socket_keeps_no_http_protocol_no_timer_and_no_task_set(hu
         await asyncio.sleep(0.2)
         assert _live(BoundedHeadProtocol) == before
         mine = {user_id for user_id, _ in users}
-        idle = [s for s in gc.get_objects() if isinstance(s, HubSocket)
-                and s._connection is not None and s._connection.user_id in mine]
+        idle = [s for s in _instances(HubSocket)
+                if s._connection is not None and s._connection.user_id in mine]
     finally:
         gc.enable()
     assert len(idle) == 20
@@ -142,8 +146,14 @@ async def test_an_idle_socket_keeps_no_http_protocol_no_timer_and_no_task_set(hu
     await asyncio.gather(*(sock.close() for sock in sockets))
 
 
+def _instances(kind: type[T]) -> list[T]:
+    """The live objects of `kind` (weak proxies skipped: isinstance() of a dead one raises)."""
+    return [obj for obj in gc.get_objects()
+            if type(obj) not in (weakref.ProxyType, weakref.CallableProxyType) and isinstance(obj, kind)]
+
+
 def _live(kind: type) -> int:
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+    return len(_instances(kind))
 
 
 def _server_tasks() -> int:
