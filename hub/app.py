@@ -48,7 +48,8 @@ from hub.publish_api import PublishApi
 from hub.publisher import Publisher
 from hub.push_api import PushApi
 from hub.push_crypto import VapidSigner, load_vapid_key, public_key_b64
-from hub.push_sender import PushDecider, PushSender
+from hub.push_decider import PushDecider
+from hub.push_sender import PushSender
 from hub.ratelimit import Limit, auth_attempts, make_rate_limiter
 from hub.registry import Registry
 from hub.retention import Retention

@@ -1,6 +1,7 @@
 """Wake-ups instead of looks: the push decider decides what this process committed once
 PUSH_DELAY has passed, and the sender claims what the decider just committed, neither waiting
-for its next periodic look (hub/push_sender.py, `PushDecider.committed`, `PushSender.wake`)."""
+for its next periodic look (`PushDecider.committed` in hub/push_decider.py, `PushSender.wake`
+in hub/push_sender.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from hub import push_sender
+from hub import push_decider, push_sender
 from hub.settings import Settings
 from tests import test_push
 from tests.conftest import register, serve_hub
@@ -24,7 +25,7 @@ async def test_commits_wake_the_decider_and_decisions_wake_the_sender(
     push: a chat message (committed in a transaction) and a published event (group commit),
     each after a send, so a wake after a wake works too."""
     monkeypatch.setattr(push_sender, "IDLE_SECONDS", 3600.0)
-    monkeypatch.setattr(push_sender, "DECIDE_SECONDS", 3600.0)
+    monkeypatch.setattr(push_decider, "DECIDE_SECONDS", 3600.0)
     settings = replace(push_settings, push_delay=0.5,
                        push_events=(*push_settings.push_events, "test.ping"))
     async with serve_hub(settings) as hub:
