@@ -105,17 +105,19 @@ class ChatLive:
         lookup each, however many users come or go at once); the frames go out in one
         `send_many`, so a member hears of every change in the batch in one message."""
         frames: list[tuple[list[int], dict[str, Any]]] = []
+        here: set[int] = set()
         for start in range(0, len(user_ids), ANNOUNCE_CHUNK):
             changed = set(user_ids[start:start + ANNOUNCE_CHUNK])
             async with self._db.sessions() as session:
                 chats = await queries.chats_of_users(session, changed)
             if not chats:
                 continue
-            listening = set(await self._presence.online(
-                {member for members in chats.values() for member in members}))
+            listening, held_here = await self._presence.audience(
+                {member for members in chats.values() for member in members})
+            here |= held_here
             frames += [
                 ([member for member in members if member != user_id and member in listening],
                  {"type": "presence", "chat_id": chat_id, "user_id": user_id, "online": online})
                 for chat_id, members in chats.items()
                 for user_id in members if user_id in changed]
-        await self._signals.send_many(frames)
+        await self._signals.send_many(frames, here)

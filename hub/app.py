@@ -93,10 +93,10 @@ def create_app(settings: Settings) -> Starlette:
     broker = make_broker(settings)
     publisher = Publisher(db, broker, metrics, settings.redis_channel_prefix)
     presence = Presence(make_presence_store(settings), metrics, settings.presence_offline_grace)
-    signals = Signals(broker, metrics, settings.redis_channel_prefix)
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
                         settings.ws_max_connections_per_user,
                         presence if settings.presence else None)
+    signals = Signals(broker, metrics, settings.redis_channel_prefix, registry.signal)
     events = EventBus(db, publisher.publish)
     limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix,
                                 cluster=settings.redis_cluster)

@@ -11,11 +11,15 @@ user and remembers which users were last announced online, so that:
   of the store and announces its users offline (see hub/presence_redis.py).
 Announcements go to listeners (a feature decides who hears of them, e.g. a chat's members).
 
-One worker task does all of it, in batches: the changes queued since its last round reach the
-store in one call, in the order they happened here, and the users whose grace ended settle in
-one call; listeners hear a batch of users at once. A reconnect storm of thousands of users is
-then a few dozen store calls and announcements, not thousands, and a user waiting out the grace
-costs one dict entry (no task, no timer of their own).
+One worker task does all of it, in rounds at least `ROUND_SECONDS` apart: the changes queued
+since the last round reach the store in one call per `BATCH`, in the order they happened here,
+and the users whose grace ended settle likewise; listeners hear of a round's users at once, so a
+member hears of every co-member of a round in one message. A reconnect storm of thousands of
+users is then a few dozen store calls and announcements, not thousands, and a user waiting out
+the grace costs one dict entry (no task, no timer of their own).
+
+The process also remembers which users the store last heard it hold (`audience`): a user held
+by this process alone can be sent a signal here, without the broker.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hub.metrics import Metrics
 log = logging.getLogger("hub.presence")
 Listener = Callable[[list[int], bool], Awaitable[None]]
 BATCH = 1000  # changes (or settles) per store call
+ROUND_SECONDS = 0.1  # a round starts at least this long after the previous one
 
 
 class PresenceStore(ABC):
@@ -58,8 +63,12 @@ class PresenceStore(ABC):
         return bool(await self.settle_many([user_id]))
 
     @abstractmethod
+    async def holders(self, user_ids: Iterable[int]) -> dict[int, int]:
+        """The online users among these -> how many processes hold each."""
+
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         """Which of these users are online."""
+        return set(await self.holders(user_ids))
 
     @abstractmethod
     async def heartbeat(self, local_users: Iterable[int]) -> tuple[list[int], list[int], int]:
@@ -95,8 +104,8 @@ class MemoryPresence(PresenceStore):
         self._shown.difference_update(gone)
         return gone
 
-    async def online(self, user_ids: Iterable[int]) -> set[int]:
-        return {user_id for user_id in user_ids if user_id in self._held}
+    async def holders(self, user_ids: Iterable[int]) -> dict[int, int]:
+        return {user_id: 1 for user_id in user_ids if user_id in self._held}
 
     async def heartbeat(self, local_users: Iterable[int]) -> tuple[list[int], list[int], int]:
         return [], [], len(self._held)
@@ -123,6 +132,8 @@ class Presence:
         self._due: dict[int, float] = {}  # user -> when their grace ends (in that order)
         self._closed = False
         self._retry: set[int] = set()  # users whose change the store missed (Redis away)
+        self._recorded: set[int] = set()  # users the store last heard this process hold
+        self._round = 0.0  # when the last round started
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(user_ids, online)` on every batch of announced changes."""
@@ -131,6 +142,16 @@ class Presence:
     async def online(self, user_ids: Iterable[int]) -> list[int]:
         """The online users among these, ascending."""
         return sorted(await self._store.online(user_ids))
+
+    async def audience(self, user_ids: Iterable[int]) -> tuple[set[int], set[int]]:
+        """(the online users among these, those of them held by this process alone). A signal
+        to one of the latter needs no broker: every connection of theirs is here (a connection
+        opening elsewhere meanwhile misses it, as it misses one published just before it
+        subscribed)."""
+        holders = await self._store.holders(user_ids)
+        recorded = self._recorded
+        return set(holders), {user_id for user_id, count in holders.items()
+                              if count == 1 and user_id in recorded}
 
     def arrived(self, user_id: int) -> None:
         """The user's first connection on this process opened (never blocks)."""
@@ -161,13 +182,17 @@ class Presence:
                             await self._wake.wait()
                     except TimeoutError:
                         pass
+            pause = self._round + ROUND_SECONDS - time.monotonic()
+            if pause > 0:  # changes that keep coming gather into rounds of ROUND_SECONDS
+                await asyncio.sleep(pause)
+            self._round = time.monotonic()
             if self._work:
-                batch, self._work = self._work[:BATCH], self._work[BATCH:]
-                await self._apply(batch)
+                work, self._work = self._work, []
+                await self._apply(work)
             now = time.monotonic()
             due: list[int] = []
             for user_id, deadline in self._due.items():
-                if deadline > now or len(due) == BATCH:
+                if deadline > now:
                     break
                 due.append(user_id)
             if due:
@@ -175,31 +200,39 @@ class Presence:
                     del self._due[user_id]
                 await self._settle(due)
 
-    async def _apply(self, batch: list[tuple[bool, int]]) -> None:
-        try:
-            results = await self._store.apply(batch)
-        except Exception as exc:
-            log.warning("presence of %d users not recorded (%s); the next heartbeat retries",
-                        len({user_id for _, user_id in batch}), exc)
-            self._retry.update(user_id for _, user_id in batch)
-            return
+    async def _apply(self, work: list[tuple[bool, int]]) -> None:
+        """Record a round's changes (BATCH per store call) and announce who came online, at
+        once: a member hears of every co-member of the round in one message."""
         online: list[int] = []
-        deadline = time.monotonic() + self._grace
-        for (arriving, user_id), result in zip(batch, results, strict=True):
-            if not result:
+        deadline = time.monotonic() + self._grace  # one per round: its users settle together
+        for start in range(0, len(work), BATCH):
+            batch = work[start:start + BATCH]
+            try:
+                results = await self._store.apply(batch)
+            except Exception as exc:
+                log.warning("presence of %d users not recorded (%s); the next heartbeat retries",
+                            len({user_id for _, user_id in batch}), exc)
+                self._retry.update(user_id for _, user_id in batch)
                 continue
-            if arriving:
-                online.append(user_id)
-            else:
-                self._due.setdefault(user_id, deadline)
+            for (arriving, user_id), result in zip(batch, results, strict=True):
+                if arriving:
+                    self._recorded.add(user_id)
+                    if result:
+                        online.append(user_id)
+                else:
+                    self._recorded.discard(user_id)
+                    if result:
+                        self._due.setdefault(user_id, deadline)
         await self._announce(online, True)
 
     async def _settle(self, user_ids: list[int]) -> None:
-        try:
-            offline = await self._store.settle_many(user_ids)
-        except Exception as exc:  # their grace entries stay in the store: a heartbeat settles them
-            log.warning("presence of %d users not settled (%s)", len(user_ids), exc)
-            return
+        """Settle the users whose grace ended (BATCH per store call); announce them at once."""
+        offline: list[int] = []
+        for start in range(0, len(user_ids), BATCH):
+            try:
+                offline += await self._store.settle_many(user_ids[start:start + BATCH])
+            except Exception as exc:  # their grace entries stay in the store: a heartbeat settles
+                log.warning("presence of %d users not settled (%s)", len(user_ids), exc)
         await self._announce(offline, False)
 
     async def _announce(self, user_ids: list[int], online: bool) -> None:
@@ -235,13 +268,13 @@ class Presence:
         """A graceful stop: this process's users leave now (announced offline if no other
         process holds them)."""
         self._closed = True
+        self._recorded.clear()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
         due, self._due = list(self._due), {}
-        for start in range(0, len(due), BATCH):  # not left for the sweep to find
-            await self._settle(due[start:start + BATCH])
+        await self._settle(due)  # not left for the sweep to find
         try:
             await self._announce(await self._store.close(), False)
         except Exception:

@@ -147,13 +147,14 @@ class RedisPresence(PresenceStore):
                                    list(user_ids))
         return [int(user) for user in offline]
 
-    async def online(self, user_ids: Iterable[int]) -> set[int]:
+    async def holders(self, user_ids: Iterable[int]) -> dict[int, int]:
         ids = list(user_ids)
         if not ids:
-            return set()
+            return {}
         async with asyncio.timeout(REDIS_TIMEOUT):
             counts = await self._redis.hmget(self._count, [str(user_id) for user_id in ids])
-        return {user_id for user_id, count in zip(ids, counts, strict=True) if count is not None}
+        return {user_id: int(count) for user_id, count in zip(ids, counts, strict=True)
+                if count is not None}
 
     async def heartbeat(self, local_users: Iterable[int]) -> tuple[list[int], list[int], int]:
         offline, swept, count = await self._beat(sweep_self=False)

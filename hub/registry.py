@@ -139,14 +139,7 @@ class Registry:
         if entry is None:
             return
         if is_signal(payload):
-            parts = signal_frames(payload)
-            signals: dict[EventEncoding, bytes] = {}
-            for connection in entry.connections:
-                encoding = connection.encoding
-                signal = signals.get(encoding)
-                if signal is None:
-                    signal = signals[encoding] = b"".join(map(encoding.encode_signal, parts))
-                connection.signal(signal, len(parts))
+            self._signal(entry, signal_frames(payload))
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])
@@ -171,6 +164,22 @@ class Registry:
             if frame is None:
                 frame = frames[encoding] = encoding.encode(payload)
             connection.offer(event_id, frame, created_at)
+
+    def signal(self, user_id: int, parts: list[bytes]) -> None:
+        """Write signal frames (their JSON) to the user's local connections, if any."""
+        entry = self._users.get(user_id)
+        if entry is not None:
+            self._signal(entry, parts)
+
+    @staticmethod
+    def _signal(entry: _UserConnections, parts: list[bytes]) -> None:
+        signals: dict[EventEncoding, bytes] = {}
+        for connection in entry.connections:
+            encoding = connection.encoding
+            signal = signals.get(encoding)
+            if signal is None:
+                signal = signals[encoding] = b"".join(map(encoding.encode_signal, parts))
+            connection.signal(signal, len(parts))
 
     def close_sessions(self, revoked: Iterable[tuple[int, str]]) -> None:
         """End the local connections of revoked (user id, session id) pairs with 4001."""

@@ -14,14 +14,16 @@ Channel payloads tell them apart by their first field: an event's payload starts
 comparison. One signal payload carries every frame of a `send_many` for its recipient, in order,
 one JSON object a line (JSON as encoded here holds no raw newline): one PUBLISH per recipient,
 not one per frame, and the registry writes them to each socket at once, still one WebSocket
-message or SSE event per frame (`signal_frames`). A client frame a feature answers (`typing`)
+message or SSE event per frame (`signal_frames`). A recipient the caller knows to have every
+connection on this process (presence tells, `Presence.audience`) is written to directly, with
+no broker in between (`send_many(..., here=...)`). A client frame a feature answers (`typing`)
 is a `FrameHandler` it hands the composition root (`Feature.client_frames`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -33,6 +35,8 @@ log = logging.getLogger("hub.signals")
 SIGNAL_PREFIX = b'{"type":'
 _SIGNAL_BYTE = SIGNAL_PREFIX[2]  # events' payloads have 'i' ({"id":...) there
 
+# Writes a user's signal frames to their connections on this process: (user id, frames).
+LocalSink = Callable[[int, list[bytes]], None]
 # A client frame handler: (user id, the frame) -> an error frame's code and detail, or None.
 FrameHandler = Callable[[int, Mapping[str, Any]], Awaitable[tuple[str, str] | None]]
 
@@ -58,18 +62,23 @@ def signal_payload(frame: Mapping[str, Any]) -> bytes:
 class Signals:
     """Sends signal frames to users' open connections, on every process of the deployment."""
 
-    def __init__(self, broker: Broker, metrics: Metrics, channel_prefix: str) -> None:
+    def __init__(self, broker: Broker, metrics: Metrics, channel_prefix: str,
+                 local: LocalSink | None = None) -> None:
         self._broker = broker
         self._metrics = metrics
         self._prefix = channel_prefix
+        self._local = local
 
     async def send(self, user_ids: Iterable[int], frame: Mapping[str, Any]) -> None:
         """One frame to each of these users' connections; best effort, never raises."""
         await self.send_many([(user_ids, frame)])
 
-    async def send_many(self, batch: Sequence[tuple[Iterable[int], Mapping[str, Any]]]) -> None:
+    async def send_many(self, batch: Sequence[tuple[Iterable[int], Mapping[str, Any]]],
+                        here: Collection[int] = ()) -> None:
         """Several (recipients, frame) pairs, each frame encoded once, in one round trip to the
-        broker: one message per recipient carrying their frames in the batch's order."""
+        broker: one message per recipient carrying their frames in the batch's order.
+        Recipients in `here` have every connection on this process (the caller knows it from
+        presence): their frames are written here, with no broker in between."""
         frames: dict[int, list[bytes]] = {}
         for user_ids, frame in batch:
             payload = signal_payload(frame)
@@ -77,6 +86,16 @@ class Signals:
                 frames.setdefault(user_id, []).append(payload)
         if not frames:
             return
+        local = self._local
+        if local is not None and here:
+            written = 0
+            for user_id in [user_id for user_id in frames if user_id in here]:
+                parts = frames.pop(user_id)
+                local(user_id, parts)
+                written += len(parts)
+            self._metrics.signals_sent.inc(written)
+            if not frames:
+                return
         messages = [(user_channel(self._prefix, user_id), b"\n".join(frames[user_id]))
                     for user_id in sorted(frames)]
         count = sum(map(len, frames.values()))

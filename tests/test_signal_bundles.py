@@ -1,7 +1,8 @@
 """Several signal frames for one user in one broker message (hub/signals.py `send_many`): one
 PUBLISH per recipient, one write per socket, still one WebSocket message or SSE event per frame,
-in the order sent. On the in-process broker and on real Redis, then end to end through a hub's
-/ws and event stream on Redis."""
+in the order sent; a recipient held by this process alone is written to with no PUBLISH. On
+the in-process broker and on real Redis, then end to end through a hub's /ws and event stream
+on Redis."""
 
 from __future__ import annotations
 
@@ -74,10 +75,9 @@ def test_a_signal_payload_splits_into_its_frames_in_order() -> None:
     assert signal_frames(payloads[0]) == payloads[:1]
 
 
-async def test_frames_for_one_user_go_in_one_message_and_one_write_per_socket(
-        broker: Counted) -> None:
-    metrics = Metrics()
-    prefix = f"test-bundle-{uuid.uuid4().hex}:"
+async def _three_sockets(broker: Counted, metrics: Metrics, prefix: str
+                         ) -> tuple[Registry, list[Connection], list[Outlet]]:
+    """A registry on the broker with USER on /ws and the stream, and USER + 1 on /ws."""
     registry = Registry(broker, metrics, prefix, max_per_user=5)
     await broker.open(registry.dispatch, registry.resync)
     ws, ws_out, _ = make()
@@ -89,6 +89,14 @@ async def test_frames_for_one_user_go_in_one_message_and_one_write_per_socket(
     for conn in (ws, stream, other):
         assert await registry.register(conn)
         conn.start_at(0)
+    return registry, [ws, stream, other], [ws_out, stream_out, other_out]
+
+
+async def test_frames_for_one_user_go_in_one_message_and_one_write_per_socket(
+        broker: Counted) -> None:
+    metrics, prefix = Metrics(), f"test-bundle-{uuid.uuid4().hex}:"
+    registry, (ws, stream, other), (ws_out, stream_out, other_out) = await _three_sockets(
+        broker, metrics, prefix)
     signals = Signals(broker, metrics, prefix)
     await signals.send_many([([USER, USER + 1], FRAMES[0]), ([USER], FRAMES[1]),
                              ([USER, USER], FRAMES[2])])
@@ -103,6 +111,28 @@ async def test_frames_for_one_user_go_in_one_message_and_one_write_per_socket(
     assert other_out.frames == [text_frame(payloads[0])]
     assert ws.delivered == stream.delivered == 0
     assert metrics.signals_sent._value.get() == 4  # frames per recipient, not messages
+    for conn in (ws, stream, other):
+        registry.unregister(conn)
+
+
+async def test_recipients_held_here_are_written_to_without_the_broker(broker: Counted) -> None:
+    metrics, prefix = Metrics(), f"test-bundle-{uuid.uuid4().hex}:"
+    registry, (ws, stream, other), (ws_out, stream_out, other_out) = await _three_sockets(
+        broker, metrics, prefix)
+    signals = Signals(broker, metrics, prefix, registry.signal)
+    # USER (two connections here) and USER + 5 (none here: gone meanwhile) are held here alone
+    await signals.send_many([([USER, USER + 1, USER + 5], FRAMES[0]), ([USER], FRAMES[1])],
+                            here={USER, USER + 5})
+    payloads = [orjson.dumps(frame) for frame in FRAMES[:2]]
+    assert ws_out.frames == [b"".join(text_frame(p) for p in payloads)]  # before any broker hop
+    assert stream_out.frames == [b"".join(b"event: %s\ndata: %s\n\n" % (p[9:p.index(b'"', 9)], p)
+                                          for p in payloads)]
+    assert broker.published == [user_channel(prefix, USER + 1)]  # only the one not held here
+    async with asyncio.timeout(5):
+        while not other_out.frames:
+            await asyncio.sleep(0.01)
+    assert other_out.frames == [text_frame(payloads[0])]
+    assert metrics.signals_sent._value.get() == 4  # as published ones: per recipient, connected or not
     for conn in (ws, stream, other):
         registry.unregister(conn)
 

@@ -268,7 +268,7 @@ async def test_a_storm_of_users_is_a_few_store_calls_and_announcements_not_one_p
         while sum(n for n, online in heard if not online) < 1500:
             await asyncio.sleep(0.01)
     assert store.calls == [1000, 500, 1000, 500, 1000, 500]  # changes, then settles, by BATCH
-    assert heard == [(1000, True), (500, True), (1000, False), (500, False)]
+    assert heard == [(1500, True), (1500, False)]  # one announcement per round
     await presence.close()
 
 
@@ -305,3 +305,67 @@ async def test_a_change_the_store_missed_is_retried_by_the_next_heartbeat() -> N
             await asyncio.sleep(0.01)
     assert heard == [(1, True)] and await presence.online([1]) == [1]
     await presence.close()
+
+
+async def _until(check: object, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def test_changes_that_keep_coming_are_announced_in_rounds() -> None:
+    rounds: list[list[int]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        rounds.append(user_ids)
+
+    presence = Presence(MemoryPresence(), Metrics(), grace=0.05)
+    presence.listen(listener)
+    for user_id in range(1, 11):  # one every 20 ms for 200 ms: two or three rounds of 0.1 s
+        presence.arrived(user_id)
+        await asyncio.sleep(0.02)
+
+    async def everyone() -> bool:
+        return sum(map(len, rounds)) == 10
+    await _until(everyone)
+    assert sorted(user for users in rounds for user in users) == list(range(1, 11))
+    assert rounds[0] == [1]  # the first change of a quiet spell waits for nothing
+    assert len(rounds) <= 4
+    await presence.close()
+
+
+async def test_the_audience_tells_users_held_by_this_process_alone(redis_url: str) -> None:
+    prefix = f"test-presence-{uuid.uuid4().hex}:"
+    first, second = (Presence(RedisPresence(redis_url, prefix, ttl=5.0), Metrics(), grace=0.05)
+                     for _ in range(2))
+    memory = Presence(MemoryPresence(), Metrics(), grace=0.05)
+    try:
+        for presence in (first, second):
+            await presence.start()
+        memory.arrived(1)
+
+        async def memory_recorded() -> bool:
+            return await memory.audience([1, 2]) == ({1}, {1})
+        await _until(memory_recorded)  # a hub of one process holds every online user alone
+
+        first.arrived(1)
+
+        async def first_alone() -> bool:
+            return await first.audience([1, 2]) == ({1}, {1})
+        await _until(first_alone)
+        assert await second.audience([1, 2]) == ({1}, set())  # online, but not held there
+        second.arrived(1)  # another device on another process: the broker must carry it
+
+        async def both() -> bool:
+            return await first.audience([1]) == ({1}, set())
+        await _until(both)
+        assert await second.audience([1]) == ({1}, set())
+        first.left(1)
+
+        async def second_alone() -> bool:
+            return await second.audience([1]) == ({1}, {1})
+        await _until(second_alone)
+        assert await first.audience([1]) == ({1}, set())
+    finally:
+        for presence in (first, second, memory):
+            await presence.close()
