@@ -1,0 +1,131 @@
+"""Presence's worker (hub/presence.py): changes gathered into rounds, the audience a signal can
+reach without the broker, and recovery after Redis lost every presence key (a restart without
+persistence), on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from hub.metrics import Metrics
+from hub.presence import MemoryPresence, Presence
+from hub.presence_redis import RedisPresence
+
+
+async def _until(check: Callable[[], bool | Awaitable[bool]], seconds: float = 5.0) -> None:
+    """Wait until `check()` (a plain or an async predicate) holds."""
+    async with asyncio.timeout(seconds):
+        while True:
+            held = check()
+            if not isinstance(held, bool):
+                held = await held
+            if held:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_changes_that_keep_coming_are_announced_in_rounds() -> None:
+    rounds: list[list[int]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        rounds.append(user_ids)
+
+    presence = Presence(MemoryPresence(), Metrics(), grace=0.05)
+    presence.listen(listener)
+    for user_id in range(1, 11):  # one every 20 ms for 200 ms: two or three rounds of 0.1 s
+        presence.arrived(user_id)
+        await asyncio.sleep(0.02)
+
+    async def everyone() -> bool:
+        return sum(map(len, rounds)) == 10
+    await _until(everyone)
+    assert sorted(user for users in rounds for user in users) == list(range(1, 11))
+    assert rounds[0] == [1]  # the first change of a quiet spell waits for nothing
+    assert len(rounds) <= 4
+    await presence.close()
+
+
+async def test_the_audience_tells_users_held_by_this_process_alone(redis_url: str) -> None:
+    prefix = f"test-presence-{uuid.uuid4().hex}:"
+    first, second = (Presence(RedisPresence(redis_url, prefix, ttl=5.0), Metrics(), grace=0.05)
+                     for _ in range(2))
+    memory = Presence(MemoryPresence(), Metrics(), grace=0.05)
+    try:
+        for presence in (first, second):
+            await presence.start()
+        memory.arrived(1)
+
+        async def memory_recorded() -> bool:
+            return await memory.audience([1, 2]) == ({1}, {1})
+        await _until(memory_recorded)  # a hub of one process holds every online user alone
+
+        first.arrived(1)
+
+        async def first_alone() -> bool:
+            return await first.audience([1, 2]) == ({1}, {1})
+        await _until(first_alone)
+        assert await second.audience([1, 2]) == ({1}, set())  # online, but not held there
+        second.arrived(1)  # another device on another process: the broker must carry it
+
+        async def both() -> bool:
+            return await first.audience([1]) == ({1}, set())
+        await _until(both)
+        assert await second.audience([1]) == ({1}, set())
+        first.left(1)
+
+        async def second_alone() -> bool:
+            return await second.audience([1]) == ({1}, {1})
+        await _until(second_alone)
+        assert await first.audience([1]) == ({1}, set())
+    finally:
+        for presence in (first, second, memory):
+            await presence.close()
+
+
+async def test_after_redis_lost_every_presence_key_the_heartbeats_restore_it(
+        redis_url: str) -> None:
+    prefix = f"test-presence-{uuid.uuid4().hex}:"
+    heard: list[tuple[int, bool]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        heard.extend((user_id, online) for user_id in user_ids)
+
+    first, second = (Presence(RedisPresence(redis_url, prefix, ttl=5.0), Metrics(), grace=0.05)
+                     for _ in range(2))
+    redis = aioredis.from_url(redis_url)
+    try:
+        for presence in (first, second):
+            presence.listen(listener)
+            await presence.start()
+        first.arrived(1)
+        second.arrived(2)
+
+        async def both_online() -> bool:
+            return await first.online([1, 2, 3]) == [1, 2]
+        await _until(both_online)
+        await _until(lambda: len(heard) == 2)
+        assert sorted(heard) == [(1, True), (2, True)]
+
+        keys = [key async for key in redis.scan_iter(match=prefix + "*")]
+        assert keys
+        await redis.delete(*keys)  # a Redis restart without persistence
+        assert await first.online([1, 2]) == []
+
+        for presence in (first, second):
+            await presence.step()  # each finds itself gone and holds its users again
+        assert await first.online([1, 2, 3]) == [1, 2]
+        assert await first.audience([1, 2]) == ({1, 2}, {1})
+        assert await second.audience([1, 2]) == ({1, 2}, {2})
+        # what was last announced was lost too: both are announced online once more
+        assert sorted(heard) == [(1, True), (1, True), (2, True), (2, True)]
+
+        first.left(1)  # and presence goes on as before
+        await _until(lambda: (1, False) in heard)
+        assert await second.online([1, 2]) == [2]
+    finally:
+        for presence in (first, second):
+            await presence.close()
+        await redis.aclose()
