@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -229,11 +230,23 @@ async def main_async(args: argparse.Namespace) -> int:
     raise_nofile()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-    rows: dict[bool, dict[str, Any]] = {}
-    for presence in (False, True):
-        log(f"PRESENCE={int(presence)}")
-        rows[presence] = await one_setting(presence, args, out)
-    print(report(rows, args), flush=True)
+    storms: list[tuple[float, float]] = []  # per pair: (caught up on/off, storm CPU on/off)
+    for pair in range(1, args.pairs + 1):
+        rows: dict[bool, dict[str, Any]] = {}
+        for presence in (False, True):
+            log(f"pair {pair}/{args.pairs}: PRESENCE={int(presence)}")
+            rows[presence] = await one_setting(presence, args, out)
+        print(report(rows, args), flush=True)
+        off, on = rows[False].get("storm"), rows[True].get("storm")
+        if off and on and off["caught_up_s"] and on["caught_up_s"]:
+            storms.append((on["caught_up_s"] / off["caught_up_s"],
+                           rows[True]["storm_cpu_s"] / rows[False]["storm_cpu_s"]))
+    if len(storms) > 1:
+        print(f"storm on/off over {len(storms)} pairs: all caught up "
+              f"{' '.join(f'{t:.2f}x' for t, _ in storms)} (median "
+              f"{statistics.median(t for t, _ in storms):.2f}x); hub CPU "
+              f"{' '.join(f'{c:.2f}x' for _, c in storms)} (median "
+              f"{statistics.median(c for _, c in storms):.2f}x)", flush=True)
     return 0
 
 
@@ -247,15 +260,18 @@ def main() -> int:
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="record the hub with py-spy for this long from the start of the "
                              "storm with PRESENCE=1 and print where its time went")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="run PRESENCE=0 then 1 this many times (this machine's noise: "
+                             "±0.5 s between storms of one setting) and print the medians")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "logs"))
-    parser.add_argument("--deadline", type=float, default=600.0)
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds per pair")
     args = parser.parse_args()
     if args.storm > args.idle:
         parser.error("--storm is a subset of --idle")
     use_uvloop()
 
     async def bounded() -> int:
-        return await asyncio.wait_for(main_async(args), args.deadline)
+        return await asyncio.wait_for(main_async(args), args.deadline * args.pairs)
 
     return asyncio.run(bounded())
 
