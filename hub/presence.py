@@ -229,10 +229,11 @@ class Presence:
         """Settle the users whose grace ended (BATCH per store call); announce them at once."""
         offline: list[int] = []
         for start in range(0, len(user_ids), BATCH):
+            chunk = user_ids[start:start + BATCH]
             try:
-                offline += await self._store.settle_many(user_ids[start:start + BATCH])
+                offline += await self._store.settle_many(chunk)
             except Exception as exc:  # their grace entries stay in the store: a heartbeat settles
-                log.warning("presence of %d users not settled (%s)", len(user_ids), exc)
+                log.warning("presence of %d users not settled (%s)", len(chunk), exc)
         await self._announce(offline, False)
 
     async def _announce(self, user_ids: list[int], online: bool) -> None:
