@@ -22,6 +22,7 @@ from bench.services import (
     proc_cpu_seconds,
     proc_rss_bytes,
     process_tree,
+    stop_process,
     wait_port,
 )
 
@@ -115,13 +116,7 @@ class Server:
     def stop(self, grace: float = 30.0) -> float:
         """SIGTERM, then SIGKILL after `grace` seconds; returns how long the shutdown took."""
         started = time.perf_counter()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()  # the numbers are taken; a slow shutdown is reported, not waited for
-                self.process.wait(5)
+        stop_process(self.process, signal.SIGTERM, grace)  # a slow one is reported, not waited for
         return time.perf_counter() - started
 
 
