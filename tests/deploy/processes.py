@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.services import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "nginx" / "templates"
 WATCHER = REPO / "nginx" / "reload-on-cert-change.sh"
@@ -90,13 +92,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, tim
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
     """Stop one child we started, by its PID: `sig`, then SIGKILL after `timeout`."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    stop_process(process, sig, timeout)
 
 
 def tail(path: Path, lines: int = 40) -> str:
