@@ -175,8 +175,7 @@ async def database_error_handler(request: Request, exc: Exception) -> Response:
         return await internal_error_handler(request, exc)
     log.warning("database unavailable during %s %s; answered 503", request.method, request.url.path)
     what = "the database connection was lost" if exc.connection_invalidated else "the database is unavailable"
-    return json_response({"error": "unavailable", "detail": f"{what}; retry"}, 503,
-                         headers={"Retry-After": "1"})
+    return await _retry_soon(request, f"{what}; retry")
 
 
 async def unreachable_handler(request: Request, exc: Exception) -> Response:
@@ -187,5 +186,8 @@ async def unreachable_handler(request: Request, exc: Exception) -> Response:
         return await internal_error_handler(request, exc)
     log.warning("a service was unreachable during %s %s (%s); answered 503", request.method,
                 request.url.path, type(exc).__name__)
-    return json_response({"error": "unavailable", "detail": "a service the hub needs is unreachable; retry"},
-                         503, headers={"Retry-After": "1"})
+    return await _retry_soon(request, "a service the hub needs is unreachable; retry")
+
+
+async def _retry_soon(request: Request, detail: str) -> Response:
+    return await api_error_handler(request, Unavailable(detail, headers={"Retry-After": "1"}))

@@ -61,8 +61,9 @@ class Metrics:
                                             "WebSocket connections refused or closed early",
                                             ["reason"], registry=r)
         self.signals_sent = Counter("hub_signals_sent_total",
-                                    "Signal frames (presence, typing) handed to the broker, one "
-                                    "per recipient and frame", registry=r)
+                                    "Signal frames (presence, typing) sent, one per recipient and "
+                                    "frame: handed to the broker or written at once to a "
+                                    "recipient whose connections are all on this process", registry=r)
         self.presence_online = Gauge("hub_presence_online_users",
                                      "Users with a connection open on any process of the "
                                      "deployment (as of this process's last heartbeat)",
