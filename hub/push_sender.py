@@ -183,10 +183,14 @@ class PushSender:
         are deleted and the next ones claimed by one self-committing statement on a connection
         kept between rounds; retries and gone subscriptions (rare) are written first, in a
         transaction of their own."""
-        others = [outcome for outcome in outcomes if outcome[1] in ("gone", "retry")]
-        done = [push.id for push, result, _ in outcomes if result not in ("gone", "retry")]
-        for _, result, _ in outcomes:
-            if result not in ("gone", "retry"):  # the others are counted as they are recorded
+        others: list[Outcome] = []  # counted as they are recorded
+        done: list[int] = []
+        for outcome in outcomes:
+            push, result, _ = outcome
+            if result in ("gone", "retry"):
+                others.append(outcome)
+            else:
+                done.append(push.id)
                 self._metrics.push_sent.labels(result).inc()
         if self._held is None:
             async with self._db.sessions.begin() as session:
