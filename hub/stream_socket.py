@@ -69,7 +69,7 @@ class StreamSocket(WriteFlow):
             self._end(*self._ending)
             return
         self._timer = self._api.keepalive.add(self)
-        connection.set_expiry(connection.expires_at, self._expiry_horizon())
+        connection.set_expiry(connection.expires_at, self._api.keepalive.expiry_horizon)
         connection.start_at(after, replay_to)
 
     # asyncio.Protocol
@@ -128,11 +128,7 @@ class StreamSocket(WriteFlow):
             return
         self._send(PING)
         self._timer = self._api.keepalive.add(self)
-        self._connection.watch_expiry(self._expiry_horizon())
-
-    def _expiry_horizon(self) -> float:
-        """The expiry timer is armed once the token expires within two keepalive turns."""
-        return 2 * self._api.settings.ws_ping_interval
+        self._connection.watch_expiry(self._api.keepalive.expiry_horizon)
 
     def _end(self, code: str, detail: str) -> None:
         """The error event after whatever is unsent, the last chunk, and the close; the
@@ -163,10 +159,7 @@ class StreamSocket(WriteFlow):
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
-        if isinstance(timer, int):  # the keepalive wheel's bucket
-            self._api.keepalive.remove(self, timer)
-        elif timer is not None:
-            timer.cancel()
+        self._api.keepalive.cancel(self, timer)
 
 
 class StreamStart(Response):

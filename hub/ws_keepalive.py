@@ -26,14 +26,21 @@ class Due(Protocol):
         ...
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
 class KeepaliveWheel:
     """`add` a socket to have its `keepalive` called about `interval` seconds later, once;
     `remove` it before that to have it never called."""
 
-    __slots__ = ("_buckets", "_handle", "_tick", "_turn")
+    __slots__ = ("_buckets", "_handle", "_tick", "_turn", "expiry_horizon")
 
     def __init__(self, interval: float) -> None:
         self._tick = interval / SLOTS
+        # a socket's token-expiry timer is armed once the token expires within two turns (they
+        # come at most `interval` apart): its turns watch the expiry until then
+        self.expiry_horizon = 2 * interval
         self._buckets: list[dict[Due, None]] = [{} for _ in range(SLOTS)]
         self._turn = 0  # the bucket handled last: where an added socket waits
         self._handle: asyncio.TimerHandle | None = None
@@ -49,6 +56,14 @@ class KeepaliveWheel:
 
     def remove(self, socket: Due, bucket: int) -> None:
         self._buckets[bucket].pop(socket, None)
+
+    def cancel(self, socket: Due, timer: int | Cancellable | None) -> None:
+        """Undo what a socket holds as its timer: its bucket here (what `add` returned), or a
+        timer of its own."""
+        if isinstance(timer, int):
+            self.remove(socket, timer)
+        elif timer is not None:
+            timer.cancel()
 
     def __len__(self) -> int:
         return sum(map(len, self._buckets))

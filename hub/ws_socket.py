@@ -233,7 +233,7 @@ class HubSocket(WriteFlow):
         self.write(welcome(identity.user_id, head.epoch, head.last_id, recovered))
         self._state = OPEN
         self._timer = api.keepalive.add(self)
-        connection.set_expiry(identity.expires_at, self._expiry_horizon())
+        connection.set_expiry(identity.expires_at, self._api.keepalive.expiry_horizon)
         if recovered:
             assert resume_id is not None
             connection.start_at(resume_id, replay_to=head.last_id)
@@ -286,7 +286,7 @@ class HubSocket(WriteFlow):
             self._close(CloseCode.FORBIDDEN, "token of another user")
             return
         connection.session_id = identity.session_id
-        connection.set_expiry(identity.expires_at, self._expiry_horizon())
+        connection.set_expiry(identity.expires_at, self._api.keepalive.expiry_horizon)
         self.write(refreshed(connection.expires_at))
 
     # keepalive, closing
@@ -306,12 +306,7 @@ class HubSocket(WriteFlow):
         self._flush()
         self._timer = self._api.keepalive.add(self)
         if self._connection is not None:
-            self._connection.watch_expiry(self._expiry_horizon())
-
-    def _expiry_horizon(self) -> float:
-        """The connection's expiry timer is armed once the token expires within two keepalive
-        turns (they come at most `ws_ping_interval` apart): the turns watch it until then."""
-        return 2 * self._api.settings.ws_ping_interval
+            self._connection.watch_expiry(self._api.keepalive.expiry_horizon)
 
     def _close(self, code: CloseCode, reason: str, *, count: bool = True) -> None:
         """Send the close frame and then EOF (the connection leaves the registry now); whatever
@@ -367,10 +362,7 @@ class HubSocket(WriteFlow):
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
-        if isinstance(timer, int):  # the keepalive wheel's bucket
-            self._api.keepalive.remove(self, timer)
-        elif timer is not None:
-            timer.cancel()
+        self._api.keepalive.cancel(self, timer)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task cancelled when the socket closes; a failure closes it with 1011."""
