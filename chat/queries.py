@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -278,12 +278,24 @@ def chat_json(row: ChatRow, members: list[dict[str, Any]]) -> dict[str, Any]:
             "members": members, "unread_count": row.unread_count}
 
 
-async def chats_of_users(session: AsyncSession, user_ids: Collection[int]) -> dict[int, list[int]]:
-    """`{chat_id: [member ids]}` over every chat any of `user_ids` is a member of (one query).
+_CHATS_OF_USERS = sql_text("""
+SELECT chat_id, array_agg(user_id ORDER BY user_id) FROM chat_members
+WHERE chat_id IN (SELECT chat_id FROM chat_members WHERE user_id = ANY(:user_ids))
+GROUP BY chat_id ORDER BY chat_id
+""").bindparams(bindparam("user_ids", type_=postgresql.ARRAY(Integer)))
 
-    The id list is padded (with its last id) to a power of two, so the statement has at most a
-    dozen distinct texts: each text is a prepared statement on each pooled connection, and one
-    per batch size (1 to 500 users) kept megabytes of them."""
+
+async def chats_of_users(session: AsyncSession, user_ids: Collection[int]) -> dict[int, list[int]]:
+    """`{chat_id: [member ids, ascending]}` over every chat any of `user_ids` is a member of
+    (one query).
+
+    PostgreSQL takes the ids as one array parameter and answers a row per chat, its members
+    aggregated: presence asks this for hundreds of users at once, and neither an IN list to
+    render nor a row per member to load is then paid for. SQLite pads the id list (with its
+    last id) to a power of two, so the statement has at most a dozen distinct texts."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = await session.execute(_CHATS_OF_USERS, {"user_ids": list(user_ids)})
+        return {chat_id: list(members) for chat_id, members in rows}
     ids = sorted(user_ids)
     if ids:
         ids += [ids[-1]] * ((1 << (len(ids) - 1).bit_length()) - len(ids))

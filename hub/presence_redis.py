@@ -30,15 +30,16 @@ from hub.redis_clients import redis_client
 
 REDIS_TIMEOUT = 2.0
 
-# KEYS: this process's set, count, shown, grace; ARGV: now, then (op, user) pairs in order,
-# op 'a' (arrive: 1 when the user is to be announced online) or 'l' (leave: 1 when no process
-# holds the user now, who then waits out the grace). Returns one 0/1 per pair.
+# KEYS: this process's set, count, shown, grace; ARGV: now, then the changes in order as one
+# string: 'a<user>' (arrive: 1 when the user is to be announced online) or 'l<user>' (leave: 1
+# when no process holds the user now, who then waits out the grace), separated by spaces.
+# Returns one 0/1 per change. (One argument, not two per change: the client packs one string
+# instead of thousands of bulk strings.)
 APPLY = """
 local results = {}
-for i = 2, #ARGV, 2 do
-  local user = ARGV[i + 1]
+for op, user in string.gmatch(ARGV[2], '([al])(%d+)') do
   local result = 0
-  if ARGV[i] == 'a' then
+  if op == 'a' then
     if redis.call('SADD', KEYS[1], user) == 1 then
       redis.call('HINCRBY', KEYS[2], user, 1)
     end
@@ -66,6 +67,28 @@ for _, user in ipairs(ARGV) do
   end
 end
 return offline
+"""
+
+# KEYS: count; ARGV: user ids separated by spaces. Returns {user, processes, user, ...} for the
+# users some process holds (HMGET per 1,000 fields: one argument in, only the online out).
+HOLDERS = """
+local found, chunk = {}, {}
+local function look()
+  local counts = redis.call('HMGET', KEYS[1], unpack(chunk))
+  for i = 1, #chunk do
+    if counts[i] then
+      found[#found + 1] = tonumber(chunk[i])
+      found[#found + 1] = tonumber(counts[i])
+    end
+  end
+  chunk = {}
+end
+for user in string.gmatch(ARGV[1], '%d+') do
+  chunk[#chunk + 1] = user
+  if #chunk == 1000 then look() end
+end
+if #chunk > 0 then look() end
+return found
 """
 
 # KEYS: procs, count, shown, grace; ARGV: prefix, this process, its new deadline, now,
@@ -124,6 +147,7 @@ class RedisPresence(PresenceStore):
         self._apply = self._redis.register_script(APPLY)
         self._settle = self._redis.register_script(SETTLE)
         self._heartbeat = self._redis.register_script(HEARTBEAT)
+        self._holders = self._redis.register_script(HOLDERS)
         self._beaten = False
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -133,11 +157,9 @@ class RedisPresence(PresenceStore):
     async def apply(self, changes: Sequence[tuple[bool, int]]) -> list[bool]:
         if not changes:
             return []
-        args: list[Any] = [repr(time.time())]
-        for arriving, user_id in changes:
-            args += ("a" if arriving else "l", user_id)
+        ops = " ".join(f"{'a' if arriving else 'l'}{user_id}" for arriving, user_id in changes)
         results = await self._call(self._apply, [self._mine, self._count, self._shown,
-                                                 self._grace], args)
+                                                 self._grace], [repr(time.time()), ops])
         return [bool(result) for result in results]
 
     async def settle_many(self, user_ids: Sequence[int]) -> list[int]:
@@ -148,13 +170,11 @@ class RedisPresence(PresenceStore):
         return [int(user) for user in offline]
 
     async def holders(self, user_ids: Iterable[int]) -> dict[int, int]:
-        ids = list(user_ids)
+        ids = " ".join(map(str, user_ids))
         if not ids:
             return {}
-        async with asyncio.timeout(REDIS_TIMEOUT):
-            counts = await self._redis.hmget(self._count, [str(user_id) for user_id in ids])
-        return {user_id: int(count) for user_id, count in zip(ids, counts, strict=True)
-                if count is not None}
+        found = await self._call(self._holders, [self._count], [ids])
+        return dict(zip(found[::2], found[1::2], strict=True))
 
     async def heartbeat(self, local_users: Iterable[int]) -> tuple[list[int], list[int], int]:
         offline, swept, count = await self._beat(sweep_self=False)

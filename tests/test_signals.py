@@ -234,6 +234,29 @@ async def test_redis_presence_applies_a_batch_in_order_and_settles_many_at_once(
         await store.close()
 
 
+async def test_redis_presence_counts_thousands_of_users_in_one_call(redis_url: str) -> None:
+    """`apply` and `holders` each pack their users into one argument; `holders` answers only the
+    online ones, with how many processes hold each (its script reads them 1,000 at a time)."""
+    prefix = f"test-presence-{uuid.uuid4().hex}:"
+    first, second = (RedisPresence(redis_url, prefix, ttl=2.0) for _ in range(2))
+    try:
+        await first.heartbeat([])
+        await second.heartbeat([])
+        assert await first.apply([(True, user) for user in range(1, 2501)]) == [True] * 2500
+        evens = [(True, user) for user in range(2, 2501, 2)]
+        assert await second.apply(evens) == [False] * 1250
+        expected = {user: 2 if user % 2 == 0 else 1 for user in range(1, 2501)}
+        assert await first.holders(range(1, 3001)) == expected
+        assert await first.holders([]) == {}
+        # second: 1 was never its own, 2 is still held by first; first: nobody holds 1 now
+        assert await second.apply([(False, 1), (False, 2), (False, 2)]) == [False, False, False]
+        assert await first.apply([(False, 1)]) == [True]
+        assert await second.holders([1, 2, 3, 2**31 - 1]) == {2: 1, 3: 1}
+    finally:
+        await first.close()
+        await second.close()
+
+
 class _CountingStore(MemoryPresence):
     def __init__(self) -> None:
         super().__init__()
