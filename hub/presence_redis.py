@@ -57,10 +57,11 @@ end
 return results
 """
 
-# KEYS: count, shown, grace; ARGV: users whose grace ended. Returns those to announce offline.
+# KEYS: count, shown, grace; ARGV: the users whose grace ended, separated by spaces. Returns
+# those to announce offline.
 SETTLE = """
 local offline = {}
-for _, user in ipairs(ARGV) do
+for user in string.gmatch(ARGV[1], '%d+') do
   redis.call('ZREM', KEYS[3], user)
   if redis.call('HEXISTS', KEYS[1], user) == 0 and redis.call('SREM', KEYS[2], user) == 1 then
     offline[#offline + 1] = user
@@ -166,7 +167,7 @@ class RedisPresence(PresenceStore):
         if not user_ids:
             return []
         offline = await self._call(self._settle, [self._count, self._shown, self._grace],
-                                   list(user_ids))
+                                   [" ".join(map(str, user_ids))])
         return [int(user) for user in offline]
 
     async def holders(self, user_ids: Iterable[int]) -> dict[int, int]:
