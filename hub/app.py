@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
     registry = Registry(broker, metrics, settings.redis_channel_prefix,
                         settings.ws_max_connections_per_user,
                         presence if settings.presence else None)
-    signals = Signals(broker, metrics, settings.redis_channel_prefix, registry.signal)
+    signals = Signals(broker, metrics, settings.redis_channel_prefix, registry.signal_many)
     events = EventBus(db, publisher.publish)
     limiter = make_rate_limiter(metrics, settings.redis_url, settings.redis_channel_prefix,
                                 cluster=settings.redis_cluster)

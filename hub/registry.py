@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from hub.broker import CHANNEL, Broker, user_channel
 from hub.connection import STREAM, Connection, EventEncoding
@@ -139,7 +139,7 @@ class Registry:
         if entry is None:
             return
         if is_signal(payload):
-            self._signal(entry, signal_frames(payload))
+            self._signal(entry, signal_frames(payload), {})
             return
         try:
             event_id = int(payload[6:payload.index(b",", 6)])
@@ -165,20 +165,32 @@ class Registry:
                 frame = frames[encoding] = encoding.encode(payload)
             connection.offer(event_id, frame, created_at)
 
-    def signal(self, user_id: int, parts: list[bytes]) -> None:
-        """Write signal frames (their JSON) to the user's local connections, if any."""
-        entry = self._users.get(user_id)
-        if entry is not None:
-            self._signal(entry, parts)
+    def signal_many(self, frames: Mapping[int, list[bytes]]) -> None:
+        """Write each user's signal frames (their JSON) to the user's local connections, if
+        any; a frame several users get is encoded once per encoding."""
+        encoded: dict[EventEncoding, dict[bytes, bytes]] = {}
+        users = self._users
+        for user_id, parts in frames.items():
+            entry = users.get(user_id)
+            if entry is not None:
+                self._signal(entry, parts, encoded)
 
     @staticmethod
-    def _signal(entry: _UserConnections, parts: list[bytes]) -> None:
-        signals: dict[EventEncoding, bytes] = {}
+    def _signal(entry: _UserConnections, parts: list[bytes],
+                encoded: dict[EventEncoding, dict[bytes, bytes]]) -> None:
+        """One write per connection of the user; `encoded` keeps each frame's encodings."""
+        joined: dict[EventEncoding, bytes] = {}
         for connection in entry.connections:
             encoding = connection.encoding
-            signal = signals.get(encoding)
+            signal = joined.get(encoding)
             if signal is None:
-                signal = signals[encoding] = b"".join(map(encoding.encode_signal, parts))
+                cache = encoded.get(encoding)
+                if cache is None:
+                    cache = encoded[encoding] = {}
+                for part in parts:
+                    if part not in cache:
+                        cache[part] = encoding.encode_signal(part)
+                signal = joined[encoding] = b"".join([cache[part] for part in parts])
             connection.signal(signal, len(parts))
 
     def close_sessions(self, revoked: Iterable[tuple[int, str]]) -> None:

@@ -35,8 +35,8 @@ log = logging.getLogger("hub.signals")
 SIGNAL_PREFIX = b'{"type":'
 _SIGNAL_BYTE = SIGNAL_PREFIX[2]  # events' payloads have 'i' ({"id":...) there
 
-# Writes a user's signal frames to their connections on this process: (user id, frames).
-LocalSink = Callable[[int, list[bytes]], None]
+# Writes users' signal frames to their connections on this process: {user id: frames}.
+LocalSink = Callable[[Mapping[int, list[bytes]]], None]
 # A client frame handler: (user id, the frame) -> an error frame's code and detail, or None.
 FrameHandler = Callable[[int, Mapping[str, Any]], Awaitable[tuple[str, str] | None]]
 
@@ -56,6 +56,8 @@ def signal_payload(frame: Mapping[str, Any]) -> bytes:
     kind = frame.get("type")
     if not isinstance(kind, str) or kind == "event":
         raise ValueError("a signal frame needs a string type other than 'event'")
+    if isinstance(frame, dict) and next(iter(frame)) == "type":  # already in that order
+        return orjson.dumps(frame)
     return orjson.dumps({"type": kind, **{k: v for k, v in frame.items() if k != "type"}})
 
 
@@ -88,12 +90,9 @@ class Signals:
             return
         local = self._local
         if local is not None and here:
-            written = 0
-            for user_id in [user_id for user_id in frames if user_id in here]:
-                parts = frames.pop(user_id)
-                local(user_id, parts)
-                written += len(parts)
-            self._metrics.signals_sent.inc(written)
+            mine = {user_id: frames.pop(user_id) for user_id in [u for u in frames if u in here]}
+            local(mine)
+            self._metrics.signals_sent.inc(sum(map(len, mine.values())))
             if not frames:
                 return
         messages = [(user_channel(self._prefix, user_id), b"\n".join(frames[user_id]))

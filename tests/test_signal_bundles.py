@@ -119,7 +119,7 @@ async def test_recipients_held_here_are_written_to_without_the_broker(broker: Co
     metrics, prefix = Metrics(), f"test-bundle-{uuid.uuid4().hex}:"
     registry, (ws, stream, other), (ws_out, stream_out, other_out) = await _three_sockets(
         broker, metrics, prefix)
-    signals = Signals(broker, metrics, prefix, registry.signal)
+    signals = Signals(broker, metrics, prefix, registry.signal_many)
     # USER (two connections here) and USER + 5 (none here: gone meanwhile) are held here alone
     await signals.send_many([([USER, USER + 1, USER + 5], FRAMES[0]), ([USER], FRAMES[1])],
                             here={USER, USER + 5})
