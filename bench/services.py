@@ -26,6 +26,9 @@ import asyncpg
 
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOFILE = 65536
+# The cores this process may use as it starts, before a bench pins itself to the load
+# generator's share: `cores` splits these, however often it is asked.
+CPUS = tuple(sorted(os.sched_getaffinity(0)))
 # What decides the cost of many small self-committing appends (WAL, commits, checkpoints) and
 # how many connections the hubs may hold: recorded with every run.
 PG_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "full_page_writes", "wal_sync_method",
@@ -56,7 +59,7 @@ def raise_nofile(limit: int = NOFILE) -> int:
 def cores(server: int = 1) -> tuple[set[int], set[int]]:
     """(server cores, load-generator cores): the first `server` cores for the server, the rest for
     the load generator; when no core is left, the load generator shares the last one."""
-    available = sorted(os.sched_getaffinity(0))
+    available = list(CPUS)
     taken = available[:max(1, server)]
     rest = available[len(taken):] or taken[-1:]
     return set(taken), set(rest)

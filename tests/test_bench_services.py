@@ -26,8 +26,21 @@ from bench.services import BenchDatabase, cores, process_tree
 ])
 def test_cores_split_server_and_load_generator(monkeypatch: pytest.MonkeyPatch, available: set[int],
                                                server: int, expected: tuple[set[int], set[int]]) -> None:
-    monkeypatch.setattr(services.os, "sched_getaffinity", lambda _pid: available)
+    monkeypatch.setattr(services, "CPUS", tuple(sorted(available)))
     assert cores(server) == expected
+
+
+def test_cores_split_the_same_after_the_bench_pins_itself() -> None:
+    """A bench pins itself to the load generator's cores, then starts servers: they still get
+    the server's cores (not the load generator's, as when the split read this process's
+    affinity again)."""
+    before = os.sched_getaffinity(0)
+    server, loadgen = cores()
+    try:
+        os.sched_setaffinity(0, loadgen)
+        assert cores() == (server, loadgen)
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def test_process_tree_holds_children_and_grandchildren() -> None:
