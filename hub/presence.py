@@ -11,12 +11,15 @@ user and remembers which users were last announced online, so that:
   of the store and announces its users offline (see hub/presence_redis.py).
 Announcements go to listeners (a feature decides who hears of them, e.g. a chat's members).
 
-One worker task does all of it, in rounds at least `ROUND_SECONDS` apart: the changes queued
-since the last round reach the store in one call per `BATCH`, in the order they happened here,
-and the users whose grace ended settle likewise; listeners hear of a round's users at once, so a
-member hears of every co-member of a round in one message. A reconnect storm of thousands of
-users is then a few dozen store calls and announcements, not thousands, and a user waiting out
-the grace costs one dict entry (no task, no timer of their own).
+One worker task does all of it, in rounds at least `ROUND_SECONDS` apart (`BUSY_ROUND_SECONDS`
+after a round of `BUSY_CHANGES` or more: a reconnect storm): the changes queued since the last
+round reach the store in one call per `BATCH`, in the order they happened here, and the users
+whose grace ended settle likewise; listeners hear of a round's users at once, so a member hears
+of every co-member of a round in one message. A reconnect storm of thousands of users is then a
+few dozen store calls and announcements, not thousands, and its members get a write for several
+co-members arriving within half a second rather than one each. A user waiting out the grace
+costs one dict entry (no task, no timer of their own); the grace counts from their leaving, not
+from the round, so a busy round announces offline within grace + `BUSY_ROUND_SECONDS`.
 
 The process also remembers which users the store last heard it hold (`audience`): a user held
 by this process alone can be sent a signal here, without the broker.
@@ -36,6 +39,8 @@ log = logging.getLogger("hub.presence")
 Listener = Callable[[list[int], bool], Awaitable[None]]
 BATCH = 1000  # changes (or settles) per store call
 ROUND_SECONDS = 0.1  # a round starts at least this long after the previous one
+BUSY_CHANGES = 100  # a round that records this many changes or more is busy...
+BUSY_ROUND_SECONDS = 0.5  # ...and the next one starts at least this long after it
 
 
 class PresenceStore(ABC):
@@ -126,7 +131,7 @@ class Presence:
         self._grace = grace
         self._listeners: list[Listener] = []
         self._local: set[int] = set()  # users with a connection on this process
-        self._work: list[tuple[bool, int]] = []  # changes not yet in the store, in order
+        self._work: list[tuple[bool, int, float]] = []  # (arriving, user, when): not yet stored
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._due: dict[int, float] = {}  # user -> when their grace ends (in that order)
@@ -134,6 +139,7 @@ class Presence:
         self._retry: set[int] = set()  # users whose change the store missed (Redis away)
         self._recorded: set[int] = set()  # users the store last heard this process hold
         self._round = 0.0  # when the last round started
+        self._pause = ROUND_SECONDS  # the least time from that round to the next
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(user_ids, online)` on every batch of announced changes."""
@@ -166,7 +172,7 @@ class Presence:
     def _queue(self, arriving: bool, user_id: int) -> None:
         if self._closed:  # shutting down: `close` withdraws every user of this process at once
             return
-        self._work.append((arriving, user_id))
+        self._work.append((arriving, user_id, time.monotonic()))
         self._wake.set()
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")
@@ -182,12 +188,13 @@ class Presence:
                             await self._wake.wait()
                     except TimeoutError:
                         pass
-            pause = self._round + ROUND_SECONDS - time.monotonic()
-            if pause > 0:  # changes that keep coming gather into rounds of ROUND_SECONDS
+            pause = self._round + self._pause - time.monotonic()
+            if pause > 0:  # changes that keep coming gather into rounds
                 await asyncio.sleep(pause)
             self._round = time.monotonic()
-            if self._work:
-                work, self._work = self._work, []
+            work, self._work = self._work, []
+            self._pause = BUSY_ROUND_SECONDS if len(work) >= BUSY_CHANGES else ROUND_SECONDS
+            if work:
                 await self._apply(work)
             now = time.monotonic()
             due: list[int] = []
@@ -200,21 +207,23 @@ class Presence:
                     del self._due[user_id]
                 await self._settle(due)
 
-    async def _apply(self, work: list[tuple[bool, int]]) -> None:
+    async def _apply(self, work: list[tuple[bool, int, float]]) -> None:
         """Record a round's changes (BATCH per store call) and announce who came online, at
-        once: a member hears of every co-member of the round in one message."""
+        once: a member hears of every co-member of the round in one message. A user nobody
+        holds any more is due to settle `grace` seconds after they left (`_due` stays in
+        deadline order: changes are queued in the order they happen)."""
         online: list[int] = []
-        deadline = time.monotonic() + self._grace  # one per round: its users settle together
+        due = self._due
         for start in range(0, len(work), BATCH):
             batch = work[start:start + BATCH]
             try:
-                results = await self._store.apply(batch)
+                results = await self._store.apply([(arriving, user) for arriving, user, _ in batch])
             except Exception as exc:
                 log.warning("presence of %d users not recorded (%s); the next heartbeat retries",
-                            len({user_id for _, user_id in batch}), exc)
-                self._retry.update(user_id for _, user_id in batch)
+                            len({user_id for _, user_id, _ in batch}), exc)
+                self._retry.update(user_id for _, user_id, _ in batch)
                 continue
-            for (arriving, user_id), result in zip(batch, results, strict=True):
+            for (arriving, user_id, when), result in zip(batch, results, strict=True):
                 if arriving:
                     self._recorded.add(user_id)
                     if result:
@@ -222,7 +231,8 @@ class Presence:
                 else:
                     self._recorded.discard(user_id)
                     if result:
-                        self._due.setdefault(user_id, deadline)
+                        due.pop(user_id, None)  # left again: the grace counts from now
+                        due[user_id] = when + self._grace
         await self._announce(online, True)
 
     async def _settle(self, user_ids: list[int]) -> None:
