@@ -179,18 +179,17 @@ class Registry:
     def _signal(entry: _UserConnections, parts: list[bytes],
                 encoded: dict[EventEncoding, dict[bytes, bytes]]) -> None:
         """One write per connection of the user; `encoded` keeps each frame's encodings."""
+        connections = entry.connections
+        if len(connections) == 1:  # the usual case
+            connection = connections[0]
+            connection.signal(_encoded(connection.encoding, parts, encoded), len(parts))
+            return
         joined: dict[EventEncoding, bytes] = {}
-        for connection in entry.connections:
+        for connection in connections:
             encoding = connection.encoding
             signal = joined.get(encoding)
             if signal is None:
-                cache = encoded.get(encoding)
-                if cache is None:
-                    cache = encoded[encoding] = {}
-                for part in parts:
-                    if part not in cache:
-                        cache[part] = encoding.encode_signal(part)
-                signal = joined[encoding] = b"".join([cache[part] for part in parts])
+                signal = joined[encoding] = _encoded(encoding, parts, encoded)
             connection.signal(signal, len(parts))
 
     def close_sessions(self, revoked: Iterable[tuple[int, str]]) -> None:
@@ -223,3 +222,18 @@ class Registry:
 def _created_at(raw: bytes) -> float:
     # payloads end with "created_at":"2026-11-22T10:00:00.123Z"}: `raw` is the time in quotes
     return dt.datetime.fromisoformat(raw.decode()).timestamp()
+
+
+def _encoded(encoding: EventEncoding, parts: list[bytes],
+             encoded: dict[EventEncoding, dict[bytes, bytes]]) -> bytes:
+    """Signal frames in `encoding`, back to back, each encoded once per `encoded`."""
+    cache = encoded.get(encoding)
+    if cache is None:
+        cache = encoded[encoding] = {}
+    frames = []
+    for part in parts:
+        frame = cache.get(part)
+        if frame is None:
+            frame = cache[part] = encoding.encode_signal(part)
+        frames.append(frame)
+    return frames[0] if len(frames) == 1 else b"".join(frames)

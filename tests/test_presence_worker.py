@@ -5,13 +5,14 @@ persistence), on real Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
 from hub.metrics import Metrics
-from hub.presence import MemoryPresence, Presence
+from hub.presence import BUSY_CHANGES, BUSY_ROUND_SECONDS, ROUND_SECONDS, MemoryPresence, Presence
 from hub.presence_redis import RedisPresence
 
 
@@ -45,6 +46,60 @@ async def test_changes_that_keep_coming_are_announced_in_rounds() -> None:
     assert sorted(user for users in rounds for user in users) == list(range(1, 11))
     assert rounds[0] == [1]  # the first change of a quiet spell waits for nothing
     assert len(rounds) <= 4
+    await presence.close()
+
+
+async def test_after_a_busy_round_the_next_waits_longer_then_rounds_are_short_again() -> None:
+    """A round of BUSY_CHANGES changes or more (a reconnect storm) makes the next one wait
+    BUSY_ROUND_SECONDS, so co-members arriving within it reach a member in one message; once
+    rounds are small again they are ROUND_SECONDS apart."""
+    rounds: list[tuple[float, list[int]]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        rounds.append((time.monotonic(), user_ids))
+
+    presence = Presence(MemoryPresence(), Metrics(), grace=0.05)
+    presence.listen(listener)
+    storm = list(range(1, BUSY_CHANGES + 1))
+    for user_id in storm:  # all at once: one round, at once, and a busy one
+        presence.arrived(user_id)
+    await _until(lambda: len(rounds) == 1)
+    presence.arrived(1000)
+    await _until(lambda: len(rounds) == 2)
+    assert rounds[0][1] == storm and rounds[1][1] == [1000]
+    assert rounds[1][0] - rounds[0][0] >= BUSY_ROUND_SECONDS - 0.01
+    presence.arrived(1001)  # that round was small: the next is a short one again
+    await _until(lambda: len(rounds) == 3)
+    assert rounds[2][0] - rounds[1][0] < BUSY_ROUND_SECONDS - ROUND_SECONDS
+    await presence.close()
+
+
+async def test_the_grace_counts_from_the_last_leaving() -> None:
+    """A user who leaves, comes back and leaves again within the grace gets the whole grace
+    after the second leaving: a reconnect within it still announces nothing."""
+    heard: list[tuple[float, int, bool]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        heard.extend((time.monotonic(), user_id, online) for user_id in user_ids)
+
+    grace = 0.6
+    presence = Presence(MemoryPresence(), Metrics(), grace=grace)
+    presence.listen(listener)
+    presence.arrived(1)
+    await _until(lambda: len(heard) == 1)
+    presence.left(1)
+    await asyncio.sleep(0.3)
+    presence.arrived(1)
+    await asyncio.sleep(0.2)
+    presence.left(1)
+    await asyncio.sleep(grace - 0.2)  # past the first leaving's grace, within the second's
+    presence.arrived(1)  # back within the grace: nothing is announced
+    await asyncio.sleep(grace + 2 * ROUND_SECONDS)
+    assert [(user, online) for _, user, online in heard] == [(1, True)]
+    presence.left(1)
+    left = time.monotonic()
+    await _until(lambda: len(heard) == 2)
+    assert heard[1][1:] == (1, False) and heard[1][0] - left >= grace - 0.01
     await presence.close()
 
 
