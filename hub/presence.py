@@ -11,15 +11,17 @@ user and remembers which users were last announced online, so that:
   of the store and announces its users offline (see hub/presence_redis.py).
 Announcements go to listeners (a feature decides who hears of them, e.g. a chat's members).
 
-One worker task does all of it, in rounds at least `ROUND_SECONDS` apart (`BUSY_ROUND_SECONDS`
-after a round of `BUSY_CHANGES` or more: a reconnect storm): the changes queued since the last
-round reach the store in one call per `BATCH`, in the order they happened here, and the users
-whose grace ended settle likewise; listeners hear of a round's users at once, so a member hears
-of every co-member of a round in one message. A reconnect storm of thousands of users is then a
-few dozen store calls and announcements, not thousands, and its members get a write for several
-co-members arriving within half a second rather than one each. A user waiting out the grace
-costs one dict entry (no task, no timer of their own); the grace counts from their leaving, not
-from the round, so a busy round announces offline within grace + `BUSY_ROUND_SECONDS`.
+One worker task does all of it, in rounds: the changes queued since the last round reach the
+store in one call per `BATCH`, in the order they happened here, at least `ROUND_SECONDS` after
+the previous round (`BUSY_ROUND_SECONDS` after a round of `BUSY_CHANGES` or more: a reconnect
+storm), and listeners hear of a round's arrivals at once, so a member hears of every co-member
+of a round in one message. The users whose grace ended settle likewise, in rounds of their own
+at least `ROUND_SECONDS` apart, whatever the changes' pace; the grace counts from each user's
+leaving. So online is announced within `BUSY_ROUND_SECONDS` of the arrival and offline within
+the longer of the grace and `BUSY_ROUND_SECONDS`, plus `ROUND_SECONDS` (each plus the work). A reconnect storm of thousands of users is then a few dozen store calls
+and announcements, not thousands, and its members get one write for the co-members arriving
+within a second rather than one each. A user waiting out the grace costs one dict entry (no
+task, no timer of their own).
 
 The process also remembers which users the store last heard it hold (`audience`): a user held
 by this process alone can be sent a signal here, without the broker.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -40,7 +43,7 @@ Listener = Callable[[list[int], bool], Awaitable[None]]
 BATCH = 1000  # changes (or settles) per store call
 ROUND_SECONDS = 0.1  # a round starts at least this long after the previous one
 BUSY_CHANGES = 100  # a round that records this many changes or more is busy...
-BUSY_ROUND_SECONDS = 0.5  # ...and the next one starts at least this long after it
+BUSY_ROUND_SECONDS = 1.0  # ...and the next one starts at least this long after it
 
 
 class PresenceStore(ABC):
@@ -178,31 +181,37 @@ class Presence:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")
 
     async def _run(self) -> None:
+        settled = 0.0  # when the last settle round started
         while True:
-            if not self._work:
+            now = time.monotonic()
+            record_at = self._round + self._pause if self._work else math.inf
+            settle_at = (max(next(iter(self._due.values())), settled + ROUND_SECONDS)
+                         if self._due else math.inf)
+            wake_at = min(record_at, settle_at)
+            if wake_at > now:
+                if self._work:  # the next round's time is set: more changes need not wake us
+                    await asyncio.sleep(wake_at - now)
+                    continue
                 self._wake.clear()
-                wait = (next(iter(self._due.values())) - time.monotonic()) if self._due else None
-                if wait is None or wait > 0:
-                    try:
-                        async with asyncio.timeout(wait):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-            pause = self._round + self._pause - time.monotonic()
-            if pause > 0:  # changes that keep coming gather into rounds
-                await asyncio.sleep(pause)
-            self._round = time.monotonic()
-            work, self._work = self._work, []
-            self._pause = BUSY_ROUND_SECONDS if len(work) >= BUSY_CHANGES else ROUND_SECONDS
-            if work:
+                try:
+                    async with asyncio.timeout(None if settle_at == math.inf else wake_at - now):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            if record_at <= now:
+                self._round = now
+                work, self._work = self._work, []
+                self._pause = BUSY_ROUND_SECONDS if len(work) >= BUSY_CHANGES else ROUND_SECONDS
                 await self._apply(work)
             now = time.monotonic()
-            due: list[int] = []
-            for user_id, deadline in self._due.items():
-                if deadline > now:
-                    break
-                due.append(user_id)
-            if due:
+            if settle_at <= now:
+                settled = now
+                due: list[int] = []
+                for user_id, deadline in self._due.items():
+                    if deadline > now:
+                        break
+                    due.append(user_id)
                 for user_id in due:
                     del self._due[user_id]
                 await self._settle(due)

@@ -74,6 +74,31 @@ async def test_after_a_busy_round_the_next_waits_longer_then_rounds_are_short_ag
     await presence.close()
 
 
+async def test_a_busy_round_does_not_hold_back_the_settles() -> None:
+    """After a busy round the next changes wait BUSY_ROUND_SECONDS, but a user whose grace ends
+    meanwhile is settled and announced offline on time."""
+    heard: list[tuple[float, int, bool]] = []
+
+    async def listener(user_ids: list[int], online: bool) -> None:
+        heard.extend((time.monotonic(), user_id, online) for user_id in user_ids)
+
+    grace = 0.3
+    presence = Presence(MemoryPresence(), Metrics(), grace=grace)
+    presence.listen(listener)
+    presence.arrived(1)
+    await _until(lambda: len(heard) == 1)
+    await asyncio.sleep(0.3)
+    presence.left(1)  # the first change of a quiet spell: recorded at once
+    left = time.monotonic()
+    await asyncio.sleep(0.05)
+    for user_id in range(2, 2 + BUSY_CHANGES):  # a busy round right after
+        presence.arrived(user_id)
+    await _until(lambda: (1, False) in [(user, online) for _, user, online in heard])
+    offline_at = next(at for at, user, online in heard if (user, online) == (1, False))
+    assert grace - 0.01 <= offline_at - left < grace + ROUND_SECONDS + 0.2
+    await presence.close()
+
+
 async def test_the_grace_counts_from_the_last_leaving() -> None:
     """A user who leaves, comes back and leaves again within the grace gets the whole grace
     after the second leaving: a reconnect within it still announces nothing."""
