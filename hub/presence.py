@@ -18,10 +18,11 @@ storm), and listeners hear of a round's arrivals at once, so a member hears of e
 of a round in one message. The users whose grace ended settle likewise, in rounds of their own
 at least `ROUND_SECONDS` apart, whatever the changes' pace; the grace counts from each user's
 leaving. So online is announced within `BUSY_ROUND_SECONDS` of the arrival and offline within
-the longer of the grace and `BUSY_ROUND_SECONDS`, plus `ROUND_SECONDS` (each plus the work). A reconnect storm of thousands of users is then a few dozen store calls
-and announcements, not thousands, and its members get one write for the co-members arriving
-within a second rather than one each. A user waiting out the grace costs one dict entry (no
-task, no timer of their own).
+the longer of the grace and `BUSY_ROUND_SECONDS`, plus `ROUND_SECONDS` (each plus the work).
+A reconnect storm of thousands of users is then a few dozen store calls and announcements, not
+thousands, and its members get one write for the co-members arriving within a second rather
+than one each. A user waiting out the grace costs one dict entry (no task, no timer of their
+own).
 
 The process also remembers which users the store last heard it hold (`audience`): a user held
 by this process alone can be sent a signal here, without the broker.
