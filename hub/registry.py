@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 from hub.broker import CHANNEL, Broker, user_channel
 from hub.connection import STREAM, Connection, EventEncoding
@@ -157,12 +157,7 @@ class Registry:
             for connection in connections:
                 connection.offer(event_id, connection.encoding.encode(payload), created_at)
             return
-        frames: dict[EventEncoding, bytes] = {}
-        for connection in connections:
-            encoding = connection.encoding
-            frame = frames.get(encoding)
-            if frame is None:
-                frame = frames[encoding] = encoding.encode(payload)
+        for connection, frame in _per_encoding(connections, lambda encoding: encoding.encode(payload)):
             connection.offer(event_id, frame, created_at)
 
     def signal_many(self, frames: Mapping[int, list[bytes]]) -> None:
@@ -184,12 +179,8 @@ class Registry:
             connection = connections[0]
             connection.signal(_encoded(connection.encoding, parts, encoded), len(parts))
             return
-        joined: dict[EventEncoding, bytes] = {}
-        for connection in connections:
-            encoding = connection.encoding
-            signal = joined.get(encoding)
-            if signal is None:
-                signal = joined[encoding] = _encoded(encoding, parts, encoded)
+        for connection, signal in _per_encoding(
+                connections, lambda encoding: _encoded(encoding, parts, encoded)):
             connection.signal(signal, len(parts))
 
     def close_sessions(self, revoked: Iterable[tuple[int, str]]) -> None:
@@ -222,6 +213,19 @@ class Registry:
 def _created_at(raw: bytes) -> float:
     # payloads end with "created_at":"2026-11-22T10:00:00.123Z"}: `raw` is the time in quotes
     return dt.datetime.fromisoformat(raw.decode()).timestamp()
+
+
+def _per_encoding(connections: list[Connection], encode: Callable[[EventEncoding], bytes],
+                  ) -> Iterator[tuple[Connection, bytes]]:
+    """Each of a user's connections with its bytes, `encode` called once per encoding among
+    them."""
+    done: dict[EventEncoding, bytes] = {}
+    for connection in connections:
+        encoding = connection.encoding
+        data = done.get(encoding)
+        if data is None:
+            data = done[encoding] = encode(encoding)
+        yield connection, data
 
 
 def _encoded(encoding: EventEncoding, parts: list[bytes],
