@@ -142,8 +142,6 @@ class Presence:
         self._closed = False
         self._retry: set[int] = set()  # users whose change the store missed (Redis away)
         self._recorded: set[int] = set()  # users the store last heard this process hold
-        self._round = 0.0  # when the last round started
-        self._pause = ROUND_SECONDS  # the least time from that round to the next
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(user_ids, online)` on every batch of announced changes."""
@@ -182,10 +180,11 @@ class Presence:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="presence")
 
     async def _run(self) -> None:
-        settled = 0.0  # when the last settle round started
+        recorded = settled = 0.0  # when the last round of changes, of settles started
+        pause = ROUND_SECONDS  # the least time from that round of changes to the next
         while True:
             now = time.monotonic()
-            record_at = self._round + self._pause if self._work else math.inf
+            record_at = recorded + pause if self._work else math.inf
             settle_at = (max(next(iter(self._due.values())), settled + ROUND_SECONDS)
                          if self._due else math.inf)
             wake_at = min(record_at, settle_at)
@@ -201,9 +200,9 @@ class Presence:
                     pass
                 continue
             if record_at <= now:
-                self._round = now
+                recorded = now
                 work, self._work = self._work, []
-                self._pause = BUSY_ROUND_SECONDS if len(work) >= BUSY_CHANGES else ROUND_SECONDS
+                pause = BUSY_ROUND_SECONDS if len(work) >= BUSY_CHANGES else ROUND_SECONDS
                 await self._apply(work)
             now = time.monotonic()
             if settle_at <= now:
