@@ -328,4 +328,3 @@ async def test_a_change_the_store_missed_is_retried_by_the_next_heartbeat() -> N
             await asyncio.sleep(0.01)
     assert heard == [(1, True)] and await presence.online([1]) == [1]
     await presence.close()
-
